@@ -1,0 +1,1 @@
+//! raftnode: placeholder while the tuplespace lands.
