@@ -17,8 +17,7 @@ use crate::value::{Kind, Text, Tuple, Value};
 use crate::waiters::{WaitKind, Waiter};
 use crate::{Millis, TupleId};
 
-/// How deeply tuples and templates may nest.
-pub const MAX_DEPTH: usize = 64;
+pub use crate::syntax::MAX_DEPTH;
 
 const SNAPSHOT_MAGIC: &[u8; 6] = b"TSPACE";
 const SNAPSHOT_VERSION: u16 = 1;

@@ -125,12 +125,12 @@ impl Index {
             return;
         };
         arity.all.remove(id, is_live);
-        if let Some(first) = fields.first() {
-            if let Some(posting) = arity.by_first.get_mut(first) {
-                posting.remove(id, is_live);
-                if posting.live_len() == 0 {
-                    arity.by_first.remove(first);
-                }
+        if let Some(first) = fields.first()
+            && let Some(posting) = arity.by_first.get_mut(first)
+        {
+            posting.remove(id, is_live);
+            if posting.live_len() == 0 {
+                arity.by_first.remove(first);
             }
         }
         if arity.all.live_len() == 0 {

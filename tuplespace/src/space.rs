@@ -589,7 +589,11 @@ mod tests {
                 waiters: vec![w]
             }
         );
-        assert_eq!(s.advance(5), Expired::default(), "the clock never goes back");
+        assert_eq!(
+            s.advance(5),
+            Expired::default(),
+            "the clock never goes back"
+        );
         assert_eq!(s.now(), 2_000);
         assert_eq!(s.next_deadline(), None);
     }

@@ -90,15 +90,15 @@ impl Waiters {
                 Some(key) => slot.by_first.get_mut(key),
                 None => Some(&mut slot.others),
             };
-            if let Some(queue) = queue {
-                if let Some(pos) = queue.iter().position(|&w| w == id) {
-                    queue.remove(pos);
-                }
+            if let Some(queue) = queue
+                && let Some(pos) = queue.iter().position(|&w| w == id)
+            {
+                queue.remove(pos);
             }
-            if let Some(key) = waiter.template.index_key() {
-                if slot.by_first.get(key).is_some_and(VecDeque::is_empty) {
-                    slot.by_first.remove(key);
-                }
+            if let Some(key) = waiter.template.index_key()
+                && slot.by_first.get(key).is_some_and(VecDeque::is_empty)
+            {
+                slot.by_first.remove(key);
             }
             if slot.by_first.is_empty() && slot.others.is_empty() {
                 self.index.remove(&arity);
