@@ -1,1 +1,44 @@
-//! raftnode: placeholder while the tuplespace lands.
+//! raftnode: the replicated tuplespace.
+//!
+//! A cluster of nodes holds one [`tuplespace::Space`] replicated through raft (tikv raft-rs):
+//! every write and every take is committed to the log in one order and applied on every replica.
+//!
+//! # Layout
+//!
+//! - [`config`]: cluster files (nodes, endpoints, data dirs, raft settings).
+//! - [`proto`]: the prost wire types (client protocol, peer batches, log commands), compiled
+//!   from `proto/raftnode.proto` without a system `protoc`.
+//! - [`storage`]: raft-engine as raft's log storage (entries, hard state, conf state).
+//! - [`transport`]: ZeroMQ peer transport, one long-lived REQ per peer into each peer's ROUTER.
+//! - [`machine`]: the state machine: the space, exactly-once client sessions, the applied index.
+//! - [`node`]: the one task that owns raft's `RawNode` and runs the ready loop.
+//! - [`server`]: the client endpoint, a ZeroMQ ROUTER speaking [`proto::Request`].
+//! - [`client`]: the async Rust API for programs.
+//! - [`launch`]: wiring one node process together, and `raftnode up` for a local cluster.
+//! - [`logging`]: slog setup.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod launch;
+pub mod logging;
+pub mod machine;
+pub mod node;
+pub mod server;
+pub mod storage;
+pub mod transport;
+
+/// The prost wire types generated from `proto/raftnode.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/raftnode.v1.rs"));
+}
+
+/// The largest client frame a node accepts (a request with its tuple or template).
+pub const MAX_CLIENT_FRAME: usize = 4 << 20;
+
+/// The largest frame a node accepts from a peer (raft snapshots travel in one message).
+pub const MAX_PEER_FRAME: usize = 256 << 20;
+
+/// The largest tuple or template a client may send, encoded.
+pub const MAX_TUPLE_BYTES: usize = 1 << 20;

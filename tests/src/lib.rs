@@ -1,1 +1,334 @@
-//! placeholder
+//! The cluster harness: real `raftnode` processes on loopback, for integration and chaos tests.
+//!
+//! A [`Cluster`] writes a cluster file with free loopback ports and temporary data dirs, starts
+//! one `raftnode run` process per node, and can kill (SIGKILL), freeze (SIGSTOP), thaw (SIGCONT)
+//! and restart them. Dropping it kills every process it started, by pid, and when the test is
+//! failing it prints the tail of every node's log.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use raftnode::client::{Client, ClientOptions};
+use raftnode::proto;
+
+/// Cluster tests share two cores: they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the lock that keeps cluster tests from running at once.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The `raftnode` binary: `RAFTNODE_BIN`, or the one cargo built beside this test.
+pub fn raftnode_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("RAFTNODE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = dir.join("raftnode");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test --workspace` builds it (or run `cargo build -p raftnode`)",
+        bin.display()
+    );
+    bin
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
+
+struct Proc {
+    child: Child,
+    frozen: bool,
+}
+
+/// One node's place in the cluster.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Raft id.
+    pub id: u64,
+    /// Peer endpoint.
+    pub raft: String,
+    /// Client endpoint.
+    pub client: String,
+    /// Data dir.
+    pub data_dir: PathBuf,
+}
+
+/// A cluster of real processes.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    nodes: BTreeMap<u64, NodeSpec>,
+    procs: BTreeMap<u64, Proc>,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    /// Writes a cluster file for `n` nodes and starts them all.
+    pub fn start(n: usize) -> Cluster {
+        let mut cluster = Cluster::configure(n, "");
+        for id in 1..=n as u64 {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Writes a cluster file for `n` nodes (with extra `[raft]` settings) without starting them.
+    pub fn configure(n: usize, raft_settings: &str) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("raftnode-test-")
+            .tempdir()
+            .expect("a temp dir");
+        let ports = free_ports(2 * n);
+        let mut nodes = BTreeMap::new();
+        let mut text = format!(
+            "[raft]\ntick_ms = 50\nelection_ticks = 10\nheartbeat_ticks = 2\n{raft_settings}\n"
+        );
+        for i in 0..n {
+            let id = i as u64 + 1;
+            let spec = NodeSpec {
+                id,
+                raft: format!("tcp://127.0.0.1:{}", ports[2 * i]),
+                client: format!("tcp://127.0.0.1:{}", ports[2 * i + 1]),
+                data_dir: dir.path().join(format!("node{id}")),
+            };
+            text.push_str(&format!(
+                "\n[[node]]\nid = {id}\nraft = \"{}\"\nclient = \"{}\"\ndata_dir = \"{}\"\n",
+                spec.raft,
+                spec.client,
+                spec.data_dir.display()
+            ));
+            nodes.insert(id, spec);
+        }
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, text).expect("write the cluster file");
+        Cluster {
+            dir,
+            config_path,
+            nodes,
+            procs: BTreeMap::new(),
+            bin: raftnode_bin(),
+        }
+    }
+
+    /// The cluster file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The temporary directory holding the cluster file, data dirs and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// A node's spec.
+    pub fn node(&self, id: u64) -> &NodeSpec {
+        &self.nodes[&id]
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    /// Starts (or restarts) node `id` with its data dir.
+    pub fn spawn(&mut self, id: u64) {
+        assert!(!self.procs.contains_key(&id), "node {id} is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("open the node log");
+        let child = Command::new(&self.bin)
+            .arg("run")
+            .arg("--cluster")
+            .arg(&self.config_path)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--log-level")
+            .arg(std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup the log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+        self.procs.insert(
+            id,
+            Proc {
+                child,
+                frozen: false,
+            },
+        );
+    }
+
+    /// Whether node `id` has a process.
+    pub fn is_running(&self, id: u64) -> bool {
+        self.procs.contains_key(&id)
+    }
+
+    /// The pid of node `id`'s process.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.procs.get(&id).map(|p| p.child.id())
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut p) = self.procs.remove(&id) {
+            let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGKILL);
+            let _ = p.child.wait();
+        }
+    }
+
+    /// SIGSTOPs node `id`.
+    pub fn freeze(&mut self, id: u64) {
+        if let Some(p) = self.procs.get_mut(&id) {
+            let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGSTOP);
+            p.frozen = true;
+        }
+    }
+
+    /// SIGCONTs node `id`.
+    pub fn thaw(&mut self, id: u64) {
+        if let Some(p) = self.procs.get_mut(&id) {
+            let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGCONT);
+            p.frozen = false;
+        }
+    }
+
+    /// Every client endpoint.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.client.clone()).collect()
+    }
+
+    /// A client over every endpoint.
+    pub fn client(&self) -> Client {
+        Client::new(self.endpoints())
+    }
+
+    /// A client that talks to node `id` only while it answers (no switching to the leader).
+    pub fn client_of(&self, id: u64) -> Client {
+        let options = ClientOptions {
+            follow_leader: false,
+            ..ClientOptions::default()
+        };
+        Client::with_options([self.nodes[&id].client.clone()], options)
+    }
+
+    /// The status of node `id`, if it answers within a second.
+    pub async fn status(&self, id: u64) -> Option<proto::Status> {
+        let options = ClientOptions {
+            request_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(300),
+            retry_window: Duration::from_secs(1),
+            follow_leader: false,
+        };
+        Client::status_of(&self.nodes[&id].client, &options)
+            .await
+            .ok()
+    }
+
+    /// Waits until the running nodes agree on one leader among them; returns its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for &id in self.procs.keys() {
+                if self.procs[&id].frozen {
+                    continue;
+                }
+                if let Some(s) = self.status(id).await {
+                    leaders.push((id, s.leader_id, s.role));
+                }
+            }
+            if let Some(&(_, leader, _)) = leaders.first()
+                && leader != 0
+                && self.procs.contains_key(&leader)
+                && leaders.iter().all(|(_, l, _)| *l == leader)
+                && leaders.iter().any(|(id, _, role)| *id == leader && role == "leader")
+            {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for &id in self.procs.keys() {
+            loop {
+                if self.status(id).await.is_some_and(|s| s.applied >= index) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} did not apply index {index} within {timeout:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The last lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Node `id`'s whole log.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.thaw(id);
+            self.kill(id);
+        }
+        if std::thread::panicking() {
+            for &id in self.nodes.keys() {
+                eprintln!("----- node {id} log (tail) -----\n{}", self.log_tail(id, 40));
+            }
+        }
+    }
+}
+
+/// Runs `f` with a hard time limit; a test that overruns fails instead of hanging CI.
+pub async fn bounded<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
+    match tokio::time::timeout(limit, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("test exceeded its time limit of {limit:?}"),
+    }
+}

@@ -1,0 +1,521 @@
+//! The async Rust API: every tuple operation against a cluster.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use raftnode::client::Client;
+//! use tuplespace::{Template, tuple};
+//!
+//! # async fn demo() -> Result<(), raftnode::client::ClientError> {
+//! let mut client = Client::new(["tcp://127.0.0.1:7201", "tcp://127.0.0.1:7202"]);
+//! let id = client.out(&tuple!["job", 1]).await?;
+//! let template: Template = r#"("job", ?int)"#.parse().expect("a valid template");
+//! let (taken, job) = client.in_(&template, Duration::from_secs(5)).await?;
+//! assert_eq!(taken, id);
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Client`] holds one REQ socket and sends one request at a time; use one client per
+//! concurrent task. Every write carries the client's session id and a sequence number, and a
+//! retry (after a timeout, a dead node or a leader change) resends the same pair, so the cluster
+//! applies it exactly once. The client rotates through its endpoints, and follows the leader
+//! hints in answers so it talks to the leader when it can.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message as _;
+use tuplespace::{Query, Template, Tuple, TupleId, codec};
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::proto::{self, error::Code, request::Op, response};
+
+/// What can go wrong, each with a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// No node answered with a result before the retry window closed.
+    #[error("no leader reachable (tried {tried:?}; last error: {last}); is the cluster up?")]
+    NoLeader {
+        /// The endpoints tried.
+        tried: Vec<String>,
+        /// The last failure seen.
+        last: String,
+    },
+    /// A blocking operation's timeout passed with no matching tuple.
+    #[error("timed out: no matching tuple")]
+    Timeout,
+    /// The session is unknown or expired and could not be renewed.
+    #[error("session expired: {0}")]
+    SessionExpired(String),
+    /// A malformed tuple, template or request.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A tuple, template or frame over the size limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The node was removed from the cluster.
+    #[error("node removed: {0}")]
+    Removed(String),
+    /// The cluster's storage failed.
+    #[error("storage failure on the cluster: {0}")]
+    Storage(String),
+    /// A node answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A tuple with its id.
+pub type Entry = (TupleId, Tuple);
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long to wait for one answer (a blocking operation adds its own timeout).
+    pub request_timeout: Duration,
+    /// How long to wait for a TCP connection to one endpoint.
+    pub connect_timeout: Duration,
+    /// How long to keep retrying one operation across endpoints before giving up.
+    pub retry_window: Duration,
+    /// Switch to the leader's endpoint when an answer names it (fewer hops); off, the client
+    /// stays on its endpoint while that endpoint answers.
+    pub follow_leader: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(7),
+            connect_timeout: Duration::from_millis(500),
+            retry_window: Duration::from_secs(30),
+            follow_leader: true,
+        }
+    }
+}
+
+/// A connection to a cluster.
+pub struct Client {
+    /// Where the cluster's client endpoints are (leader hints may add more).
+    endpoints: Vec<String>,
+    /// Which endpoint the socket talks to.
+    current: usize,
+    /// The REQ socket, recreated after every failure (zmq.rs never reconnects one).
+    socket: Option<zeromq::ReqSocket>,
+    /// This client's exactly-once session.
+    session: u64,
+    /// The number of the last write sent.
+    seq: u64,
+    options: ClientOptions,
+}
+
+fn random_session() -> u64 {
+    loop {
+        let s: u64 = rand::random();
+        if s != 0 {
+            return s;
+        }
+    }
+}
+
+impl Client {
+    /// A client for the given client endpoints (`tcp://host:port`). Nothing is sent until the
+    /// first operation.
+    pub fn new<I, S>(endpoints: I) -> Client
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Client::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// A client with explicit options.
+    pub fn with_options<I, S>(endpoints: I, options: ClientOptions) -> Client
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        let current = if endpoints.is_empty() {
+            0
+        } else {
+            (rand::random::<u32>() as usize) % endpoints.len()
+        };
+        Client {
+            endpoints,
+            current,
+            socket: None,
+            session: random_session(),
+            seq: 0,
+            options,
+        }
+    }
+
+    /// The endpoints this client knows.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The session id writes carry.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// `out`: adds a tuple; returns its id.
+    pub async fn out(&mut self, tuple: &Tuple) -> Result<TupleId, ClientError> {
+        self.out_with_ttl(tuple, None).await
+    }
+
+    /// `out` with a time to live.
+    pub async fn out_with_ttl(
+        &mut self,
+        tuple: &Tuple,
+        ttl: Option<Duration>,
+    ) -> Result<TupleId, ClientError> {
+        let op = Op::Out(proto::Out {
+            tuple: codec::tuple_to_bytes(tuple),
+            ttl_ms: ttl.map_or(0, |d| d.as_millis().max(1) as u64),
+        });
+        match self.write(op, Duration::ZERO).await? {
+            response::Result::OutId(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Blocking `in`: removes and returns the oldest match, waiting up to `timeout`.
+    pub async fn in_(&mut self, template: &Template, timeout: Duration) -> Result<Entry, ClientError> {
+        let op = Op::In(proto::In {
+            template: codec::template_to_bytes(template),
+            block: true,
+            timeout_ms: timeout.as_millis() as u64,
+        });
+        found(self.write(op, timeout).await?)?.ok_or(ClientError::Timeout)
+    }
+
+    /// `inp`: removes and returns the oldest match, if any, without waiting.
+    pub async fn inp(&mut self, template: &Template) -> Result<Option<Entry>, ClientError> {
+        let op = Op::In(proto::In {
+            template: codec::template_to_bytes(template),
+            block: false,
+            timeout_ms: 0,
+        });
+        found(self.write(op, Duration::ZERO).await?)
+    }
+
+    /// Blocking `rd`: the oldest match with an id greater than `after` (0: any), waiting up to
+    /// `timeout`.
+    pub async fn rd(
+        &mut self,
+        template: &Template,
+        after: TupleId,
+        timeout: Duration,
+    ) -> Result<Entry, ClientError> {
+        let op = Op::Rd(proto::Rd {
+            template: codec::template_to_bytes(template),
+            block: true,
+            timeout_ms: timeout.as_millis() as u64,
+            after_id: after,
+        });
+        found(self.read(op, timeout).await?)?.ok_or(ClientError::Timeout)
+    }
+
+    /// `rdp`: the oldest match with an id greater than `after`, if any, without waiting.
+    pub async fn rdp(
+        &mut self,
+        template: &Template,
+        after: TupleId,
+    ) -> Result<Option<Entry>, ClientError> {
+        let op = Op::Rd(proto::Rd {
+            template: codec::template_to_bytes(template),
+            block: false,
+            timeout_ms: 0,
+            after_id: after,
+        });
+        found(self.read(op, Duration::ZERO).await?)
+    }
+
+    /// Copy-collect: matches within the query's bounds, oldest or newest first (the server caps
+    /// one answer at 10,000 tuples).
+    pub async fn rd_all(
+        &mut self,
+        template: &Template,
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError> {
+        let op = Op::RdAll(proto::RdAll {
+            template: codec::template_to_bytes(template),
+            limit: query.limit.min(u32::MAX as usize) as u32,
+            after_id: query.after,
+            before_id: if query.before == TupleId::MAX {
+                0
+            } else {
+                query.before
+            },
+            newest_first: query.newest_first,
+        });
+        tuples(self.read(op, Duration::ZERO).await?)
+    }
+
+    /// Collect: removes and returns up to `limit` matches, oldest first.
+    pub async fn in_all(
+        &mut self,
+        template: &Template,
+        limit: usize,
+    ) -> Result<Vec<Entry>, ClientError> {
+        let op = Op::InAll(proto::InAll {
+            template: codec::template_to_bytes(template),
+            limit: limit.min(u32::MAX as usize) as u32,
+        });
+        tuples(self.write(op, Duration::ZERO).await?)
+    }
+
+    /// The tuple with this id, if it is in the space.
+    pub async fn read_id(&mut self, id: TupleId) -> Result<Option<Tuple>, ClientError> {
+        let r = self
+            .read(Op::ReadId(proto::ReadId { id }), Duration::ZERO)
+            .await?;
+        Ok(found(r)?.map(|(_, t)| t))
+    }
+
+    /// Removes the tuple with this id, if it is in the space.
+    pub async fn take_id(&mut self, id: TupleId) -> Result<Option<Tuple>, ClientError> {
+        let r = self
+            .write(Op::TakeId(proto::TakeId { id }), Duration::ZERO)
+            .await?;
+        Ok(found(r)?.map(|(_, t)| t))
+    }
+
+    /// Compare-and-set: adds `tuple` only if nothing matches `template`; its id if it did.
+    pub async fn cas(
+        &mut self,
+        template: &Template,
+        tuple: &Tuple,
+        ttl: Option<Duration>,
+    ) -> Result<Option<TupleId>, ClientError> {
+        let op = Op::Cas(proto::Cas {
+            template: codec::template_to_bytes(template),
+            tuple: codec::tuple_to_bytes(tuple),
+            ttl_ms: ttl.map_or(0, |d| d.as_millis().max(1) as u64),
+        });
+        match self.write(op, Duration::ZERO).await? {
+            response::Result::CasId(0) => Ok(None),
+            response::Result::CasId(id) => Ok(Some(id)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// How many tuples match.
+    pub async fn count(&mut self, template: &Template) -> Result<u64, ClientError> {
+        let op = Op::Count(proto::Count {
+            template: codec::template_to_bytes(template),
+        });
+        match self.read(op, Duration::ZERO).await? {
+            response::Result::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The status of whichever node answers.
+    pub async fn status(&mut self) -> Result<proto::Status, ClientError> {
+        match self
+            .call(Op::Status(proto::StatusRequest {}), false, Duration::ZERO, false)
+            .await?
+        {
+            response::Result::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The status of one particular node (no retries elsewhere).
+    pub async fn status_of(
+        endpoint: &str,
+        options: &ClientOptions,
+    ) -> Result<proto::Status, ClientError> {
+        let mut one = Client::with_options([endpoint], options.clone());
+        one.options.retry_window = options.request_timeout;
+        match one
+            .call(Op::Status(proto::StatusRequest {}), false, Duration::ZERO, true)
+            .await?
+        {
+            response::Result::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn write(&mut self, op: Op, wait: Duration) -> Result<response::Result, ClientError> {
+        self.seq += 1;
+        self.call(op, true, wait, false).await
+    }
+
+    async fn read(&mut self, op: Op, wait: Duration) -> Result<response::Result, ClientError> {
+        self.call(op, false, wait, false).await
+    }
+
+    /// Sends one operation until some node gives a definite answer or the retry window closes.
+    async fn call(
+        &mut self,
+        op: Op,
+        is_write: bool,
+        wait: Duration,
+        pinned: bool,
+    ) -> Result<response::Result, ClientError> {
+        if self.endpoints.is_empty() {
+            return Err(ClientError::NoLeader {
+                tried: vec![],
+                last: "no endpoints given".into(),
+            });
+        }
+        let deadline = Instant::now() + self.options.retry_window + wait;
+        let mut tried: Vec<String> = Vec::new();
+        let mut last;
+        let mut backoff = Duration::from_millis(20);
+        let mut renewed = false;
+        loop {
+            let request = proto::Request {
+                session: if is_write { self.session } else { 0 },
+                seq: if is_write { self.seq } else { 0 },
+                ack: if is_write { self.seq - 1 } else { 0 },
+                op: Some(op.clone()),
+            };
+            let endpoint = self.endpoints[self.current].clone();
+            if !tried.contains(&endpoint) {
+                tried.push(endpoint.clone());
+            }
+            match self.exchange(&request, wait).await {
+                Ok(resp) => match resp.result {
+                    Some(response::Result::Error(e)) => match Code::try_from(e.code) {
+                        Ok(Code::Unavailable) | Ok(Code::Overloaded) => {
+                            last = format!("{endpoint}: {}", e.message);
+                            if !pinned && !self.follow_hint(&resp.leader_client_url) {
+                                self.rotate();
+                            }
+                        }
+                        Ok(Code::SessionExpired) if is_write && !renewed => {
+                            // Refused means not applied: a fresh session may send it again.
+                            renewed = true;
+                            self.session = random_session();
+                            self.seq = 1;
+                            continue;
+                        }
+                        Ok(Code::TimedOut) => return Err(ClientError::Timeout),
+                        Ok(code) => return Err(error_of(code, e.message)),
+                        Err(_) => return Err(ClientError::Protocol(e.message)),
+                    },
+                    Some(result) => {
+                        if !pinned && self.options.follow_leader {
+                            self.follow_hint(&resp.leader_client_url);
+                        }
+                        return Ok(result);
+                    }
+                    None => return Err(ClientError::Protocol("an empty answer".into())),
+                },
+                Err(e) => {
+                    last = format!("{endpoint}: {e}");
+                    self.socket = None;
+                    if !pinned {
+                        self.rotate();
+                    }
+                }
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(ClientError::NoLeader { tried, last });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    fn rotate(&mut self) {
+        self.socket = None;
+        self.current = (self.current + 1) % self.endpoints.len();
+    }
+
+    /// Switches to the leader's endpoint if the answer named one we are not talking to.
+    fn follow_hint(&mut self, leader_url: &str) -> bool {
+        if leader_url.is_empty() || self.endpoints[self.current] == leader_url {
+            return false;
+        }
+        let index = match self.endpoints.iter().position(|e| e == leader_url) {
+            Some(i) => i,
+            None => {
+                if crate::config::check_endpoint(leader_url).is_err() {
+                    return false;
+                }
+                self.endpoints.push(leader_url.to_string());
+                self.endpoints.len() - 1
+            }
+        };
+        self.current = index;
+        self.socket = None;
+        true
+    }
+
+    /// One request and its answer on the current endpoint, every wait bounded.
+    async fn exchange(
+        &mut self,
+        request: &proto::Request,
+        wait: Duration,
+    ) -> Result<proto::Response, String> {
+        if self.socket.is_none() {
+            let mut options = zeromq::SocketOptions::default();
+            options.connect_timeout(self.options.connect_timeout);
+            let mut socket = zeromq::ReqSocket::with_options(options);
+            let endpoint = &self.endpoints[self.current];
+            match tokio::time::timeout(self.options.connect_timeout, socket.connect(endpoint)).await
+            {
+                Ok(Ok(())) => self.socket = Some(socket),
+                Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+                Err(_) => return Err("connect timed out".into()),
+            }
+        }
+        let socket = self.socket.as_mut().ok_or("no socket")?;
+        let msg = ZmqMessage::from(Bytes::from(request.encode_to_vec()));
+        match tokio::time::timeout(self.options.request_timeout, socket.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("send failed: {e}")),
+            Err(_) => return Err("send timed out".into()),
+        }
+        let reply = match tokio::time::timeout(self.options.request_timeout + wait, socket.recv())
+            .await
+        {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(format!("receive failed: {e}")),
+            Err(_) => return Err("no answer in time".into()),
+        };
+        let frames = reply.into_vec();
+        let payload = frames.last().ok_or("an empty message")?;
+        proto::Response::decode(payload.as_ref()).map_err(|e| format!("undecodable answer: {e}"))
+    }
+}
+
+fn error_of(code: Code, message: String) -> ClientError {
+    match code {
+        Code::Invalid => ClientError::Invalid(message),
+        Code::TooLarge => ClientError::TooLarge(message),
+        Code::SessionExpired => ClientError::SessionExpired(message),
+        Code::Removed => ClientError::Removed(message),
+        Code::Storage => ClientError::Storage(message),
+        Code::TimedOut => ClientError::Timeout,
+        Code::Unavailable | Code::Overloaded | Code::Internal => ClientError::Protocol(message),
+    }
+}
+
+fn unexpected(r: response::Result) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {r:?}"))
+}
+
+fn decode_entry(item: proto::IdTuple) -> Result<Entry, ClientError> {
+    let tuple = codec::decode_tuple(&item.tuple)
+        .map_err(|e| ClientError::Protocol(format!("undecodable tuple from the node: {e}")))?;
+    Ok((item.id, tuple))
+}
+
+fn found(r: response::Result) -> Result<Option<Entry>, ClientError> {
+    match r {
+        response::Result::Found(f) => f.item.map(decode_entry).transpose(),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn tuples(r: response::Result) -> Result<Vec<Entry>, ClientError> {
+    match r {
+        response::Result::Tuples(list) => list.items.into_iter().map(decode_entry).collect(),
+        other => Err(unexpected(other)),
+    }
+}

@@ -1,0 +1,701 @@
+//! The state machine: the tuple space, exactly-once client sessions and the applied index.
+//!
+//! Every committed [`Command`] is applied here, in log order, on every replica. Time is read only
+//! from the commands' stamps (the machine clock is the highest stamp seen), so TTLs, waiter
+//! deadlines and session expiry come out the same on every replica.
+//!
+//! # Exactly once
+//!
+//! Raft alone is at-least-once: a client that times out and retries may get its command into the
+//! log twice. Each client therefore has a session (a random id it picks) and numbers its requests.
+//! The machine keeps, per session, the response of every request the client has not yet
+//! acknowledged; a request seen again gets that recorded response and is not applied again. A
+//! blocking `in` records the waiter it registered, so a retry that arrives while it waits — even
+//! through another node, after a leader change — attaches to the same waiter and gets the tuple it
+//! took. A session is created by its first request (seq 1); a later request of an unknown or
+//! expired session is refused and not applied. Sessions expire after [`SESSION_TTL_MS`] of log
+//! time without a request.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use prost::Message;
+use tuplespace::{Millis, Query, Space, Template, Tuple, TupleId, Wait, WaiterId, codec};
+
+use crate::proto::{
+    self, Command, Found, IdTuple, MachineState, SessionResult, SessionState, TupleList, command,
+    error::Code, response, session_result,
+};
+
+/// Log time after which a session that sent nothing expires.
+pub const SESSION_TTL_MS: Millis = 30 * 60 * 1000;
+
+/// The longest a blocking operation may wait. Shorter than [`SESSION_TTL_MS`], so a session never
+/// expires while one of its requests waits.
+pub const MAX_WAIT_MS: Millis = 10 * 60 * 1000;
+
+/// Responses kept per session for requests the client has not acknowledged; a client that never
+/// acknowledges loses the oldest beyond this.
+const MAX_RESULTS_PER_SESSION: usize = 64;
+
+/// A response for the client request `(session, seq)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The client's session.
+    pub session: u64,
+    /// The request's number in that session.
+    pub seq: u64,
+    /// What to answer.
+    pub result: response::Result,
+}
+
+/// What applying one entry produced.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Responses now known, for whichever node holds the client's request.
+    pub completions: Vec<Completion>,
+    /// Tuples written by this entry (stored or handed straight to a waiter), for blocked `rd`s.
+    pub outs: Vec<(TupleId, Tuple)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    Done(response::Result),
+    Waiting(WaiterId),
+}
+
+#[derive(Clone, Debug, Default)]
+struct Session {
+    /// Log time of its latest request.
+    last_active: Millis,
+    /// The client holds every response numbered up to here.
+    acked: u64,
+    /// Outcomes of requests not yet acknowledged.
+    results: BTreeMap<u64, Outcome>,
+}
+
+/// The replicated state: what every replica holds identically after applying the same log.
+#[derive(Debug, Default)]
+pub struct Machine {
+    /// The tuples and blocked `in`s.
+    space: Space,
+    /// Client sessions by id.
+    sessions: HashMap<u64, Session>,
+    /// Sessions by last activity, to expire the idle ones in order.
+    by_activity: BTreeSet<(Millis, u64)>,
+    /// Which request each waiter answers.
+    waiter_owner: HashMap<WaiterId, (u64, u64)>,
+    /// The index and term of the last applied entry.
+    applied_index: u64,
+    applied_term: u64,
+    /// Members and their addresses as the log last set them (membership changes keep this).
+    members: Vec<proto::Member>,
+}
+
+/// An error response.
+pub fn error(code: Code, message: impl Into<String>) -> response::Result {
+    response::Result::Error(proto::Error {
+        code: code as i32,
+        message: message.into(),
+    })
+}
+
+fn found(item: Option<(TupleId, Tuple)>) -> response::Result {
+    response::Result::Found(Found {
+        item: item.map(|(id, t)| id_tuple(id, &t)),
+    })
+}
+
+fn id_tuple(id: TupleId, t: &Tuple) -> IdTuple {
+    IdTuple {
+        id,
+        tuple: codec::tuple_to_bytes(t),
+    }
+}
+
+/// Decodes a template from the wire, or the error to answer.
+pub fn decode_template(bytes: &[u8]) -> Result<Template, response::Result> {
+    if bytes.len() > crate::MAX_TUPLE_BYTES {
+        return Err(error(Code::TooLarge, too_large("template", bytes.len())));
+    }
+    codec::decode_template(bytes).map_err(|e| error(Code::Invalid, format!("bad template: {e}")))
+}
+
+/// Decodes a tuple from the wire, or the error to answer.
+pub fn decode_tuple(bytes: &[u8]) -> Result<Tuple, response::Result> {
+    if bytes.len() > crate::MAX_TUPLE_BYTES {
+        return Err(error(Code::TooLarge, too_large("tuple", bytes.len())));
+    }
+    codec::decode_tuple(bytes).map_err(|e| error(Code::Invalid, format!("bad tuple: {e}")))
+}
+
+fn too_large(what: &str, len: usize) -> String {
+    format!(
+        "{what} of {len} bytes exceeds the limit of {} bytes",
+        crate::MAX_TUPLE_BYTES
+    )
+}
+
+fn ttl(ms: u64) -> Option<Millis> {
+    (ms > 0).then_some(ms)
+}
+
+impl Machine {
+    /// An empty machine.
+    pub fn new() -> Machine {
+        Machine::default()
+    }
+
+    /// The space, for reads.
+    pub fn space(&self) -> &Space {
+        &self.space
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The term of the last applied entry.
+    pub fn applied_term(&self) -> u64 {
+        self.applied_term
+    }
+
+    /// How many sessions are open.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Members and their addresses as the log last set them.
+    pub fn members(&self) -> &[proto::Member] {
+        &self.members
+    }
+
+    /// Replaces the member list (applied from a membership change).
+    pub fn set_members(&mut self, members: Vec<proto::Member>) {
+        self.members = members;
+    }
+
+    /// Records that an entry without a command (leader no-op, membership change) was applied.
+    pub fn mark_applied(&mut self, index: u64, term: u64) {
+        self.applied_index = index;
+        self.applied_term = term;
+    }
+
+    /// Applies one committed command. Undecodable data is skipped the same way on every replica.
+    pub fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Applied, String> {
+        self.mark_applied(index, term);
+        let cmd = Command::decode(data).map_err(|e| format!("undecodable command: {e}"))?;
+        Ok(self.apply_command(cmd))
+    }
+
+    fn apply_command(&mut self, cmd: Command) -> Applied {
+        let mut applied = Applied::default();
+        self.advance(cmd.stamp_ms, &mut applied);
+        let Some(op) = cmd.op else {
+            return applied;
+        };
+        if matches!(op, command::Op::Tick(_)) {
+            return applied;
+        }
+        let (session, seq) = (cmd.session, cmd.seq);
+        match self.admit(session, seq, cmd.ack) {
+            Admit::Apply => {}
+            Admit::Answer(result) => {
+                applied.completions.push(Completion {
+                    session,
+                    seq,
+                    result,
+                });
+                return applied;
+            }
+            Admit::StillWaiting => return applied,
+        }
+        let outcome = self.apply_op(op, (session, seq), &mut applied);
+        if let Outcome::Done(result) = &outcome {
+            applied.completions.push(Completion {
+                session,
+                seq,
+                result: result.clone(),
+            });
+        }
+        self.record(session, seq, outcome);
+        applied
+    }
+
+    /// Moves the clock and expires tuples, waiters and idle sessions.
+    fn advance(&mut self, stamp: Millis, applied: &mut Applied) {
+        let expired = self.space.advance(stamp);
+        for waiter in expired.waiters {
+            if let Some((session, seq)) = self.waiter_owner.remove(&waiter) {
+                let result = error(Code::TimedOut, "no matching tuple before the timeout");
+                self.finish(session, seq, result.clone());
+                applied.completions.push(Completion {
+                    session,
+                    seq,
+                    result,
+                });
+            }
+        }
+        let now = self.space.now();
+        while let Some(&(last, id)) = self.by_activity.first() {
+            if last.saturating_add(SESSION_TTL_MS) > now {
+                break;
+            }
+            self.by_activity.pop_first();
+            if let Some(session) = self.sessions.remove(&id) {
+                for outcome in session.results.values() {
+                    if let Outcome::Waiting(w) = outcome {
+                        self.waiter_owner.remove(w);
+                        self.space.cancel(*w);
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, session: u64, seq: u64, ack: u64) -> Admit {
+        let now = self.space.now();
+        if session == 0 || seq == 0 {
+            return Admit::Answer(error(
+                Code::Invalid,
+                "writes need a session id and a sequence number from 1",
+            ));
+        }
+        let entry = match self.sessions.get_mut(&session) {
+            Some(s) => s,
+            None if seq == 1 => self.sessions.entry(session).or_default(),
+            None => {
+                return Admit::Answer(error(
+                    Code::SessionExpired,
+                    format!(
+                        "session {session:016x} is unknown or expired; request {seq} was not \
+                         applied (start a new session and retry)"
+                    ),
+                ));
+            }
+        };
+        self.by_activity.remove(&(entry.last_active, session));
+        entry.last_active = now;
+        self.by_activity.insert((now, session));
+        if ack > entry.acked {
+            entry.acked = ack;
+            entry.results = entry.results.split_off(&(ack + 1));
+        }
+        if let Some(outcome) = entry.results.get(&seq) {
+            return match outcome {
+                Outcome::Done(result) => Admit::Answer(result.clone()),
+                Outcome::Waiting(_) => Admit::StillWaiting,
+            };
+        }
+        if seq <= entry.acked {
+            return Admit::Answer(error(
+                Code::Invalid,
+                format!("request {seq} of session {session:016x} was already acknowledged"),
+            ));
+        }
+        Admit::Apply
+    }
+
+    fn record(&mut self, session: u64, seq: u64, outcome: Outcome) {
+        if let Some(entry) = self.sessions.get_mut(&session) {
+            entry.results.insert(seq, outcome);
+            while entry.results.len() > MAX_RESULTS_PER_SESSION {
+                // Drop the oldest finished result; never a waiting one (its waiter still owns it).
+                let oldest_done = entry
+                    .results
+                    .iter()
+                    .find(|(_, o)| matches!(o, Outcome::Done(_)))
+                    .map(|(&s, _)| s);
+                match oldest_done {
+                    Some(s) => {
+                        entry.results.remove(&s);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// A waiting request got its answer.
+    fn finish(&mut self, session: u64, seq: u64, result: response::Result) {
+        if let Some(entry) = self.sessions.get_mut(&session) {
+            entry.results.insert(seq, Outcome::Done(result));
+        }
+    }
+
+    fn apply_op(&mut self, op: command::Op, me: (u64, u64), applied: &mut Applied) -> Outcome {
+        match self.try_apply_op(op, me, applied) {
+            Ok(outcome) => outcome,
+            Err(result) => Outcome::Done(result),
+        }
+    }
+
+    fn try_apply_op(
+        &mut self,
+        op: command::Op,
+        me: (u64, u64),
+        applied: &mut Applied,
+    ) -> Result<Outcome, response::Result> {
+        Ok(match op {
+            command::Op::Out(out) => {
+                let tuple = decode_tuple(&out.tuple)?;
+                let id = self.out(tuple, ttl(out.ttl_ms), applied);
+                Outcome::Done(response::Result::OutId(id))
+            }
+            command::Op::Cas(cas) => {
+                let template = decode_template(&cas.template)?;
+                let tuple = decode_tuple(&cas.tuple)?;
+                let id = if self.space.rdp(&template, 0).is_some() {
+                    0
+                } else {
+                    self.out(tuple, ttl(cas.ttl_ms), applied)
+                };
+                Outcome::Done(response::Result::CasId(id))
+            }
+            command::Op::In(take) => {
+                let template = decode_template(&take.template)?;
+                if !take.block {
+                    return Ok(Outcome::Done(found(self.space.inp(&template))));
+                }
+                let timeout = take.timeout_ms.min(MAX_WAIT_MS);
+                match self.space.in_or_wait(template, Some(timeout)) {
+                    Wait::Ready(item) => Outcome::Done(found(Some(item))),
+                    Wait::Waiting(w) => {
+                        self.waiter_owner.insert(w, me);
+                        Outcome::Waiting(w)
+                    }
+                }
+            }
+            command::Op::InAll(all) => {
+                let template = decode_template(&all.template)?;
+                let limit = if all.limit == 0 {
+                    usize::MAX
+                } else {
+                    all.limit as usize
+                };
+                let items = self.space.in_all(&template, limit);
+                Outcome::Done(response::Result::Tuples(TupleList {
+                    items: items.iter().map(|(id, t)| id_tuple(*id, t)).collect(),
+                }))
+            }
+            command::Op::TakeId(take) => {
+                let item = self.space.take_id(take.id).map(|t| (take.id, t));
+                Outcome::Done(found(item))
+            }
+            command::Op::Tick(_) => Outcome::Done(response::Result::Count(0)),
+        })
+    }
+
+    /// `out`, handing the tuple to the oldest blocked `in` if one matches.
+    fn out(&mut self, tuple: Tuple, ttl: Option<Millis>, applied: &mut Applied) -> TupleId {
+        let outcome = self.space.out(tuple.clone(), ttl);
+        if let Some(waiter) = outcome.taken_by
+            && let Some((session, seq)) = self.waiter_owner.remove(&waiter)
+        {
+            let result = found(Some((outcome.id, tuple.clone())));
+            self.finish(session, seq, result.clone());
+            applied.completions.push(Completion {
+                session,
+                seq,
+                result,
+            });
+        }
+        applied.outs.push((outcome.id, tuple));
+        outcome.id
+    }
+
+    /// The earliest log time at which a tuple or waiter expires: the leader proposes a tick then.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.space.next_deadline()
+    }
+
+    /// The clock.
+    pub fn now(&self) -> Millis {
+        self.space.now()
+    }
+
+    /// A linearizable read's answer, computed on the local state once it is current.
+    pub fn rd_all(&self, template: &Template, query: &Query) -> Vec<IdTuple> {
+        self.space
+            .rd_all(template, query)
+            .into_iter()
+            .map(|(id, t)| id_tuple(id, t))
+            .collect()
+    }
+
+    /// The whole state as bytes, for a snapshot.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut sessions: Vec<SessionState> = self
+            .sessions
+            .iter()
+            .map(|(&id, s)| SessionState {
+                id,
+                last_active_ms: s.last_active,
+                acked: s.acked,
+                results: s
+                    .results
+                    .iter()
+                    .map(|(&seq, o)| SessionResult {
+                        seq,
+                        state: Some(match o {
+                            Outcome::Done(r) => session_result::State::Done(proto::Response {
+                                result: Some(r.clone()),
+                                ..Default::default()
+                            }),
+                            Outcome::Waiting(w) => session_result::State::Waiting(*w),
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.id);
+        MachineState {
+            applied_index: self.applied_index,
+            applied_term: self.applied_term,
+            space: self.space.encode(),
+            sessions,
+            members: self.members.clone(),
+        }
+        .encode_to_vec()
+    }
+
+    /// A machine from [`Machine::encode`]'s bytes; anything else is refused.
+    pub fn decode(bytes: &[u8]) -> Result<Machine, String> {
+        let state =
+            MachineState::decode(bytes).map_err(|e| format!("undecodable machine state: {e}"))?;
+        let space = Space::decode(&state.space).map_err(|e| format!("bad space: {e}"))?;
+        let mut m = Machine {
+            space,
+            applied_index: state.applied_index,
+            applied_term: state.applied_term,
+            members: state.members,
+            ..Machine::default()
+        };
+        for s in state.sessions {
+            let mut session = Session {
+                last_active: s.last_active_ms,
+                acked: s.acked,
+                results: BTreeMap::new(),
+            };
+            for r in s.results {
+                let outcome = match r.state {
+                    Some(session_result::State::Done(resp)) => Outcome::Done(
+                        resp.result
+                            .ok_or("a finished session result without a response")?,
+                    ),
+                    Some(session_result::State::Waiting(w)) => {
+                        if m.space.waiter(w).is_none() {
+                            return Err(format!("session result waits on unknown waiter {w}"));
+                        }
+                        m.waiter_owner.insert(w, (s.id, r.seq));
+                        Outcome::Waiting(w)
+                    }
+                    None => return Err("a session result without a state".into()),
+                };
+                session.results.insert(r.seq, outcome);
+            }
+            m.by_activity.insert((session.last_active, s.id));
+            if m.sessions.insert(s.id, session).is_some() {
+                return Err(format!("session {} appears twice", s.id));
+            }
+        }
+        Ok(m)
+    }
+}
+
+enum Admit {
+    Apply,
+    Answer(response::Result),
+    StillWaiting,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Cas, In, Out, TakeId, Tick};
+    use tuplespace::tuple;
+
+    struct Log {
+        machine: Machine,
+        index: u64,
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Log {
+                machine: Machine::new(),
+                index: 0,
+            }
+        }
+
+        fn apply(&mut self, stamp: u64, session: u64, seq: u64, op: command::Op) -> Applied {
+            self.index += 1;
+            let cmd = Command {
+                stamp_ms: stamp,
+                session,
+                seq,
+                ack: seq.saturating_sub(1),
+                op: Some(op),
+            };
+            self.machine
+                .apply(self.index, 1, &cmd.encode_to_vec())
+                .unwrap()
+        }
+    }
+
+    fn out(t: Tuple) -> command::Op {
+        command::Op::Out(Out {
+            tuple: codec::tuple_to_bytes(&t),
+            ttl_ms: 0,
+        })
+    }
+
+    fn take(tpl: &str, block: bool, timeout_ms: u64) -> command::Op {
+        command::Op::In(In {
+            template: codec::template_to_bytes(&tpl.parse().unwrap()),
+            block,
+            timeout_ms,
+        })
+    }
+
+    fn result(a: &Applied, session: u64, seq: u64) -> Option<&response::Result> {
+        a.completions
+            .iter()
+            .find(|c| c.session == session && c.seq == seq)
+            .map(|c| &c.result)
+    }
+
+    #[test]
+    fn a_replayed_request_is_applied_once() {
+        let mut log = Log::new();
+        let first = log.apply(10, 7, 1, out(tuple!["x", 1]));
+        let again = log.apply(11, 7, 1, out(tuple!["x", 1]));
+        assert_eq!(result(&first, 7, 1), Some(&response::Result::OutId(1)));
+        assert_eq!(result(&again, 7, 1), Some(&response::Result::OutId(1)));
+        assert_eq!(log.machine.space().len(), 1);
+        assert!(again.outs.is_empty(), "the duplicate wrote nothing");
+    }
+
+    #[test]
+    fn an_unknown_session_past_its_first_request_is_refused() {
+        let mut log = Log::new();
+        let a = log.apply(10, 9, 5, out(tuple!["x"]));
+        match result(&a, 9, 5) {
+            Some(response::Result::Error(e)) => {
+                assert_eq!(e.code, Code::SessionExpired as i32)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(log.machine.space().is_empty());
+    }
+
+    #[test]
+    fn sessions_expire_after_idle_log_time() {
+        let mut log = Log::new();
+        log.apply(0, 1, 1, out(tuple!["a"]));
+        log.apply(SESSION_TTL_MS + 1, 2, 1, command::Op::Tick(Tick {}));
+        assert_eq!(log.machine.session_count(), 0);
+        let a = log.apply(SESSION_TTL_MS + 2, 1, 2, out(tuple!["b"]));
+        assert!(matches!(result(&a, 1, 2), Some(response::Result::Error(_))));
+        assert_eq!(log.machine.space().len(), 1);
+    }
+
+    #[test]
+    fn a_blocked_in_is_answered_by_a_later_out_and_its_retry_gets_the_same_tuple() {
+        let mut log = Log::new();
+        let waiting = log.apply(10, 1, 1, take(r#"("job", ?int)"#, true, 1000));
+        assert!(waiting.completions.is_empty());
+        let retry_while_waiting = log.apply(20, 1, 1, take(r#"("job", ?int)"#, true, 1000));
+        assert!(retry_while_waiting.completions.is_empty());
+        let served = log.apply(30, 2, 1, out(tuple!["job", 5]));
+        let expect = found(Some((1, tuple!["job", 5])));
+        assert_eq!(result(&served, 1, 1), Some(&expect));
+        assert_eq!(result(&served, 2, 1), Some(&response::Result::OutId(1)));
+        assert!(log.machine.space().is_empty());
+        let retry_after = log.apply(40, 1, 1, take(r#"("job", ?int)"#, true, 1000));
+        assert_eq!(result(&retry_after, 1, 1), Some(&expect));
+        assert!(log.machine.space().is_empty());
+    }
+
+    #[test]
+    fn two_blocked_ins_one_tuple_one_winner_one_timeout() {
+        let mut log = Log::new();
+        log.apply(0, 1, 1, take(r#"("t")"#, true, 100));
+        log.apply(0, 2, 1, take(r#"("t")"#, true, 100));
+        let served = log.apply(10, 3, 1, out(tuple!["t"]));
+        assert!(matches!(
+            result(&served, 1, 1),
+            Some(response::Result::Found(_))
+        ));
+        assert_eq!(result(&served, 2, 1), None);
+        let tick = log.apply(100, 0, 0, command::Op::Tick(Tick {}));
+        match result(&tick, 2, 1) {
+            Some(response::Result::Error(e)) => assert_eq!(e.code, Code::TimedOut as i32),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_tuples_are_refused_identically() {
+        let mut log = Log::new();
+        let a = log.apply(
+            0,
+            1,
+            1,
+            command::Op::Out(Out {
+                tuple: vec![0xff, 0xff],
+                ttl_ms: 0,
+            }),
+        );
+        match result(&a, 1, 1) {
+            Some(response::Result::Error(e)) => assert_eq!(e.code, Code::Invalid as i32),
+            other => panic!("{other:?}"),
+        }
+        assert!(log.machine.apply(99, 1, b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn cas_and_take_id() {
+        let mut log = Log::new();
+        let cas = |t: Tuple| {
+            command::Op::Cas(Cas {
+                template: codec::template_to_bytes(&r#"("lock", _)"#.parse().unwrap()),
+                tuple: codec::tuple_to_bytes(&t),
+                ttl_ms: 0,
+            })
+        };
+        let a = log.apply(0, 1, 1, cas(tuple!["lock", "a"]));
+        assert_eq!(result(&a, 1, 1), Some(&response::Result::CasId(1)));
+        let b = log.apply(0, 1, 2, cas(tuple!["lock", "b"]));
+        assert_eq!(result(&b, 1, 2), Some(&response::Result::CasId(0)));
+        let c = log.apply(0, 1, 3, command::Op::TakeId(TakeId { id: 1 }));
+        assert_eq!(
+            result(&c, 1, 3),
+            Some(&found(Some((1, tuple!["lock", "a"]))))
+        );
+    }
+
+    #[test]
+    fn state_round_trips_through_encode() {
+        let mut log = Log::new();
+        log.apply(5, 1, 1, out(tuple!["a", 1]));
+        log.apply(6, 2, 1, take(r#"("b")"#, true, 500));
+        let bytes = log.machine.encode();
+        let mut back = Machine::decode(&bytes).unwrap();
+        assert_eq!(back.encode(), bytes);
+        // The restored waiter is still owned by its request.
+        let cmd = Command {
+            stamp_ms: 7,
+            session: 3,
+            seq: 1,
+            ack: 0,
+            op: Some(out(tuple!["b"])),
+        };
+        let applied = back.apply(10, 1, &cmd.encode_to_vec()).unwrap();
+        assert!(matches!(
+            result(&applied, 2, 1),
+            Some(response::Result::Found(_))
+        ));
+        assert!(Machine::decode(b"garbage").is_err());
+    }
+}

@@ -1,0 +1,1786 @@
+//! raft-engine as raft's log storage: entries, hard state, conf state and snapshot metadata.
+//!
+//! # On disk
+//!
+//! ```text
+//! <data_dir>/
+//!   LOCK          exclusive lock (fs2 / flock) held for the lifetime of a RaftStorage;
+//!                 a second open of the same dir, even in the same process, fails
+//!   raft/         a tikv raft-engine instance (its own files: *.raftlog, *.rewrite, LOCK, ...)
+//!   ...           (snapshot files are written next to it by another module)
+//! ```
+//!
+//! The engine holds one raft group, region [`REGION_ID`] (1), with:
+//!
+//! | what | raft-engine | written by |
+//! |---|---|---|
+//! | log entries | entries of region 1 (memtable index + entry blocks) | [`RaftStorage::persist`] |
+//! | `HardState` | key `hard_state` | `persist`, `set_commit`, `apply_snapshot`, first open |
+//! | `ConfState` | key `conf_state` (absent = empty: a node waiting for a snapshot) | `set_conf_state`, `apply_snapshot`, first open |
+//! | log boundary | key `log_boundary`: `SnapshotMetadata { index, term }` of the entry just before the first stored entry | `compact`, `apply_snapshot` |
+//! | latest snapshot | key `snapshot_meta`: the `SnapshotMetadata` (index, term, conf state) of the newest snapshot this node knows | `set_snapshot`, `apply_snapshot` |
+//!
+//! The log covers `(boundary.index, last_index]`: `first_index = boundary.index + 1` and
+//! `term(boundary.index) = boundary.term`, exactly as `MemStorage` treats its snapshot metadata,
+//! except that a compaction also moves the boundary, so `term(first_index - 1)` keeps working.
+//! The boundary and the entry removal always go in one batch, so they are never out of step.
+//!
+//! Snapshot *data* is not stored here: the snapshot module writes it to files and hands the newest
+//! one to [`RaftStorage::set_snapshot`], which keeps it in memory for `Storage::snapshot`.
+//!
+//! # Durability
+//!
+//! Every mutating call writes exactly one raft-engine `LogBatch` with `sync = true` (fdatasync
+//! before returning), so each call is atomic and durable. `set_commit` is synced too: it costs one
+//! small fsync, and a commit index that is lower on disk than a snapshot already taken from it
+//! would make raft refuse to start (`applied > committed`).
+//!
+//! # Recovery
+//!
+//! The engine is opened with `RecoveryMode::TolerateTailCorruption`: a torn batch at the end of the
+//! newest log file is cut off (we log a warning with the bytes cut, since raft-engine only reports it
+//! through the `log` crate); a broken batch in any older file fails the open with an error naming
+//! the directory. Note that raft-engine cannot tell a torn write from corruption *inside* the newest
+//! file: both are truncated from the first bad batch on. On open every stored entry is read once
+//! (checksums verified) to build the in-memory term index, so a corrupt entry block anywhere also
+//! fails the open with a clear error rather than later inside raft.
+//!
+//! # Reads
+//!
+//! `first_index`/`last_index` come from the boundary and the engine memtable; `entries` reads through
+//! `Engine::fetch_entries_to`; `term` uses an in-memory run-length index of the terms (a handful of
+//! `(first index, term)` runs), so raft's very frequent `term` calls never touch the disk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
+use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
+use slog::{Logger, debug, error, info, o, warn};
+
+/// The one raft group this node stores (raft-engine "region").
+pub const REGION_ID: u64 = 1;
+
+/// The name of the lock file inside the data dir.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// The raft-engine directory inside the data dir.
+pub const ENGINE_DIR: &str = "raft";
+
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_LOG_BOUNDARY: &[u8] = b"log_boundary";
+const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+
+/// Entries read per call while scanning the log on open.
+const SCAN_CHUNK: u64 = 1024;
+
+/// Errors of the raft log storage. Every variant names the data dir (or file) it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// raft-engine failed.
+    #[error("raft log in {}: {op}: {source}", dir.display())]
+    Engine {
+        /// The engine directory (`<data_dir>/raft`).
+        dir: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The engine's error.
+        #[source]
+        source: raft_engine::Error,
+    },
+    /// A file system operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("cannot create data dir", ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The data dir path exists but is not a directory.
+    #[error("data dir {} exists and is not a directory", path.display())]
+    NotADirectory {
+        /// The path given as data dir.
+        path: PathBuf,
+    },
+    /// Stored data is malformed or inconsistent.
+    #[error("corrupt raft storage in {}: {detail}", path.display())]
+    Corrupt {
+        /// The data dir (or file) holding the bad data.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Another `RaftStorage` (in this or another process) holds the data dir.
+    #[error(
+        "data dir {} is in use by another raftnode process (lock file {})",
+        dir.display(),
+        dir.join(LOCK_FILE).display()
+    )]
+    Locked {
+        /// The data dir.
+        dir: PathBuf,
+    },
+    /// A snapshot older than what the log already covers.
+    #[error(
+        "raft storage in {}: snapshot at index {index} is out of date (the log starts after index {boundary})",
+        dir.display()
+    )]
+    SnapshotOutOfDate {
+        /// The data dir.
+        dir: PathBuf,
+        /// The snapshot's index.
+        index: u64,
+        /// The index just before the first entry of the log.
+        boundary: u64,
+    },
+    /// A call that would break raft's invariants (a hole in the log, compacting uncommitted
+    /// entries, ...). Nothing was written.
+    #[error("raft storage in {}: {detail}", dir.display())]
+    InvalidRequest {
+        /// The data dir.
+        dir: PathBuf,
+        /// What was asked and why it was refused.
+        detail: String,
+    },
+}
+
+/// The raft-engine marker type for raft's `Entry`.
+struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+/// The terms of the stored log, run-length encoded: `runs[i] = (first index, term)`, the run
+/// lasting until the next run's first index (the last run until the last index of the log).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct TermRuns {
+    runs: Vec<(u64, u64)>,
+}
+
+impl TermRuns {
+    fn clear(&mut self) {
+        self.runs.clear();
+    }
+
+    /// Forgets every index `>= index`.
+    fn truncate(&mut self, index: u64) {
+        let keep = self.runs.partition_point(|&(start, _)| start < index);
+        self.runs.truncate(keep);
+    }
+
+    /// Records entry `index` with `term`; everything `>= index` must have been truncated.
+    fn push(&mut self, index: u64, term: u64) {
+        match self.runs.last() {
+            Some(&(_, t)) if t == term => {}
+            _ => self.runs.push((index, term)),
+        }
+    }
+
+    /// Forgets every index `< index`.
+    fn compact(&mut self, index: u64) {
+        // Runs whose successor starts at or before `index` end before it.
+        let drop = self.runs.partition_point(|&(start, _)| start <= index).saturating_sub(1);
+        self.runs.drain(..drop);
+        if let Some(first) = self.runs.first_mut() {
+            first.0 = first.0.max(index);
+        }
+    }
+
+    /// The term of `index`, which the caller has checked is within the log.
+    fn get(&self, index: u64) -> Option<u64> {
+        let i = self.runs.partition_point(|&(start, _)| start <= index);
+        i.checked_sub(1).map(|i| self.runs[i].1)
+    }
+}
+
+/// Engine settings; tests shrink the files to exercise rotation and purging.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    target_file_size: u64,
+    purge_threshold: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            // Small files so that compaction frees disk space soon after a snapshot.
+            target_file_size: 32 << 20,
+            // Purging (dropping or rewriting old files) starts once the append queue is this big.
+            purge_threshold: 256 << 20,
+        }
+    }
+}
+
+/// raft's log storage on raft-engine: see the [module documentation](self).
+///
+/// Owned by the node's `RawNode`; the `&mut self` methods are the writes the ready loop makes.
+pub struct RaftStorage {
+    // Field order matters: the engine is dropped (and its files closed) before the lock is released.
+    engine: Engine,
+    engine_dir: PathBuf,
+    data_dir: PathBuf,
+    state: RaftState,
+    /// Index and term of the entry just before the first stored one.
+    boundary: SnapshotMetadata,
+    /// The newest snapshot this node knows (index 0: none).
+    snapshot_meta: SnapshotMetadata,
+    /// The snapshot handed out to raft for lagging followers.
+    snapshot: Option<Snapshot>,
+    terms: TermRuns,
+    logger: Logger,
+    _lock: File,
+}
+
+impl std::fmt::Debug for RaftStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftStorage")
+            .field("data_dir", &self.data_dir)
+            .field("first_index", &self.first())
+            .field("last_index", &self.last())
+            .field("hard_state", &self.state.hard_state)
+            .field("conf_state", &self.state.conf_state)
+            .field("snapshot_index", &self.snapshot_meta.index)
+            .finish()
+    }
+}
+
+/// Reads a protobuf message stored under `key`; `None` if absent.
+fn load<M: protobuf::Message>(
+    engine: &Engine,
+    data_dir: &Path,
+    key: &[u8],
+) -> Result<Option<M>, StorageError> {
+    match engine.get(REGION_ID, key) {
+        None => Ok(None),
+        Some(bytes) => M::parse_from_bytes(&bytes).map(Some).map_err(|e| StorageError::Corrupt {
+            path: data_dir.to_path_buf(),
+            detail: format!("stored {} does not decode: {e}", String::from_utf8_lossy(key)),
+        }),
+    }
+}
+
+/// Sizes of raft-engine's log files, to notice the truncations it makes on open.
+fn log_file_sizes(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| {
+            let path = e.path();
+            let name = path.file_name()?.to_str()?;
+            if name.ends_with(".raftlog") || name.ends_with(".rewrite") {
+                Some((path.clone(), e.metadata().ok()?.len()))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn boundary_meta(index: u64, term: u64) -> SnapshotMetadata {
+    SnapshotMetadata {
+        index,
+        term,
+        ..Default::default()
+    }
+}
+
+fn voters_set(cs: &ConfState) -> Vec<u64> {
+    let mut v = cs.voters.clone();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+impl RaftStorage {
+    /// Opens (creating if needed) the storage in `data_dir`, locking `<data_dir>/LOCK`.
+    ///
+    /// A fresh dir is initialised with a default `HardState` and, if `initial_voters` is not empty,
+    /// `ConfState { voters: initial_voters }` (an empty list is a node that joins later and waits
+    /// for a snapshot). An existing dir keeps its stored state; a disagreeing `initial_voters` is
+    /// only logged.
+    pub fn open(
+        data_dir: &Path,
+        initial_voters: &[u64],
+        logger: Logger,
+    ) -> Result<RaftStorage, StorageError> {
+        Self::open_tuned(data_dir, initial_voters, logger, Tuning::default())
+    }
+
+    fn open_tuned(
+        data_dir: &Path,
+        initial_voters: &[u64],
+        logger: Logger,
+        tuning: Tuning,
+    ) -> Result<RaftStorage, StorageError> {
+        let logger = logger.new(o!("dir" => data_dir.display().to_string()));
+        Self::open_inner(data_dir, initial_voters, &logger, tuning).inspect_err(|e| {
+            error!(logger, "cannot open raft storage"; "error" => %e);
+        })
+    }
+
+    fn open_inner(
+        data_dir: &Path,
+        initial_voters: &[u64],
+        logger: &Logger,
+        tuning: Tuning,
+    ) -> Result<RaftStorage, StorageError> {
+        let data_dir = data_dir.to_path_buf();
+        match fs::metadata(&data_dir) {
+            Ok(m) if !m.is_dir() => return Err(StorageError::NotADirectory { path: data_dir }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&data_dir).map_err(|source| StorageError::Io {
+                    op: "cannot create data dir",
+                    path: data_dir.clone(),
+                    source,
+                })?;
+            }
+            Err(source) => {
+                return Err(StorageError::Io {
+                    op: "cannot access data dir",
+                    path: data_dir,
+                    source,
+                });
+            }
+        }
+
+        let lock_path = data_dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|source| StorageError::Io {
+                op: "cannot open lock file",
+                path: lock_path.clone(),
+                source,
+            })?;
+        if let Err(e) = lock.try_lock_exclusive() {
+            let contended = e.kind() == io::ErrorKind::WouldBlock
+                || e.raw_os_error() == fs2::lock_contended_error().raw_os_error();
+            return Err(if contended {
+                StorageError::Locked { dir: data_dir }
+            } else {
+                StorageError::Io {
+                    op: "cannot lock",
+                    path: lock_path,
+                    source: e,
+                }
+            });
+        }
+
+        let engine_dir = data_dir.join(ENGINE_DIR);
+        let engine_dir_str = engine_dir
+            .to_str()
+            .ok_or_else(|| StorageError::InvalidRequest {
+                dir: data_dir.clone(),
+                detail: "the data dir path is not valid UTF-8 (raft-engine needs a UTF-8 path)"
+                    .into(),
+            })?
+            .to_owned();
+        let before = log_file_sizes(&engine_dir);
+        let cfg = Config {
+            dir: engine_dir_str,
+            recovery_mode: RecoveryMode::TolerateTailCorruption,
+            target_file_size: ReadableSize(tuning.target_file_size),
+            purge_threshold: ReadableSize(tuning.purge_threshold),
+            ..Default::default()
+        };
+        let engine = Engine::open(cfg).map_err(|source| StorageError::Engine {
+            dir: engine_dir.clone(),
+            op: "cannot open (recover) the log",
+            source,
+        })?;
+        let after = log_file_sizes(&engine_dir);
+        for (path, old) in &before {
+            if let Some((_, new)) = after.iter().find(|(p, _)| p == path) {
+                if new < old {
+                    warn!(logger, "raft-engine truncated a broken tail of a log file on recovery";
+                        "file" => %path.display(), "bytes_before" => old, "bytes_after" => new,
+                        "bytes_cut" => old - new);
+                }
+            }
+        }
+
+        let corrupt = |detail: String| StorageError::Corrupt {
+            path: data_dir.clone(),
+            detail,
+        };
+        let hard_state: Option<HardState> = load(&engine, &data_dir, KEY_HARD_STATE)?;
+        let conf_state: Option<ConfState> = load(&engine, &data_dir, KEY_CONF_STATE)?;
+        let boundary: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_LOG_BOUNDARY)?;
+        let snapshot_meta: Option<SnapshotMetadata> =
+            load(&engine, &data_dir, KEY_SNAPSHOT_META)?;
+        let engine_first = engine.first_index(REGION_ID);
+        let engine_last = engine.last_index(REGION_ID);
+
+        let mut fresh = false;
+        let state = match hard_state {
+            Some(hs) => {
+                let cs = conf_state.unwrap_or_default();
+                if !initial_voters.is_empty() {
+                    let mut wanted = initial_voters.to_vec();
+                    wanted.sort_unstable();
+                    wanted.dedup();
+                    if wanted != voters_set(&cs) {
+                        info!(logger, "stored membership differs from the configured initial voters; using the stored one";
+                            "stored_voters" => ?cs.voters, "stored_learners" => ?cs.learners,
+                            "initial_voters" => ?initial_voters);
+                    }
+                }
+                RaftState::new(hs, cs)
+            }
+            None => {
+                if engine_last.is_some() || boundary.is_some() || snapshot_meta.is_some() {
+                    return Err(corrupt(
+                        "the log holds entries or snapshot metadata but no hard state".into(),
+                    ));
+                }
+                fresh = true;
+                let hs = HardState::default();
+                let cs = ConfState {
+                    voters: initial_voters.to_vec(),
+                    ..Default::default()
+                };
+                let mut batch = LogBatch::default();
+                let put = |batch: &mut LogBatch, key: &[u8], m: &dyn protobuf::Message| {
+                    let bytes = m.write_to_bytes().map_err(|e| StorageError::Engine {
+                        dir: engine_dir.clone(),
+                        op: "cannot encode the initial state",
+                        source: e.into(),
+                    })?;
+                    batch.put(REGION_ID, key.to_vec(), bytes).map_err(|source| {
+                        StorageError::Engine {
+                            dir: engine_dir.clone(),
+                            op: "cannot write the initial state",
+                            source,
+                        }
+                    })
+                };
+                put(&mut batch, KEY_HARD_STATE, &hs)?;
+                if !initial_voters.is_empty() {
+                    put(&mut batch, KEY_CONF_STATE, &cs)?;
+                }
+                engine
+                    .write(&mut batch, true)
+                    .map_err(|source| StorageError::Engine {
+                        dir: engine_dir.clone(),
+                        op: "cannot write the initial state",
+                        source,
+                    })?;
+                RaftState::new(hs, if initial_voters.is_empty() { ConfState::default() } else { cs })
+            }
+        };
+        let boundary = boundary.unwrap_or_default();
+        let snapshot_meta = snapshot_meta.unwrap_or_default();
+
+        // The stored log must start right after the boundary.
+        let last = match (engine_first, engine_last) {
+            (Some(first), Some(last)) => {
+                if first != boundary.index + 1 {
+                    return Err(corrupt(format!(
+                        "the log starts at index {first} but the stored boundary is index {} (expected the log to start at {})",
+                        boundary.index,
+                        boundary.index + 1
+                    )));
+                }
+                last
+            }
+            _ => boundary.index,
+        };
+        let hs = &state.hard_state;
+        if hs.commit > last {
+            return Err(corrupt(format!(
+                "the hard state's commit index {} is past the last log index {last}",
+                hs.commit
+            )));
+        }
+        if hs.commit < boundary.index {
+            return Err(corrupt(format!(
+                "the hard state's commit index {} is before the log boundary {}",
+                hs.commit, boundary.index
+            )));
+        }
+
+        // Read every entry once: checks the indexes and the entry blocks' checksums, and builds
+        // the term index.
+        let mut terms = TermRuns::default();
+        let mut next = boundary.index + 1;
+        let mut buf = Vec::new();
+        while next <= last {
+            let end = (next + SCAN_CHUNK).min(last + 1);
+            buf.clear();
+            engine
+                .fetch_entries_to::<EntryExt>(REGION_ID, next, end, None, &mut buf)
+                .map_err(|e| {
+                    corrupt(format!("cannot read log entries [{next}, {end}): {e}"))
+                })?;
+            for (i, e) in buf.iter().enumerate() {
+                let want = next + i as u64;
+                if e.index != want {
+                    return Err(corrupt(format!(
+                        "log entry at position {want} says index {}",
+                        e.index
+                    )));
+                }
+                terms.push(e.index, e.term);
+            }
+            if buf.len() as u64 != end - next {
+                return Err(corrupt(format!(
+                    "log entries [{next}, {end}) came back as {} entries",
+                    buf.len()
+                )));
+            }
+            next = end;
+        }
+
+        let storage = RaftStorage {
+            engine,
+            engine_dir,
+            data_dir,
+            state,
+            boundary,
+            snapshot_meta,
+            snapshot: None,
+            terms,
+            logger: logger.clone(),
+            _lock: lock,
+        };
+        let hs = &storage.state.hard_state;
+        let cs = &storage.state.conf_state;
+        info!(storage.logger, "raft storage open";
+            "fresh" => fresh,
+            "first_index" => storage.first(), "last_index" => storage.last(),
+            "term" => hs.term, "vote" => hs.vote, "commit" => hs.commit,
+            "voters" => ?cs.voters, "learners" => ?cs.learners,
+            "voters_outgoing" => ?cs.voters_outgoing, "learners_next" => ?cs.learners_next,
+            "snapshot_index" => storage.snapshot_meta.index,
+            "snapshot_term" => storage.snapshot_meta.term,
+            "engine_bytes" => storage.engine_used_bytes());
+        Ok(storage)
+    }
+
+    // ---- getters ----
+
+    /// The current hard state (as last persisted).
+    pub fn hard_state(&self) -> &HardState {
+        &self.state.hard_state
+    }
+
+    /// The current conf state (as last persisted).
+    pub fn conf_state(&self) -> &ConfState {
+        &self.state.conf_state
+    }
+
+    /// The data dir this storage locks.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Bytes of log files raft-engine currently holds (append and rewrite queues).
+    pub fn engine_used_bytes(&self) -> usize {
+        self.engine.get_used_size()
+    }
+
+    /// Metadata (index, term, conf state) of the newest snapshot this node knows, persisted across
+    /// restarts; index 0 when there is none.
+    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snapshot_meta
+    }
+
+    /// The snapshot held for raft (set by [`set_snapshot`](Self::set_snapshot) or
+    /// [`apply_snapshot`](Self::apply_snapshot) since this storage was opened).
+    pub fn latest_snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    fn first(&self) -> u64 {
+        self.boundary.index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.engine.last_index(REGION_ID).unwrap_or(self.boundary.index)
+    }
+
+    // ---- writes ----
+
+    /// Logs `e` and returns it.
+    fn fail(&self, e: StorageError) -> StorageError {
+        error!(self.logger, "raft storage error"; "error" => %e);
+        e
+    }
+
+    fn invalid(&self, detail: String) -> StorageError {
+        self.fail(StorageError::InvalidRequest {
+            dir: self.data_dir.clone(),
+            detail,
+        })
+    }
+
+    fn engine_err(&self, op: &'static str, source: raft_engine::Error) -> StorageError {
+        self.fail(StorageError::Engine {
+            dir: self.engine_dir.clone(),
+            op,
+            source,
+        })
+    }
+
+    fn put(
+        &self,
+        batch: &mut LogBatch,
+        key: &[u8],
+        m: &dyn protobuf::Message,
+        op: &'static str,
+    ) -> Result<(), StorageError> {
+        let bytes = m
+            .write_to_bytes()
+            .map_err(|e| self.engine_err(op, e.into()))?;
+        batch
+            .put(REGION_ID, key.to_vec(), bytes)
+            .map_err(|e| self.engine_err(op, e))
+    }
+
+    fn write(&self, batch: &mut LogBatch, op: &'static str) -> Result<(), StorageError> {
+        self.engine
+            .write(batch, true)
+            .map(|_| ())
+            .map_err(|e| self.engine_err(op, e))
+    }
+
+    /// Appends `entries` (which may overwrite a conflicting suffix of the log: every stored entry
+    /// from `entries[0].index` on is replaced) and stores `hard_state`, in one synced batch.
+    ///
+    /// `entries` must be consecutive, must not start before `first_index` (compacted) nor after
+    /// `last_index + 1` (a hole); otherwise nothing is written and `InvalidRequest` is returned.
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        if let Some(first) = entries.first() {
+            let (lo, hi) = (self.first(), self.last() + 1);
+            if first.index < lo || first.index > hi {
+                return Err(self.invalid(format!(
+                    "cannot append entries from index {}: the log accepts entries from {lo} to {hi} (first index to last index + 1)",
+                    first.index
+                )));
+            }
+            for w in entries.windows(2) {
+                if w[1].index != w[0].index + 1 {
+                    return Err(self.invalid(format!(
+                        "cannot append non-consecutive entries (index {} followed by {})",
+                        w[0].index, w[1].index
+                    )));
+                }
+            }
+        }
+        let mut batch = LogBatch::default();
+        if !entries.is_empty() {
+            batch
+                .add_entries::<EntryExt>(REGION_ID, entries)
+                .map_err(|e| self.engine_err("cannot encode entries", e))?;
+        }
+        if let Some(hs) = hard_state {
+            self.put(&mut batch, KEY_HARD_STATE, hs, "cannot encode the hard state")?;
+        }
+        self.write(&mut batch, "cannot persist entries and hard state")?;
+        if let Some(first) = entries.first() {
+            self.terms.truncate(first.index);
+            for e in entries {
+                self.terms.push(e.index, e.term);
+            }
+        }
+        if let Some(hs) = hard_state {
+            self.state.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Raises the stored commit index to `commit` (from a `LightReady`); a lower or equal value is
+    /// ignored. Synced (see the module docs).
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
+        if commit <= self.state.hard_state.commit {
+            return Ok(());
+        }
+        let mut hs = self.state.hard_state.clone();
+        hs.commit = commit;
+        let mut batch = LogBatch::default();
+        self.put(&mut batch, KEY_HARD_STATE, &hs, "cannot encode the hard state")?;
+        self.write(&mut batch, "cannot persist the commit index")?;
+        self.state.hard_state = hs;
+        Ok(())
+    }
+
+    /// Stores the conf state after a conf change was applied.
+    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
+        let mut batch = LogBatch::default();
+        self.put(&mut batch, KEY_CONF_STATE, cs, "cannot encode the conf state")?;
+        self.write(&mut batch, "cannot persist the conf state")?;
+        self.state.conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: the whole log is dropped, the snapshot's
+    /// (index, term) becomes the log boundary, its conf state the conf state, and the hard state's
+    /// commit (and term) are raised to at least the snapshot's. Entries after it come later through
+    /// [`persist`](Self::persist). The snapshot is also kept to serve other followers.
+    ///
+    /// A snapshot at or before the log boundary is refused with `SnapshotOutOfDate`.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        let meta = snap.get_metadata();
+        if meta.index < self.first() {
+            return Err(self.fail(StorageError::SnapshotOutOfDate {
+                dir: self.data_dir.clone(),
+                index: meta.index,
+                boundary: self.boundary.index,
+            }));
+        }
+        let mut hs = self.state.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        let boundary = boundary_meta(meta.index, meta.term);
+        let cs = meta.get_conf_state().clone();
+
+        let mut batch = LogBatch::default();
+        // Clean drops the whole raft group (entries and keys); everything is put back after it,
+        // in the same batch.
+        batch.add_command(REGION_ID, Command::Clean);
+        self.put(&mut batch, KEY_HARD_STATE, &hs, "cannot encode the hard state")?;
+        self.put(&mut batch, KEY_CONF_STATE, &cs, "cannot encode the conf state")?;
+        self.put(&mut batch, KEY_LOG_BOUNDARY, &boundary, "cannot encode the log boundary")?;
+        self.put(&mut batch, KEY_SNAPSHOT_META, meta, "cannot encode snapshot metadata")?;
+        self.write(&mut batch, "cannot persist an applied snapshot")?;
+
+        self.state.hard_state = hs;
+        self.state.conf_state = cs;
+        self.boundary = boundary;
+        self.snapshot_meta = meta.clone();
+        self.snapshot = Some(snap.clone());
+        self.terms.clear();
+        info!(self.logger, "applied snapshot"; "index" => meta.index, "term" => meta.term,
+            "voters" => ?self.state.conf_state.voters);
+        Ok(())
+    }
+
+    /// Drops the entries with index `< up_to`; `term(up_to - 1)` stays answerable. A call at or
+    /// before `first_index` does nothing.
+    ///
+    /// Refused (`InvalidRequest`, nothing written) if it would drop an entry past the commit
+    /// index, past the last index, or past the newest snapshot this node knows
+    /// ([`set_snapshot`](Self::set_snapshot)): a follower that falls behind the log must be able
+    /// to catch up from that snapshot.
+    ///
+    /// Afterwards raft-engine's purge runs, which deletes (or rewrites) log files made obsolete.
+    pub fn compact(&mut self, up_to: u64) -> Result<(), StorageError> {
+        if up_to <= self.first() {
+            return Ok(());
+        }
+        let last = self.last();
+        let drop_to = up_to - 1;
+        if drop_to > last {
+            return Err(self.invalid(format!(
+                "cannot compact to {up_to}: the last log index is {last}"
+            )));
+        }
+        if drop_to > self.state.hard_state.commit {
+            return Err(self.invalid(format!(
+                "cannot compact to {up_to}: the commit index is {}",
+                self.state.hard_state.commit
+            )));
+        }
+        if drop_to > self.snapshot_meta.index {
+            return Err(self.invalid(format!(
+                "cannot compact to {up_to}: the newest snapshot is at index {} (compact at most to snapshot index + 1)",
+                self.snapshot_meta.index
+            )));
+        }
+        let Some(term) = self.term_in_log(drop_to)? else {
+            return Err(self.invalid(format!("cannot compact to {up_to}: no term for {drop_to}")));
+        };
+        let boundary = boundary_meta(drop_to, term);
+        let mut batch = LogBatch::default();
+        batch.add_command(REGION_ID, Command::Compact { index: up_to });
+        self.put(&mut batch, KEY_LOG_BOUNDARY, &boundary, "cannot encode the log boundary")?;
+        self.write(&mut batch, "cannot persist a compaction")?;
+        self.boundary = boundary;
+        self.terms.compact(up_to);
+        debug!(self.logger, "compacted the log"; "first_index" => up_to, "last_index" => last,
+            "boundary_term" => term);
+        self.purge()
+    }
+
+    /// Runs raft-engine's purge: deletes log files holding only compacted data and rewrites live
+    /// data out of old files once the log files exceed the purge threshold. Called by
+    /// [`compact`](Self::compact).
+    pub fn purge(&mut self) -> Result<(), StorageError> {
+        let before = self.engine.get_used_size();
+        let regions = self
+            .engine
+            .purge_expired_files()
+            .map_err(|e| self.engine_err("cannot purge old log files", e))?;
+        let after = self.engine.get_used_size();
+        if after != before || !regions.is_empty() {
+            debug!(self.logger, "purged log files"; "bytes_before" => before,
+                "bytes_after" => after, "regions_to_compact" => ?regions);
+        }
+        Ok(())
+    }
+
+    /// Keeps `snap` (the newest snapshot, with its data) to hand to raft for lagging followers, and
+    /// persists its metadata. Refused if its index is 0, past the commit index, before the log
+    /// boundary (a follower could not continue from it), or its term disagrees with the log.
+    pub fn set_snapshot(&mut self, snap: Snapshot) -> Result<(), StorageError> {
+        let meta = snap.get_metadata();
+        if meta.index == 0 {
+            return Err(self.invalid("cannot keep a snapshot at index 0".into()));
+        }
+        if meta.index < self.boundary.index {
+            return Err(self.fail(StorageError::SnapshotOutOfDate {
+                dir: self.data_dir.clone(),
+                index: meta.index,
+                boundary: self.boundary.index,
+            }));
+        }
+        if meta.index > self.state.hard_state.commit {
+            return Err(self.invalid(format!(
+                "cannot keep a snapshot at index {}: the commit index is {}",
+                meta.index, self.state.hard_state.commit
+            )));
+        }
+        if let Some(term) = self.term_in_log(meta.index)? {
+            if term != meta.term {
+                return Err(self.invalid(format!(
+                    "snapshot at index {} has term {} but the log has term {term} there",
+                    meta.index, meta.term
+                )));
+            }
+        }
+        let mut batch = LogBatch::default();
+        self.put(&mut batch, KEY_SNAPSHOT_META, meta, "cannot encode snapshot metadata")?;
+        self.write(&mut batch, "cannot persist snapshot metadata")?;
+        self.snapshot_meta = meta.clone();
+        debug!(self.logger, "keeping snapshot"; "index" => meta.index, "term" => meta.term,
+            "bytes" => snap.data.len());
+        self.snapshot = Some(snap);
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    /// The term of `idx` if it is the boundary or in the log; `None` otherwise.
+    fn term_in_log(&self, idx: u64) -> Result<Option<u64>, StorageError> {
+        if idx == self.boundary.index {
+            return Ok(Some(self.boundary.term));
+        }
+        if idx < self.first() || idx > self.last() {
+            return Ok(None);
+        }
+        if let Some(t) = self.terms.get(idx) {
+            return Ok(Some(t));
+        }
+        // Not reachable while the term index is maintained; read the entry as a fallback.
+        warn!(self.logger, "term index has no entry; reading the log"; "index" => idx);
+        match self.engine.get_entry::<EntryExt>(REGION_ID, idx) {
+            Ok(Some(e)) => Ok(Some(e.term)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.engine_err("cannot read a log entry", e)),
+        }
+    }
+
+    fn to_raft(e: StorageError) -> raft::Error {
+        raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+    }
+}
+
+impl Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(self.state.clone())
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        if low < self.first() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        let last = self.last();
+        if high > last + 1 {
+            error!(self.logger, "raft asked for entries past the last index";
+                "low" => low, "high" => high, "last_index" => last);
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let mut ents = Vec::with_capacity(((high - low) as usize).min(1024));
+        let limit = match max_size {
+            None | Some(raft::NO_LIMIT) => None,
+            Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
+        };
+        if let Err(e) =
+            self.engine
+                .fetch_entries_to::<EntryExt>(REGION_ID, low, high, limit, &mut ents)
+        {
+            return Err(Self::to_raft(self.engine_err("cannot read log entries", e)));
+        }
+        if ents.is_empty() || ents[0].index != low {
+            let e = StorageError::Corrupt {
+                path: self.data_dir.clone(),
+                detail: format!(
+                    "reading entries [{low}, {high}) returned {} entries starting at {:?}",
+                    ents.len(),
+                    ents.first().map(|e| e.index)
+                ),
+            };
+            return Err(Self::to_raft(self.fail(e)));
+        }
+        raft::util::limit_size(&mut ents, max_size);
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.boundary.index {
+            return Ok(self.boundary.term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        match self.term_in_log(idx) {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+            Err(e) => Err(Self::to_raft(e)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        match &self.snapshot {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+            held => {
+                debug!(self.logger, "no snapshot to send yet"; "to" => to,
+                    "request_index" => request_index,
+                    "held_index" => held.as_ref().map(|s| s.get_metadata().index));
+                Err(raft::Error::Store(
+                    RaftStorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use raft::storage::MemStorage;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn logger() -> Logger {
+        Logger::root(slog::Discard, o!())
+    }
+
+    fn open(dir: &Path, voters: &[u64]) -> RaftStorage {
+        RaftStorage::open(dir, voters, logger()).expect("open storage")
+    }
+
+    fn ent(index: u64, term: u64, len: usize) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![(index % 251) as u8; len].into(),
+            ..Default::default()
+        }
+    }
+
+    fn ents(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        range.map(|i| ent(i, term, 16)).collect()
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    fn snap(index: u64, term: u64, voters: Vec<u64>, data: &[u8]) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.data = data.to_vec().into();
+        let m = s.mut_metadata();
+        m.index = index;
+        m.term = term;
+        m.mut_conf_state().voters = voters;
+        s
+    }
+
+    fn all(s: &RaftStorage) -> Vec<Entry> {
+        let (f, l) = (s.first_index().unwrap(), s.last_index().unwrap());
+        if l < f {
+            return Vec::new();
+        }
+        s.entries(f, l + 1, None, ctx()).unwrap()
+    }
+
+    fn store_err(e: raft::StorageError) -> raft::Error {
+        raft::Error::Store(e)
+    }
+
+    /// The term index agrees with the entries on disk.
+    fn check_terms(s: &RaftStorage) {
+        for e in all(s) {
+            assert_eq!(s.terms.get(e.index), Some(e.term), "term index at {}", e.index);
+            let on_disk = s.engine.get_entry::<EntryExt>(REGION_ID, e.index).unwrap();
+            assert_eq!(on_disk.map(|d| d.term), Some(e.term));
+        }
+    }
+
+    #[test]
+    fn storage_is_send() {
+        fn send<T: Send>() {}
+        send::<RaftStorage>();
+    }
+
+    #[test]
+    fn fresh_node_initial_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), &[1, 2, 3]);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state, HardState::default());
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+        assert!(st.initialized());
+        assert_eq!(s.first_index().unwrap(), 1);
+        assert_eq!(s.last_index().unwrap(), 0);
+        assert_eq!(s.term(0).unwrap(), 0);
+        assert_eq!(s.term(1), Err(store_err(raft::StorageError::Unavailable)));
+        assert_eq!(
+            s.snapshot(0, 2),
+            Err(store_err(raft::StorageError::SnapshotTemporarilyUnavailable))
+        );
+        assert_eq!(s.data_dir(), dir.path());
+        assert!(dir.path().join("raft").is_dir());
+        assert!(dir.path().join(LOCK_FILE).is_file());
+    }
+
+    #[test]
+    fn joining_node_has_empty_conf_state_and_stored_membership_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path(), &[]);
+            assert!(!s.initial_state().unwrap().initialized());
+            assert_eq!(s.conf_state(), &ConfState::default());
+        }
+        // A later open with voters does not override what is stored (nothing: it waits).
+        let s = open(dir.path(), &[1, 2]);
+        assert_eq!(s.conf_state(), &ConfState::default());
+        drop(s);
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path(), &[1, 2, 3]);
+            let cs = ConfState {
+                voters: vec![1, 2, 3, 4],
+                ..Default::default()
+            };
+            s.set_conf_state(&cs).unwrap();
+        }
+        let s = open(dir.path(), &[1, 2, 3]);
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn append_and_read_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), &[1]);
+        let written: Vec<Entry> = (1..=10).map(|i| ent(i, 1 + i / 4, 10 * i as usize)).collect();
+        s.persist(&written[..4], Some(&hs(1, 1, 0))).unwrap();
+        s.persist(&written[4..], Some(&hs(3, 1, 7))).unwrap();
+        assert_eq!(s.hard_state(), &hs(3, 1, 7));
+        assert_eq!(s.first_index().unwrap(), 1);
+        assert_eq!(s.last_index().unwrap(), 10);
+        assert_eq!(all(&s), written);
+        for e in &written {
+            assert_eq!(s.term(e.index).unwrap(), e.term);
+        }
+        assert_eq!(s.term(0).unwrap(), 0);
+        assert_eq!(s.term(11), Err(store_err(raft::StorageError::Unavailable)));
+        assert_eq!(
+            s.entries(0, 3, None, ctx()),
+            Err(store_err(raft::StorageError::Compacted))
+        );
+        assert_eq!(
+            s.entries(5, 12, None, ctx()),
+            Err(store_err(raft::StorageError::Unavailable))
+        );
+        assert_eq!(s.entries(5, 5, None, ctx()).unwrap(), Vec::<Entry>::new());
+        assert_eq!(s.entries(3, 6, None, ctx()).unwrap(), written[2..5].to_vec());
+
+        // max_size exactly like raft's limit_size: at least one entry, then while it fits.
+        let size = |r: std::ops::Range<usize>| -> u64 {
+            written[r].iter().map(|e| u64::from(e.compute_size())).sum()
+        };
+        let cases = [
+            (0, 1),
+            (size(3..4) - 1, 1),
+            (size(3..5), 2),
+            (size(3..6) - 1, 2),
+            (size(3..6), 3),
+            (size(3..10), 7),
+            (u64::MAX, 7),
+        ];
+        for (max, want) in cases {
+            let got = s.entries(4, 11, max, ctx()).unwrap();
+            assert_eq!(got, written[3..3 + want].to_vec(), "max_size {max}");
+            let mut reference = written[3..10].to_vec();
+            raft::util::limit_size(&mut reference, Some(max));
+            assert_eq!(got, reference, "max_size {max} vs limit_size");
+        }
+        check_terms(&s);
+    }
+
+    #[test]
+    fn overwrite_of_a_conflicting_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path(), &[1]);
+            s.persist(&ents(1..=10, 1), Some(&hs(1, 1, 3))).unwrap();
+            // A new leader overwrites 6.. with a shorter suffix of term 2.
+            s.persist(&ents(6..=8, 2), Some(&hs(2, 2, 3))).unwrap();
+            assert_eq!(s.last_index().unwrap(), 8);
+            assert_eq!(s.term(5).unwrap(), 1);
+            assert_eq!(s.term(6).unwrap(), 2);
+            assert_eq!(s.term(9), Err(store_err(raft::StorageError::Unavailable)));
+            let mut want = ents(1..=5, 1);
+            want.extend(ents(6..=8, 2));
+            assert_eq!(all(&s), want);
+            // Overwriting from the very first entry, and a longer suffix.
+            s.persist(&ents(1..=12, 3), None).unwrap();
+            assert_eq!(all(&s), ents(1..=12, 3));
+            s.persist(&ents(12..=12, 4), None).unwrap();
+            check_terms(&s);
+        }
+        // Recovery replays the overwrites the same way.
+        let s = open(dir.path(), &[1]);
+        let mut want = ents(1..=11, 3);
+        want.extend(ents(12..=12, 4));
+        assert_eq!(all(&s), want);
+        assert_eq!(s.hard_state(), &hs(2, 2, 3));
+        check_terms(&s);
+    }
+
+    #[test]
+    fn invalid_appends_are_refused_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), &[1]);
+        s.persist(&ents(1..=5, 1), Some(&hs(1, 1, 5))).unwrap();
+        // A hole.
+        let e = s.persist(&ents(7..=8, 1), None).unwrap_err();
+        assert!(matches!(e, StorageError::InvalidRequest { .. }), "{e}");
+        // Not consecutive.
+        let mut bad = ents(6..=7, 1);
+        bad[1].index = 9;
+        assert!(s.persist(&bad, None).is_err());
+        // Before the first index (compacted).
+        s.set_snapshot(snap(3, 1, vec![1], b"x")).unwrap();
+        s.compact(4).unwrap();
+        let e = s.persist(&ents(2..=6, 2), None).unwrap_err();
+        assert!(e.to_string().contains("from 4 to 6"), "{e}");
+        assert_eq!(all(&s), ents(4..=5, 1));
+        drop(s);
+        let s = open(dir.path(), &[1]);
+        assert_eq!(all(&s), ents(4..=5, 1));
+    }
+
+    #[test]
+    fn hard_state_conf_state_and_entries_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            ..Default::default()
+        };
+        {
+            let mut s = open(dir.path(), &[1, 2, 3]);
+            s.persist(&ents(1..=20, 2), Some(&hs(2, 3, 10))).unwrap();
+            s.set_commit(15).unwrap();
+            s.set_commit(12).unwrap(); // lower: ignored
+            s.set_conf_state(&cs).unwrap();
+        }
+        // Dropping released the lock: the same dir opens again.
+        let s = open(dir.path(), &[1, 2, 3]);
+        assert_eq!(s.hard_state(), &hs(2, 3, 15));
+        assert_eq!(s.conf_state(), &cs);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state, hs(2, 3, 15));
+        assert_eq!(st.conf_state, cs);
+        assert_eq!(all(&s), ents(1..=20, 2));
+        assert_eq!(s.term(20).unwrap(), 2);
+        assert!(s.engine_used_bytes() > 0);
+    }
+
+    #[test]
+    fn compact_then_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path(), &[1]);
+            let mut e = ents(1..=5, 1);
+            e.extend(ents(6..=10, 2));
+            s.persist(&e, Some(&hs(2, 1, 8))).unwrap();
+
+            // Guards: no snapshot yet, past the commit index, past the last index.
+            let err = s.compact(5).unwrap_err();
+            assert!(err.to_string().contains("newest snapshot"), "{err}");
+            s.set_snapshot(snap(8, 2, vec![1], b"state@8")).unwrap();
+            let err = s.compact(10).unwrap_err();
+            assert!(err.to_string().contains("commit index is 8"), "{err}");
+            let err = s.compact(12).unwrap_err();
+            assert!(err.to_string().contains("last log index is 10"), "{err}");
+            assert_eq!(s.first_index().unwrap(), 1);
+
+            s.compact(7).unwrap();
+            assert_eq!(s.first_index().unwrap(), 7);
+            assert_eq!(s.term(6).unwrap(), 2);
+            assert_eq!(s.term(5), Err(store_err(raft::StorageError::Compacted)));
+            assert_eq!(s.entries(7, 11, None, ctx()).unwrap(), ents(7..=10, 2));
+            assert_eq!(
+                s.entries(6, 11, None, ctx()),
+                Err(store_err(raft::StorageError::Compacted))
+            );
+            // At or before first_index: nothing to do.
+            s.compact(3).unwrap();
+            s.compact(7).unwrap();
+            assert_eq!(s.first_index().unwrap(), 7);
+            // Up to the snapshot + 1.
+            s.compact(9).unwrap();
+            assert_eq!(s.term(8).unwrap(), 2);
+            check_terms(&s);
+        }
+        let mut s = open(dir.path(), &[1]);
+        assert_eq!(s.first_index().unwrap(), 9);
+        assert_eq!(s.last_index().unwrap(), 10);
+        assert_eq!(s.term(8).unwrap(), 2);
+        assert_eq!(s.term(7), Err(store_err(raft::StorageError::Compacted)));
+        assert_eq!(s.entries(9, 11, None, ctx()).unwrap(), ents(9..=10, 2));
+        assert_eq!(s.snapshot_metadata().index, 8);
+        // The snapshot data itself is not persisted here: raft must wait for set_snapshot.
+        assert_eq!(
+            s.snapshot(0, 2),
+            Err(store_err(raft::StorageError::SnapshotTemporarilyUnavailable))
+        );
+        s.set_snapshot(snap(8, 2, vec![1], b"state@8")).unwrap();
+        assert_eq!(s.snapshot(0, 2).unwrap().data.as_ref(), b"state@8");
+        assert_eq!(s.snapshot(8, 2).unwrap().get_metadata().index, 8);
+        assert_eq!(
+            s.snapshot(9, 2),
+            Err(store_err(raft::StorageError::SnapshotTemporarilyUnavailable))
+        );
+
+        // Compacting the whole log: empty, first = last + 1, boundary term kept.
+        s.set_commit(10).unwrap();
+        s.set_snapshot(snap(10, 2, vec![1], b"state@10")).unwrap();
+        s.compact(11).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (11, 10));
+        assert_eq!(s.term(10).unwrap(), 2);
+        drop(s);
+        let mut s = open(dir.path(), &[1]);
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (11, 10));
+        assert_eq!(s.term(10).unwrap(), 2);
+        s.persist(&ents(11..=12, 3), None).unwrap();
+        assert_eq!(all(&s), ents(11..=12, 3));
+    }
+
+    #[test]
+    fn set_snapshot_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), &[1]);
+        s.persist(&ents(1..=10, 3), Some(&hs(3, 1, 6))).unwrap();
+        assert!(s.set_snapshot(snap(0, 0, vec![1], b"")).is_err());
+        let e = s.set_snapshot(snap(7, 3, vec![1], b"")).unwrap_err();
+        assert!(e.to_string().contains("commit index is 6"), "{e}");
+        let e = s.set_snapshot(snap(5, 2, vec![1], b"")).unwrap_err();
+        assert!(e.to_string().contains("term"), "{e}");
+        s.set_snapshot(snap(6, 3, vec![1], b"six")).unwrap();
+        s.compact(7).unwrap();
+        let e = s.set_snapshot(snap(5, 3, vec![1], b"")).unwrap_err();
+        assert!(matches!(e, StorageError::SnapshotOutOfDate { index: 5, boundary: 6, .. }));
+        assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"six");
+    }
+
+    #[test]
+    fn apply_snapshot_then_entries_and_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs_voters = vec![1, 2, 3];
+        {
+            let mut s = open(dir.path(), &[]);
+            // A lagging follower with a stale, conflicting tail.
+            s.persist(&ents(1..=30, 1), Some(&hs(1, 2, 4))).unwrap();
+            let sn = snap(20, 4, cs_voters.clone(), b"machine state");
+            s.apply_snapshot(&sn).unwrap();
+            assert_eq!(s.first_index().unwrap(), 21);
+            assert_eq!(s.last_index().unwrap(), 20);
+            assert_eq!(s.term(20).unwrap(), 4);
+            assert_eq!(s.term(19), Err(store_err(raft::StorageError::Compacted)));
+            assert_eq!(s.term(21), Err(store_err(raft::StorageError::Unavailable)));
+            assert_eq!(s.hard_state(), &hs(4, 2, 20));
+            assert_eq!(s.conf_state().voters, cs_voters);
+            assert_eq!(s.snapshot(0, 3).unwrap(), sn);
+            assert_eq!(s.snapshot_metadata(), sn.get_metadata());
+            // Out of date.
+            let e = s.apply_snapshot(&snap(20, 4, vec![1], b"")).unwrap_err();
+            assert!(matches!(e, StorageError::SnapshotOutOfDate { .. }), "{e}");
+            // The leader continues from 21.
+            s.persist(&ents(21..=25, 4), Some(&hs(4, 2, 23))).unwrap();
+            assert_eq!(s.entries(21, 26, None, ctx()).unwrap(), ents(21..=25, 4));
+            check_terms(&s);
+        }
+        let mut s = open(dir.path(), &[]);
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.last_index().unwrap(), 25);
+        assert_eq!(s.term(20).unwrap(), 4);
+        assert_eq!(s.hard_state(), &hs(4, 2, 23));
+        assert_eq!(s.conf_state().voters, cs_voters);
+        assert_eq!(s.snapshot_metadata().index, 20);
+        assert_eq!(all(&s), ents(21..=25, 4));
+        // A second snapshot past the end of the log.
+        s.apply_snapshot(&snap(40, 5, vec![1, 2], b"")).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (41, 40));
+        drop(s);
+        let s = open(dir.path(), &[]);
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (41, 40));
+        assert_eq!(s.term(40).unwrap(), 5);
+        assert_eq!(s.conf_state().voters, vec![1, 2]);
+    }
+
+    #[test]
+    fn lock_refuses_a_second_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), &[1]);
+        let err = RaftStorage::open(dir.path(), &[1], logger()).unwrap_err();
+        assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+        let msg = err.to_string();
+        let d = dir.path().display().to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "data dir {d} is in use by another raftnode process (lock file {})",
+                dir.path().join("LOCK").display()
+            )
+        );
+        drop(s);
+        open(dir.path(), &[1]);
+    }
+
+    #[test]
+    fn a_regular_file_as_data_dir_fails_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        fs::write(&file, b"hello").unwrap();
+        let err = RaftStorage::open(&file, &[1], logger()).unwrap_err();
+        assert!(matches!(err, StorageError::NotADirectory { .. }), "{err}");
+        assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+        // And a data dir below a regular file cannot be created.
+        let below = file.join("sub");
+        let err = RaftStorage::open(&below, &[1], logger()).unwrap_err();
+        assert!(err.to_string().contains(&below.display().to_string()), "{err}");
+    }
+
+    fn newest_raftlog(dir: &Path) -> PathBuf {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir.join(ENGINE_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".raftlog"))
+            .collect();
+        files.sort();
+        files.pop().expect("a .raftlog file")
+    }
+
+    fn chop(path: &Path, bytes: u64) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len - bytes).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let written: Vec<Entry> = (1..=50).map(|i| ent(i, 1, 100)).collect();
+        {
+            let mut s = open(dir.path(), &[1]);
+            for e in &written {
+                s.persist(std::slice::from_ref(e), Some(&hs(1, 1, e.index - 1)))
+                    .unwrap();
+            }
+        }
+        let file = newest_raftlog(dir.path());
+        let before = fs::metadata(&file).unwrap().len();
+
+        // A few bytes off the last batch: exactly that batch is lost.
+        chop(&file, 7);
+        let last = {
+            let s = open(dir.path(), &[1]);
+            let last = s.last_index().unwrap();
+            assert_eq!(last, 49);
+            assert_eq!(all(&s), written[..49].to_vec());
+            assert_eq!(s.hard_state().commit, 48);
+            assert!(fs::metadata(&file).unwrap().len() < before - 7);
+            last
+        };
+
+        // A third of the file: still opens, with a prefix of what was written.
+        let len = fs::metadata(&file).unwrap().len();
+        chop(&file, len / 3);
+        let mut s = open(dir.path(), &[1]);
+        let last2 = s.last_index().unwrap();
+        assert!(last2 >= 1 && last2 < last, "last {last2}");
+        assert_eq!(all(&s), written[..last2 as usize].to_vec());
+        assert_eq!(s.hard_state().commit, last2 - 1);
+        check_terms(&s);
+        // And it keeps working after the truncation.
+        s.persist(&ents(last2 + 1..=last2 + 3, 2), Some(&hs(2, 1, last2)))
+            .unwrap();
+        drop(s);
+        let s = open(dir.path(), &[1]);
+        assert_eq!(s.last_index().unwrap(), last2 + 3);
+        assert_eq!(s.term(last2 + 3).unwrap(), 2);
+    }
+
+    fn small_files() -> Tuning {
+        Tuning {
+            target_file_size: 4096,
+            purge_threshold: 16 << 10,
+        }
+    }
+
+    #[test]
+    fn corruption_in_an_older_file_fails_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s =
+                RaftStorage::open_tuned(dir.path(), &[1], logger(), small_files()).unwrap();
+            for i in 1..=40 {
+                s.persist(&[ent(i, 1, 1000)], None).unwrap();
+            }
+        }
+        let mut files: Vec<PathBuf> = fs::read_dir(dir.path().join(ENGINE_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".raftlog"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 3, "{files:?}");
+        let first = &files[0];
+        let mut bytes = fs::read(first).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        fs::write(first, &bytes).unwrap();
+
+        let err = RaftStorage::open_tuned(dir.path(), &[1], logger(), small_files()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert!(
+            matches!(err, StorageError::Corrupt { .. } | StorageError::Engine { .. }),
+            "{msg}"
+        );
+        // The lock was released by the failed open.
+        drop(RaftStorage::open_tuned(dir.path(), &[1], logger(), small_files()).unwrap_err());
+    }
+
+    #[test]
+    fn compaction_purges_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RaftStorage::open_tuned(dir.path(), &[1], logger(), small_files()).unwrap();
+        for i in 1..=200 {
+            s.persist(&[ent(i, 1 + i / 50, 500)], Some(&hs(1 + i / 50, 1, i)))
+                .unwrap();
+        }
+        let before = s.engine_used_bytes();
+        s.set_snapshot(snap(190, s.term(190).unwrap(), vec![1], b"")).unwrap();
+        s.compact(191).unwrap();
+        let after = s.engine_used_bytes();
+        assert!(after < before / 2, "before {before} after {after}");
+        s.persist(&[ent(201, 5, 500)], Some(&hs(5, 1, 201))).unwrap();
+        let want: Vec<Entry> = (191..=201).map(|i| ent(i, 1 + i / 50, 500)).collect();
+        assert_eq!(all(&s)[..10], want[..10]);
+        drop(s);
+        let s = RaftStorage::open_tuned(dir.path(), &[1], logger(), small_files()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 191);
+        assert_eq!(s.last_index().unwrap(), 201);
+        assert_eq!(s.term(190).unwrap(), 4);
+        assert_eq!(s.hard_state().commit, 201);
+        check_terms(&s);
+    }
+
+    #[test]
+    fn term_runs() {
+        let mut t = TermRuns::default();
+        for (i, term) in [(1, 1), (2, 1), (3, 2), (4, 2), (5, 5), (6, 5)] {
+            t.push(i, term);
+        }
+        assert_eq!(t.runs, vec![(1, 1), (3, 2), (5, 5)]);
+        assert_eq!((1..=6).map(|i| t.get(i).unwrap()).collect::<Vec<_>>(), [1, 1, 2, 2, 5, 5]);
+        t.truncate(4);
+        t.push(4, 3);
+        assert_eq!(t.runs, vec![(1, 1), (3, 2), (4, 3)]);
+        t.truncate(3);
+        t.push(3, 1);
+        assert_eq!(t.runs, vec![(1, 1)]);
+        t.push(4, 2);
+        t.compact(3);
+        assert_eq!(t.runs, vec![(3, 1), (4, 2)]);
+        t.compact(4);
+        assert_eq!(t.runs, vec![(4, 2)]);
+        t.compact(9);
+        assert_eq!(t.runs, vec![(9, 2)]);
+        assert_eq!(t.get(0), None);
+    }
+
+    /// The same random operations on MemStorage and on RaftStorage (with reopens) give the same
+    /// answers; the one intended difference: after a compaction RaftStorage still knows
+    /// `term(first_index - 1)`, where MemStorage says Compacted.
+    #[test]
+    fn randomized_against_mem_storage() {
+        for seed in 0..6u64 {
+            randomized_run(seed, 250);
+        }
+    }
+
+    fn randomized_run(seed: u64, steps: usize) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let mem = MemStorage::new_with_conf_state(ConfState::from((vec![1u64], vec![])));
+        let mut s = Some(open(dir.path(), &[1]));
+        let mut compacted_boundary: Option<(u64, u64)> = None;
+
+        for step in 0..steps {
+            let st = s.as_mut().unwrap();
+            let first = st.first_index().unwrap();
+            let last = st.last_index().unwrap();
+            let commit = st.hard_state().commit;
+            let top_term = st.term(last).unwrap();
+            let what = format!("seed {seed} step {step}");
+            match rng.gen_range(0..100) {
+                0..=49 => {
+                    let lo = first.max(commit + 1);
+                    let start = rng.gen_range(lo..=last + 1);
+                    let n = rng.gen_range(1..=4u64);
+                    let term = top_term + rng.gen_range(0..=1);
+                    let new: Vec<Entry> = (start..start + n)
+                        .map(|i| ent(i, term, rng.gen_range(0..300)))
+                        .collect();
+                    let mut h = st.hard_state().clone();
+                    h.term = h.term.max(term);
+                    st.persist(&new, Some(&h)).unwrap();
+                    mem.wl().append(&new).unwrap();
+                    mem.wl().set_hardstate(h);
+                }
+                50..=64 if last >= first => {
+                    st.set_commit(last).unwrap();
+                    mem.wl().mut_hard_state().commit = last;
+                    let t = st.term(last).unwrap();
+                    st.set_snapshot(snap(last, t, vec![1], b"")).unwrap();
+                    let up_to = rng.gen_range(first..=last);
+                    if up_to > first {
+                        let bt = mem.term(up_to - 1).unwrap();
+                        st.compact(up_to).unwrap();
+                        mem.wl().compact(up_to).unwrap();
+                        compacted_boundary = Some((up_to - 1, bt));
+                    }
+                }
+                65..=74 => {
+                    let lo = first.max(commit).max(1);
+                    let index = rng.gen_range(lo..=last + 3);
+                    let term = top_term + rng.gen_range(0..=1);
+                    let voters: Vec<u64> = (1..=5).filter(|_| rng.gen_bool(0.5)).collect();
+                    let sn = snap(index, term, voters, b"");
+                    st.apply_snapshot(&sn).unwrap();
+                    mem.wl().apply_snapshot(sn).unwrap();
+                    compacted_boundary = None;
+                }
+                75..=84 => {
+                    drop(s.take());
+                    s = Some(open(dir.path(), &[1]));
+                }
+                85..=92 => {
+                    let cs = ConfState {
+                        voters: (1..=5).filter(|_| rng.gen_bool(0.5)).collect(),
+                        learners: vec![rng.gen_range(6..9)],
+                        ..Default::default()
+                    };
+                    st.set_conf_state(&cs).unwrap();
+                    mem.wl().set_conf_state(cs);
+                }
+                _ => {
+                    let mut h = st.hard_state().clone();
+                    h.term += 1;
+                    h.vote = rng.gen_range(0..4);
+                    st.persist(&[], Some(&h)).unwrap();
+                    mem.wl().set_hardstate(h);
+                }
+            }
+            let st = s.as_ref().unwrap();
+            compare(st, &mem, compacted_boundary, &mut rng, &what);
+        }
+        check_terms(s.as_ref().unwrap());
+    }
+
+    fn compare(
+        st: &RaftStorage,
+        mem: &MemStorage,
+        compacted_boundary: Option<(u64, u64)>,
+        rng: &mut StdRng,
+        what: &str,
+    ) {
+        let first = mem.first_index().unwrap();
+        let last = mem.last_index().unwrap();
+        assert_eq!(st.first_index().unwrap(), first, "first_index, {what}");
+        assert_eq!(st.last_index().unwrap(), last, "last_index, {what}");
+        let (a, b) = (st.initial_state().unwrap(), mem.initial_state().unwrap());
+        assert_eq!(a.hard_state, b.hard_state, "hard state, {what}");
+        assert_eq!(a.conf_state, b.conf_state, "conf state, {what}");
+        for idx in first.saturating_sub(1)..=last + 2 {
+            let (ours, theirs) = (st.term(idx), mem.term(idx));
+            if idx + 1 == first && theirs == Err(store_err(raft::StorageError::Compacted)) {
+                let (bi, bt) = compacted_boundary.expect("a compaction boundary");
+                assert_eq!((idx, ours), (bi, Ok(bt)), "boundary term, {what}");
+            } else {
+                assert_eq!(ours, theirs, "term({idx}), {what}");
+            }
+        }
+        if first >= 2 {
+            assert_eq!(
+                st.term(first - 2),
+                Err(store_err(raft::StorageError::Compacted)),
+                "{what}"
+            );
+        }
+        if first > 1 {
+            assert_eq!(
+                st.entries(first - 1, last + 1, None, ctx()),
+                Err(store_err(raft::StorageError::Compacted)),
+                "{what}"
+            );
+        }
+        if last >= first {
+            for _ in 0..4 {
+                let lo = rng.gen_range(first..=last);
+                let hi = rng.gen_range(lo + 1..=last + 1);
+                let max: Option<u64> = match rng.gen_range(0..3) {
+                    0 => None,
+                    1 => Some(0),
+                    _ => Some(rng.gen_range(0..1500)),
+                };
+                assert_eq!(
+                    st.entries(lo, hi, max, ctx()),
+                    mem.entries(lo, hi, max, ctx()),
+                    "entries({lo}, {hi}, {max:?}), {what}"
+                );
+            }
+        }
+    }
+
+    /// raft's RawNode runs on this storage: a one-node cluster elects itself, commits proposals,
+    /// and restarts with its state.
+    #[test]
+    fn raw_node_round_trip() {
+        use raft::RawNode;
+
+        fn drive(node: &mut RawNode<RaftStorage>, applied: &mut Vec<Vec<u8>>) {
+            while node.has_ready() {
+                let mut rd = node.ready();
+                if !rd.snapshot().is_empty() {
+                    let sn = rd.snapshot().clone();
+                    node.mut_store().apply_snapshot(&sn).unwrap();
+                }
+                let committed = rd.take_committed_entries();
+                applied.extend(committed.iter().filter(|e| !e.data.is_empty()).map(|e| e.data.to_vec()));
+                let entries = rd.entries().clone();
+                let hs = rd.hs().cloned();
+                node.mut_store().persist(&entries, hs.as_ref()).unwrap();
+                let mut light = node.advance(rd);
+                if let Some(c) = light.commit_index() {
+                    node.mut_store().set_commit(c).unwrap();
+                }
+                let committed = light.take_committed_entries();
+                applied.extend(committed.iter().filter(|e| !e.data.is_empty()).map(|e| e.data.to_vec()));
+                node.advance_apply();
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = raft::Config {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 3,
+            ..Default::default()
+        };
+        let mut applied = Vec::new();
+        let commit = {
+            let storage = open(dir.path(), &[1]);
+            let mut node = RawNode::new(&cfg, storage, &logger()).unwrap();
+            node.campaign().unwrap();
+            drive(&mut node, &mut applied);
+            for i in 0..5u8 {
+                node.propose(vec![], vec![b'a' + i]).unwrap();
+                drive(&mut node, &mut applied);
+            }
+            assert_eq!(applied, (0..5u8).map(|i| vec![b'a' + i]).collect::<Vec<_>>());
+            node.store().hard_state().commit
+        };
+        assert!(commit >= 6);
+        let storage = open(dir.path(), &[1]);
+        assert_eq!(storage.hard_state().commit, commit);
+        assert_eq!(storage.last_index().unwrap(), commit);
+        let cfg = raft::Config {
+            applied: commit,
+            ..cfg
+        };
+        let mut node = RawNode::new(&cfg, storage, &logger()).unwrap();
+        node.campaign().unwrap();
+        let mut applied = Vec::new();
+        drive(&mut node, &mut applied);
+        node.propose(vec![], b"after restart".to_vec()).unwrap();
+        drive(&mut node, &mut applied);
+        assert_eq!(applied, vec![b"after restart".to_vec()]);
+    }
+}

@@ -1,0 +1,1228 @@
+//! The peer transport: raft messages between nodes over ZeroMQ (zmq.rs).
+//!
+//! # Protocol
+//!
+//! Every node binds one ROUTER for raft traffic ([`serve`] / [`Server`]). Every node keeps, per
+//! peer, one long-lived REQ socket connected to that peer's ROUTER ([`Transport`]). A request is
+//! one frame, a prost [`RaftBatch`]: the sender's id and a list of raft messages, each encoded
+//! with raft-rs's own (rust-protobuf) codec. The reply is one frame, a prost [`RaftAck`] saying
+//! how many of the batch's messages were decoded and handed to raft.
+//!
+//! On the wire, zmq.rs's REQ pushes an empty delimiter frame in front of the payload and the
+//! ROUTER pushes the sender's identity in front of that, so the server receives
+//! `[identity, "", RaftBatch]` and replies `[identity, "", RaftAck]`; the REQ strips the
+//! delimiter and hands back `[RaftAck]`.
+//!
+//! A batch holds whatever was queued for the peer while the previous request was in flight, up to
+//! `max_frame` bytes encoded, so a busy leader sends few large requests rather than one round
+//! trip per message, and the messages of one peer stay in order.
+//!
+//! # Failures
+//!
+//! Raft tolerates message loss and retransmits by itself, so the transport never retries: a batch
+//! whose send, acknowledgement, or connect fails or times out is dropped, and raft is told
+//! ([`Report::Unreachable`] once per failed attempt, [`Report::Snapshot`] with `ok: false` for
+//! each snapshot in it) so that it probes the follower again instead of waiting for answers that
+//! will not come.
+//!
+//! zmq.rs 0.7 never reconnects a REQ socket, a REQ whose request timed out cannot send again, and
+//! a frozen (SIGSTOPped) peer accepts TCP connections and requests but never answers. Therefore
+//! every await on a socket has a timeout, a failed socket is dropped and a fresh one is connected
+//! (with a short connect timeout) before the next batch, and while a peer stays unreachable its
+//! task backs off between connect attempts and drops what is queued meanwhile: memory stays
+//! bounded and nothing else waits on that peer.
+//!
+//! zmq.rs enforces no message size, so the server checks the size and shape of every frame and
+//! decodes defensively: a malformed request is logged (rate-limited), answered with
+//! `accepted: 0` when its envelope allows a reply, and never stops the loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use slog::{Logger, debug, error, info, o, warn};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use zeromq::{ReqSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::proto::{RaftAck, RaftBatch};
+
+/// How long zmq.rs may spend connecting (TCP and ZMTP handshake). A frozen peer completes the
+/// TCP handshake through the kernel but never the ZMTP one; the default of 30 s would stall the
+/// peer's queue for that long.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Our own bound around `connect`, in case zmq.rs's timeout does not cover every await.
+const CONNECT_GUARD: Duration = Duration::from_millis(1000);
+/// Base time allowed to hand a batch to the socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Base time allowed for the acknowledgement; well above a healthy round trip, well below an
+/// election timeout's worth of silence.
+const RECV_TIMEOUT: Duration = Duration::from_secs(2);
+/// Extra time per MiB of batch, so a large snapshot on a slow link is not mistaken for a dead
+/// peer.
+const TIMEOUT_PER_MIB: Duration = Duration::from_secs(1);
+/// First pause after a failure; doubled on each consecutive failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A peer that disconnected must not hold up the server loop.
+const REPLY_TIMEOUT: Duration = Duration::from_millis(500);
+/// A `RaftAck` is a few bytes; anything larger is not one.
+const MAX_ACK_FRAME: usize = 64;
+/// How many malformed frames per window are logged at warning level; the rest go to debug.
+const GARBAGE_WARNINGS_PER_WINDOW: u32 = 5;
+const GARBAGE_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the transport tells raft about messages it could not deliver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// A batch to this peer was lost: call `RawNode::report_unreachable(id)`.
+    Unreachable(u64),
+    /// A snapshot message to `to` was acknowledged (`ok`) or lost: call
+    /// `RawNode::report_snapshot(to, Finish | Failure)`.
+    Snapshot {
+        /// The peer the snapshot was for.
+        to: u64,
+        /// Whether the peer acknowledged it.
+        ok: bool,
+    },
+}
+
+/// Receives [`Report`]s. Called from transport tasks on the tokio runtime: it must not block
+/// (forward into the node's inbox).
+pub type ReportSink = Arc<dyn Fn(Report) + Send + Sync>;
+
+/// Receives the decoded raft messages of one batch with the batch's sender id. Called from the
+/// server loop: it must not block (forward into the node's inbox).
+pub type Deliver = Arc<dyn Fn(u64, Vec<Message>) + Send + Sync>;
+
+/// Why the transport failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The raft endpoint could not be bound (malformed URL, address in use, no permission).
+    #[error("cannot bind the raft endpoint {endpoint}: {source}")]
+    Bind {
+        /// The endpoint asked for.
+        endpoint: String,
+        /// What zmq.rs said.
+        source: zeromq::ZmqError,
+    },
+    /// A peer's endpoint could not be connected.
+    #[error("cannot connect to peer endpoint {endpoint}: {source}")]
+    Connect {
+        /// The peer's endpoint.
+        endpoint: String,
+        /// What zmq.rs said.
+        source: zeromq::ZmqError,
+    },
+    /// Sending to or receiving from a peer failed.
+    #[error("{what} on {endpoint} failed: {source}")]
+    Socket {
+        /// The peer's endpoint.
+        endpoint: String,
+        /// Which step failed.
+        what: &'static str,
+        /// What zmq.rs said.
+        source: zeromq::ZmqError,
+    },
+    /// A step on a peer's socket did not finish in time.
+    #[error("{what} on {endpoint} timed out after {after:?}")]
+    Timeout {
+        /// The peer's endpoint.
+        endpoint: String,
+        /// Which step timed out.
+        what: &'static str,
+        /// The limit.
+        after: Duration,
+    },
+    /// The peer replied with something that is not a `RaftAck`.
+    #[error("peer {endpoint} sent a malformed acknowledgement: {reason}")]
+    BadAck {
+        /// The peer's endpoint.
+        endpoint: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending side.
+
+struct PeerHandle {
+    url: String,
+    queue: mpsc::UnboundedSender<Message>,
+    task: JoinHandle<()>,
+}
+
+/// The sending side of the peer transport, owned by the node thread.
+///
+/// Every method is synchronous and returns at once: messages go into an unbounded per-peer queue
+/// drained by that peer's task on the tokio runtime, so a slow or frozen peer never blocks the
+/// raft loop. Dropping the transport stops every peer task.
+pub struct Transport {
+    self_id: u64,
+    runtime: tokio::runtime::Handle,
+    reports: ReportSink,
+    max_frame: usize,
+    logger: Logger,
+    peers: HashMap<u64, PeerHandle>,
+}
+
+impl Transport {
+    /// A transport for node `self_id` with no peers yet. Batches are kept within `max_frame`
+    /// encoded bytes (the receiving [`Server`] must accept at least that much).
+    pub fn new(
+        self_id: u64,
+        runtime: tokio::runtime::Handle,
+        reports: ReportSink,
+        max_frame: usize,
+        logger: Logger,
+    ) -> Self {
+        Transport {
+            self_id,
+            runtime,
+            reports,
+            max_frame,
+            logger,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Starts sending to peer `id` at `raft_url`. Re-adding a known peer with a new URL replaces
+    /// its task (what was queued for the old address is dropped); with the same URL it does
+    /// nothing.
+    pub fn add_peer(&mut self, id: u64, raft_url: String) {
+        if id == self.self_id {
+            warn!(self.logger, "not adding this node as its own peer"; "peer" => id);
+            return;
+        }
+        if let Some(existing) = self.peers.get(&id) {
+            if existing.url == raft_url {
+                return;
+            }
+            info!(self.logger, "peer address changed";
+                "peer" => id, "old" => &existing.url, "new" => &raft_url);
+            self.remove_peer(id);
+        }
+        let (queue, rx) = mpsc::unbounded_channel();
+        let task = PeerTask {
+            self_id: self.self_id,
+            peer: id,
+            url: raft_url.clone(),
+            max_frame: self.max_frame,
+            reports: Arc::clone(&self.reports),
+            logger: self.logger.new(o!("peer" => id, "url" => raft_url.clone())),
+            rx,
+        };
+        let task = self.runtime.spawn(task.run());
+        self.peers.insert(
+            id,
+            PeerHandle {
+                url: raft_url,
+                queue,
+                task,
+            },
+        );
+    }
+
+    /// Stops sending to peer `id`; what is queued for it is dropped without reports.
+    pub fn remove_peer(&mut self, id: u64) {
+        if let Some(peer) = self.peers.remove(&id) {
+            // Aborting rather than closing the queue: the task may be inside a multi-second
+            // timeout on a frozen peer, and its socket should go now.
+            peer.task.abort();
+        }
+    }
+
+    /// Queues each message for the peer named by its `to`. Never blocks. A message for an
+    /// unknown peer is dropped and reported (once per peer per call).
+    pub fn send(&mut self, msgs: Vec<Message>) {
+        let mut reported: Vec<u64> = Vec::new();
+        for msg in msgs {
+            let to = msg.to;
+            let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            let queued = match self.peers.get(&to) {
+                Some(peer) => peer.queue.send(msg).is_ok(),
+                None => false,
+            };
+            if queued {
+                continue;
+            }
+            if !reported.contains(&to) {
+                reported.push(to);
+                debug!(self.logger, "dropping a raft message for an unknown or stopped peer";
+                    "to" => to);
+                (self.reports)(Report::Unreachable(to));
+            }
+            if snapshot {
+                (self.reports)(Report::Snapshot { to, ok: false });
+            }
+        }
+    }
+
+    /// The peers and their raft URLs, by id.
+    pub fn peers(&self) -> Vec<(u64, String)> {
+        let mut peers: Vec<_> = self
+            .peers
+            .iter()
+            .map(|(id, peer)| (*id, peer.url.clone()))
+            .collect();
+        peers.sort_unstable();
+        peers
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for peer in self.peers.values() {
+            peer.task.abort();
+        }
+    }
+}
+
+/// A raft message encoded for the wire.
+struct Outgoing {
+    bytes: Vec<u8>,
+    snapshot: bool,
+}
+
+/// The encoded size of one length-delimited field: tag, length, body.
+fn field_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// The encoded size of a `RaftBatch`'s `from` field (absent when 0, as proto3 omits defaults).
+fn header_len(from: u64) -> usize {
+    if from == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(from)
+    }
+}
+
+/// Timeouts grow with the batch so that a large snapshot is not taken for a dead peer.
+fn scaled(base: Duration, bytes: usize) -> Duration {
+    base + TIMEOUT_PER_MIB * u32::try_from(bytes >> 20).unwrap_or(u32::MAX)
+}
+
+struct PeerTask {
+    self_id: u64,
+    peer: u64,
+    url: String,
+    max_frame: usize,
+    reports: ReportSink,
+    logger: Logger,
+    rx: mpsc::UnboundedReceiver<Message>,
+}
+
+/// Encoded raft messages bound for one request.
+struct Batch {
+    messages: Vec<Vec<u8>>,
+    snapshots: usize,
+}
+
+impl Batch {
+    fn of(first: Outgoing) -> Self {
+        Batch {
+            snapshots: usize::from(first.snapshot),
+            messages: vec![first.bytes],
+        }
+    }
+
+    fn push(&mut self, next: Outgoing) {
+        self.snapshots += usize::from(next.snapshot);
+        self.messages.push(next.bytes);
+    }
+}
+
+impl PeerTask {
+    async fn run(mut self) {
+        let mut socket: Option<ReqSocket> = None;
+        let mut backoff = MIN_BACKOFF;
+        // A message that did not fit in the previous batch; it goes first in the next one.
+        let mut carry: Option<Outgoing> = None;
+        // Logged at warning level only on the transition, so a long outage does not flood.
+        let mut reachable = true;
+        loop {
+            let first = match carry.take() {
+                Some(first) => first,
+                None => match self.rx.recv().await {
+                    Some(msg) => match self.encode(msg) {
+                        Some(first) => first,
+                        None => continue,
+                    },
+                    None => return,
+                },
+            };
+
+            // Taken out so that any failure below drops it: zmq.rs never recovers a REQ that
+            // failed or timed out mid-request.
+            let mut live = match socket.take() {
+                Some(live) => live,
+                None => match connect(&self.url).await {
+                    Ok(fresh) => fresh,
+                    Err(err) => {
+                        self.failed(usize::from(first.snapshot), &err, &mut reachable);
+                        if !self.back_off(&mut backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            // Filled after connecting, so what waited during the connect goes out now.
+            let batch;
+            (batch, carry) = self.fill(first);
+            let sent = batch.messages.len();
+            let snapshots = batch.snapshots;
+            let payload = RaftBatch {
+                from: self.self_id,
+                messages: batch.messages,
+            }
+            .encode_to_vec();
+
+            match exchange(&mut live, &self.url, payload).await {
+                Ok(accepted) => {
+                    socket = Some(live);
+                    backoff = MIN_BACKOFF;
+                    if !reachable {
+                        info!(self.logger, "peer reachable again");
+                        reachable = true;
+                    }
+                    // A batch the peer only partly took may have lost its snapshot: say so, and
+                    // raft sends it again.
+                    let whole = accepted as usize >= sent;
+                    if !whole {
+                        warn!(self.logger, "peer refused part of a batch";
+                            "sent" => sent, "accepted" => accepted);
+                    }
+                    self.report_snapshots(snapshots, whole);
+                }
+                Err(err) => {
+                    drop(live);
+                    self.failed(snapshots, &err, &mut reachable);
+                    if !self.back_off(&mut backoff).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encodes a message, or drops and reports it if it can never fit in a frame.
+    fn encode(&self, msg: Message) -> Option<Outgoing> {
+        let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+        let bytes = match protobuf::Message::write_to_bytes(&msg) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                error!(self.logger, "cannot encode a raft message; dropping it";
+                    "type" => ?msg.get_msg_type(), "error" => %err);
+                self.report_dropped(snapshot);
+                return None;
+            }
+        };
+        if header_len(self.self_id) + field_len(bytes.len()) > self.max_frame {
+            error!(self.logger, "raft message larger than the frame limit; dropping it";
+                "type" => ?msg.get_msg_type(), "bytes" => bytes.len(), "max_frame" => self.max_frame);
+            self.report_dropped(snapshot);
+            return None;
+        }
+        Some(Outgoing { bytes, snapshot })
+    }
+
+    fn report_dropped(&self, snapshot: bool) {
+        if snapshot {
+            self.report_snapshots(1, false);
+        } else {
+            (self.reports)(Report::Unreachable(self.peer));
+        }
+    }
+
+    fn report_snapshots(&self, count: usize, ok: bool) {
+        for _ in 0..count {
+            (self.reports)(Report::Snapshot { to: self.peer, ok });
+        }
+    }
+
+    /// Adds what is queued to `first` while it fits in a frame; returns the batch and the first
+    /// message that did not fit.
+    fn fill(&mut self, first: Outgoing) -> (Batch, Option<Outgoing>) {
+        let mut size = header_len(self.self_id) + field_len(first.bytes.len());
+        let mut batch = Batch::of(first);
+        while let Ok(msg) = self.rx.try_recv() {
+            let Some(next) = self.encode(msg) else {
+                continue;
+            };
+            let grown = size + field_len(next.bytes.len());
+            if grown > self.max_frame {
+                return (batch, Some(next));
+            }
+            size = grown;
+            batch.push(next);
+        }
+        (batch, None)
+    }
+
+    /// Reports a lost attempt: the peer once, and every snapshot that was in it.
+    fn failed(&self, snapshots: usize, err: &TransportError, reachable: &mut bool) {
+        if *reachable {
+            warn!(self.logger, "peer unreachable; dropping its messages until it answers";
+                "error" => %err);
+            *reachable = false;
+        } else {
+            debug!(self.logger, "peer still unreachable"; "error" => %err);
+        }
+        (self.reports)(Report::Unreachable(self.peer));
+        self.report_snapshots(snapshots, false);
+    }
+
+    /// Waits before the next connect attempt, dropping what is queued meanwhile: raft already
+    /// knows the peer is unreachable and will resend, and holding the messages would only grow
+    /// memory and send stale traffic later. Returns false when the transport dropped the queue.
+    async fn back_off(&mut self, backoff: &mut Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + *backoff;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        let mut dropped = 0usize;
+        let open = loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break true,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => {
+                        dropped += 1;
+                        // Raft waits for a verdict on every snapshot it sends.
+                        if msg.get_msg_type() == MessageType::MsgSnapshot {
+                            self.report_snapshots(1, false);
+                        }
+                    }
+                    None => break false,
+                },
+            }
+        };
+        if dropped > 0 {
+            debug!(self.logger, "dropped messages queued while backing off"; "count" => dropped);
+        }
+        open
+    }
+}
+
+async fn connect(url: &str) -> Result<ReqSocket, TransportError> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout(CONNECT_TIMEOUT);
+    let mut socket = ReqSocket::with_options(options);
+    match tokio::time::timeout(CONNECT_GUARD, socket.connect(url)).await {
+        Ok(Ok(())) => Ok(socket),
+        Ok(Err(source)) => Err(TransportError::Connect {
+            endpoint: url.to_owned(),
+            source,
+        }),
+        Err(_) => Err(TransportError::Timeout {
+            endpoint: url.to_owned(),
+            what: "connect",
+            after: CONNECT_GUARD,
+        }),
+    }
+}
+
+/// One request and its acknowledgement; returns how many messages the peer accepted.
+async fn exchange(
+    socket: &mut ReqSocket,
+    url: &str,
+    payload: Vec<u8>,
+) -> Result<u32, TransportError> {
+    let len = payload.len();
+    let send_timeout = scaled(SEND_TIMEOUT, len);
+    match tokio::time::timeout(send_timeout, socket.send(ZmqMessage::from(payload))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => {
+            return Err(TransportError::Socket {
+                endpoint: url.to_owned(),
+                what: "send",
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(TransportError::Timeout {
+                endpoint: url.to_owned(),
+                what: "send",
+                after: send_timeout,
+            });
+        }
+    }
+    let recv_timeout = scaled(RECV_TIMEOUT, len);
+    let reply = match tokio::time::timeout(recv_timeout, socket.recv()).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(source)) => {
+            return Err(TransportError::Socket {
+                endpoint: url.to_owned(),
+                what: "receive acknowledgement",
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(TransportError::Timeout {
+                endpoint: url.to_owned(),
+                what: "receive acknowledgement",
+                after: recv_timeout,
+            });
+        }
+    };
+    let bad = |reason: String| TransportError::BadAck {
+        endpoint: url.to_owned(),
+        reason,
+    };
+    if reply.len() != 1 {
+        return Err(bad(format!("{} frames, expected 1", reply.len())));
+    }
+    let frame = reply.get(0).map(Bytes::as_ref).unwrap_or_default();
+    if frame.len() > MAX_ACK_FRAME {
+        return Err(bad(format!("{} bytes", frame.len())));
+    }
+    RaftAck::decode(frame)
+        .map(|ack| ack.accepted)
+        .map_err(|err| bad(err.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiving side.
+
+/// Lets the first few malformed frames of each window through at warning level, so a confused or
+/// hostile sender cannot flood the log.
+struct Throttle {
+    window_start: Instant,
+    warned: u32,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Throttle {
+            window_start: Instant::now(),
+            warned: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, logger: &Logger, what: &str, detail: &str) {
+        if self.window_start.elapsed() >= GARBAGE_WINDOW {
+            if self.suppressed > 0 {
+                warn!(logger, "more malformed raft frames were logged at debug level";
+                    "count" => self.suppressed);
+            }
+            self.window_start = Instant::now();
+            self.warned = 0;
+            self.suppressed = 0;
+        }
+        if self.warned < GARBAGE_WARNINGS_PER_WINDOW {
+            self.warned += 1;
+            warn!(logger, "malformed raft frame"; "problem" => what, "detail" => detail);
+        } else {
+            self.suppressed += 1;
+            debug!(logger, "malformed raft frame"; "problem" => what, "detail" => detail);
+        }
+    }
+}
+
+/// The receiving side of the peer transport: a bound ROUTER.
+pub struct Server {
+    socket: RouterSocket,
+    endpoint: String,
+    max_frame: usize,
+    deliver: Deliver,
+    logger: Logger,
+    garbage: Throttle,
+}
+
+impl Server {
+    /// Binds a ROUTER on `bind_url`. Frames larger than `max_frame` are refused; decoded batches
+    /// go to `deliver`.
+    pub async fn bind(
+        bind_url: &str,
+        max_frame: usize,
+        deliver: Deliver,
+        logger: Logger,
+    ) -> Result<Server, TransportError> {
+        let mut socket = RouterSocket::new();
+        let bound = socket
+            .bind(bind_url)
+            .await
+            .map_err(|source| TransportError::Bind {
+                endpoint: bind_url.to_owned(),
+                source,
+            })?;
+        let endpoint = bound.to_string();
+        let logger = logger.new(o!("raft_endpoint" => endpoint.clone()));
+        Ok(Server {
+            socket,
+            endpoint,
+            max_frame,
+            deliver,
+            logger,
+            garbage: Throttle::new(),
+        })
+    }
+
+    /// The endpoint actually bound (with the port resolved when asked for port 0).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Serves until `shutdown` completes, then unbinds.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        info!(self.logger, "serving raft peers");
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                received = self.socket.recv() => received,
+            };
+            let request = match received {
+                Ok(request) => request,
+                Err(err) => {
+                    // zmq.rs drops broken connections inside recv; an error here means the
+                    // socket itself is unwell. Pause so a persistent error cannot spin the loop.
+                    warn!(self.logger, "raft endpoint receive failed"; "error" => %err);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some((identity, accepted)) = self.handle(request) else {
+                continue;
+            };
+            let ack = RaftAck { accepted }.encode_to_vec();
+            let reply = ZmqMessage::try_from(vec![identity, Bytes::new(), Bytes::from(ack)]);
+            let Ok(reply) = reply else {
+                continue;
+            };
+            match tokio::time::timeout(REPLY_TIMEOUT, self.socket.send(reply)).await {
+                Ok(Ok(())) => {}
+                // The sender gave up or went away; its next request comes on a new socket.
+                Ok(Err(err)) => debug!(self.logger, "cannot reply to a raft peer"; "error" => %err),
+                Err(_) => debug!(self.logger, "replying to a raft peer timed out"),
+            }
+        }
+        info!(self.logger, "raft endpoint shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.close()).await;
+    }
+
+    /// Checks and decodes one request. Returns whom to reply to and how many messages were
+    /// delivered, or `None` when the envelope is not one a REQ would send (no reply possible).
+    fn handle(&mut self, request: ZmqMessage) -> Option<(Bytes, u32)> {
+        let mut frames = request.into_vecdeque();
+        let identity = frames.pop_front()?;
+        match frames.pop_front() {
+            Some(delimiter) if delimiter.is_empty() => {}
+            _ => {
+                self.garbage.warn(
+                    &self.logger,
+                    "envelope without the REQ delimiter; dropped unanswered",
+                    &format!("{} frames", frames.len() + 2),
+                );
+                return None;
+            }
+        }
+        if frames.len() != 1 {
+            let detail = format!("{} payload frames, expected 1", frames.len());
+            self.garbage
+                .warn(&self.logger, "wrong frame count", &detail);
+            return Some((identity, 0));
+        }
+        let payload = frames.pop_front().unwrap_or_default();
+        if payload.len() > self.max_frame {
+            let detail = format!("{} bytes > {}", payload.len(), self.max_frame);
+            self.garbage.warn(&self.logger, "frame too large", &detail);
+            return Some((identity, 0));
+        }
+        let batch = match RaftBatch::decode(payload.as_ref()) {
+            Ok(batch) => batch,
+            Err(err) => {
+                self.garbage
+                    .warn(&self.logger, "undecodable RaftBatch", &err.to_string());
+                return Some((identity, 0));
+            }
+        };
+        if batch.from == 0 {
+            self.garbage
+                .warn(&self.logger, "RaftBatch without a sender id", "from = 0");
+            return Some((identity, 0));
+        }
+        let total = batch.messages.len();
+        let mut good = Vec::with_capacity(total);
+        for bytes in &batch.messages {
+            match <Message as protobuf::Message>::parse_from_bytes(bytes) {
+                Ok(msg) => good.push(msg),
+                Err(err) => {
+                    let detail = format!("from {}: {err}", batch.from);
+                    self.garbage
+                        .warn(&self.logger, "undecodable raft message skipped", &detail);
+                }
+            }
+        }
+        let accepted = u32::try_from(good.len()).unwrap_or(u32::MAX);
+        if !good.is_empty() {
+            (self.deliver)(batch.from, good);
+        }
+        Some((identity, accepted))
+    }
+}
+
+/// Binds a ROUTER on `bind_url` and hands every well-formed batch of raft messages to `deliver`
+/// until `shutdown` completes. Fails only if the endpoint cannot be bound.
+pub async fn serve(
+    bind_url: &str,
+    max_frame: usize,
+    deliver: Deliver,
+    logger: Logger,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), TransportError> {
+    let server = Server::bind(bind_url, max_frame, deliver, logger).await?;
+    server.run(shutdown).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+    use zeromq::DealerSocket;
+
+    const MAX: usize = 1 << 20;
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    fn logger() -> Logger {
+        crate::logging::discard()
+    }
+
+    fn msg(to: u64, index: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.from = 1;
+        m.to = to;
+        m.term = 3;
+        m.index = index;
+        m
+    }
+
+    fn snapshot_msg(to: u64, data: usize) -> Message {
+        let mut m = msg(to, 0);
+        m.set_msg_type(MessageType::MsgSnapshot);
+        let mut snap = raft::eraftpb::Snapshot::default();
+        snap.set_data(vec![7u8; data].into());
+        snap.mut_metadata().index = 42;
+        m.set_snapshot(snap);
+        m
+    }
+
+    fn reports() -> (ReportSink, UnboundedReceiver<Report>) {
+        let (tx, rx) = unbounded_channel();
+        let sink: ReportSink = Arc::new(move |r| {
+            let _ = tx.send(r);
+        });
+        (sink, rx)
+    }
+
+    type Delivered = UnboundedReceiver<(u64, Vec<Message>)>;
+
+    fn deliverer() -> (Deliver, Delivered) {
+        let (tx, rx) = unbounded_channel();
+        let deliver: Deliver = Arc::new(move |from, msgs| {
+            let _ = tx.send((from, msgs));
+        });
+        (deliver, rx)
+    }
+
+    /// A server on a fresh port, running until the returned sender is dropped or fired.
+    async fn start_server(
+        max_frame: usize,
+    ) -> (String, Delivered, tokio::sync::oneshot::Sender<()>) {
+        let (deliver, delivered) = deliverer();
+        let server = Server::bind("tcp://127.0.0.1:0", max_frame, deliver, logger())
+            .await
+            .expect("bind");
+        let url = server.endpoint().to_owned();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        (url, delivered, stop)
+    }
+
+    fn free_port_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe");
+        let port = listener.local_addr().expect("addr").port();
+        format!("tcp://127.0.0.1:{port}")
+    }
+
+    async fn collect(delivered: &mut Delivered, want: usize) -> Vec<(u64, Vec<Message>)> {
+        let mut batches = Vec::new();
+        let mut count = 0;
+        while count < want {
+            let batch = delivered.recv().await.expect("server alive");
+            count += batch.1.len();
+            batches.push(batch);
+        }
+        batches
+    }
+
+    async fn raw_request(url: &str, frames: Vec<Bytes>) -> ZmqMessage {
+        let mut req = ReqSocket::new();
+        req.connect(url).await.expect("connect");
+        req.send(ZmqMessage::try_from(frames).expect("frames"))
+            .await
+            .expect("send");
+        tokio::time::timeout(Duration::from_secs(5), req.recv())
+            .await
+            .expect("reply in time")
+            .expect("reply")
+    }
+
+    fn ack_of(reply: &ZmqMessage) -> u32 {
+        assert_eq!(reply.len(), 1);
+        RaftAck::decode(reply.get(0).expect("frame").as_ref())
+            .expect("ack")
+            .accepted
+    }
+
+    #[test]
+    fn batch_size_accounting_matches_prost() {
+        for from in [0u64, 1, 300, u64::MAX] {
+            let messages: Vec<Vec<u8>> = [0usize, 1, 127, 128, 70_000]
+                .iter()
+                .map(|n| vec![1u8; *n])
+                .collect();
+            let want =
+                header_len(from) + messages.iter().map(|m| field_len(m.len())).sum::<usize>();
+            assert_eq!(RaftBatch { from, messages }.encoded_len(), want);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivers_in_order_and_batched() {
+        tokio::time::timeout(LIMIT, async {
+            let (url, mut delivered, _stop) = start_server(MAX).await;
+            let (sink, mut reports) = reports();
+            let mut transport =
+                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            transport.add_peer(2, url.clone());
+            assert_eq!(transport.peers(), vec![(2, url)]);
+
+            transport.send((1..=500).map(|i| msg(2, i)).collect());
+            let batches = collect(&mut delivered, 500).await;
+            let indexes: Vec<u64> = batches
+                .iter()
+                .flat_map(|(_, b)| b.iter().map(|m| m.index))
+                .collect();
+            assert_eq!(indexes, (1..=500).collect::<Vec<_>>());
+            assert!(batches.iter().all(|(from, _)| *from == 1));
+            assert!(
+                batches.len() < 500,
+                "{} batches for 500 messages",
+                batches.len()
+            );
+
+            // A snapshot that arrives is reported as such.
+            transport.send(vec![snapshot_msg(2, 1000)]);
+            let batch = collect(&mut delivered, 1).await;
+            assert_eq!(batch[0].1[0].get_snapshot().get_metadata().index, 42);
+            let report = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+                .await
+                .expect("report");
+            assert_eq!(report, Some(Report::Snapshot { to: 2, ok: true }));
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_respect_max_frame_and_oversize_is_dropped() {
+        tokio::time::timeout(LIMIT, async {
+            let max_frame = 4096;
+            let (url, mut delivered, _stop) = start_server(max_frame).await;
+            let (sink, mut reports) = reports();
+            let mut transport = Transport::new(
+                1,
+                tokio::runtime::Handle::current(),
+                sink,
+                max_frame,
+                logger(),
+            );
+            transport.add_peer(2, url);
+
+            let mut msgs = Vec::new();
+            for i in 1..=60 {
+                let mut m = msg(2, i);
+                m.context = vec![9u8; 300].into();
+                msgs.push(m);
+                if i == 30 {
+                    // Too large for any frame: dropped and reported, the rest still flows.
+                    msgs.push(snapshot_msg(2, 2 * max_frame));
+                    let mut big = msg(2, 1000);
+                    big.context = vec![1u8; 2 * max_frame].into();
+                    msgs.push(big);
+                }
+            }
+            transport.send(msgs);
+            let batches = collect(&mut delivered, 60).await;
+            let indexes: Vec<u64> = batches
+                .iter()
+                .flat_map(|(_, b)| b.iter().map(|m| m.index))
+                .collect();
+            assert_eq!(indexes, (1..=60).collect::<Vec<_>>());
+            assert!(
+                batches.len() >= 5,
+                "4 KiB frames cannot hold 60 x 300 bytes in {} batches",
+                batches.len()
+            );
+            for (_, batch) in &batches {
+                let size = RaftBatch {
+                    from: 1,
+                    messages: batch
+                        .iter()
+                        .map(|m| protobuf::Message::write_to_bytes(m).unwrap())
+                        .collect(),
+                }
+                .encoded_len();
+                assert!(size <= max_frame);
+            }
+            let mut got = vec![reports.recv().await.unwrap(), reports.recv().await.unwrap()];
+            got.sort_by_key(|r| format!("{r:?}"));
+            assert_eq!(
+                got,
+                vec![
+                    Report::Snapshot { to: 2, ok: false },
+                    Report::Unreachable(2)
+                ]
+            );
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_peer_is_reported() {
+        let (sink, mut reports) = reports();
+        let mut transport =
+            Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+        transport.send(vec![msg(9, 1), msg(9, 2), snapshot_msg(9, 10)]);
+        assert_eq!(reports.try_recv(), Ok(Report::Unreachable(9)));
+        assert_eq!(
+            reports.try_recv(),
+            Ok(Report::Snapshot { to: 9, ok: false })
+        );
+        assert!(reports.try_recv().is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_started_late_gets_messages() {
+        tokio::time::timeout(LIMIT, async {
+            let url = free_port_url();
+            let (sink, mut reports) = reports();
+            let mut transport =
+                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            transport.add_peer(2, url.clone());
+
+            transport.send(vec![msg(2, 1)]);
+            let report = reports.recv().await;
+            assert_eq!(report, Some(Report::Unreachable(2)));
+
+            let (deliver, mut delivered) = deliverer();
+            let server_url = url.clone();
+            let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                serve(&server_url, MAX, deliver, logger(), async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("serve");
+            });
+
+            // Like raft, keep sending; once the peer is up a message gets through.
+            let mut index = 1;
+            let got = loop {
+                index += 1;
+                transport.send(vec![msg(2, index)]);
+                if let Ok(Some(got)) =
+                    tokio::time::timeout(Duration::from_millis(100), delivered.recv()).await
+                {
+                    break got;
+                }
+            };
+            assert_eq!(got.0, 1);
+            assert!(got.1[0].index >= 2);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_does_not_stop_the_server() {
+        tokio::time::timeout(LIMIT, async {
+            let max_frame = 1024;
+            let (url, mut delivered, _stop) = start_server(max_frame).await;
+
+            let garbage = raw_request(&url, vec![Bytes::from_static(&[0xff; 64])]).await;
+            assert_eq!(ack_of(&garbage), 0);
+            let two = raw_request(
+                &url,
+                vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            )
+            .await;
+            assert_eq!(ack_of(&two), 0);
+            let oversize = raw_request(&url, vec![Bytes::from(vec![0u8; max_frame + 1])]).await;
+            assert_eq!(ack_of(&oversize), 0);
+            let anonymous = RaftBatch {
+                from: 0,
+                messages: vec![],
+            }
+            .encode_to_vec();
+            assert_eq!(ack_of(&raw_request(&url, vec![anonymous.into()]).await), 0);
+
+            // A DEALER sends no delimiter: nothing to route a REQ reply with, so it is dropped.
+            let mut dealer = DealerSocket::new();
+            dealer.connect(&url).await.expect("connect dealer");
+            dealer
+                .send(ZmqMessage::from(vec![0xffu8; 16]))
+                .await
+                .expect("dealer send");
+
+            // One good and one bad raft message in a batch: the good one is delivered.
+            let good = protobuf::Message::write_to_bytes(&msg(2, 7)).unwrap();
+            let batch = RaftBatch {
+                from: 5,
+                messages: vec![good, vec![0xff; 10]],
+            }
+            .encode_to_vec();
+            let reply = raw_request(&url, vec![batch.into()]).await;
+            assert_eq!(ack_of(&reply), 1);
+            let (from, msgs) = delivered.recv().await.expect("delivered");
+            assert_eq!(from, 5);
+            assert_eq!(msgs.len(), 1);
+            assert_eq!(msgs[0].index, 7);
+
+            // And the transport still gets through.
+            let (sink, _reports) = reports();
+            let mut transport = Transport::new(
+                1,
+                tokio::runtime::Handle::current(),
+                sink,
+                max_frame,
+                logger(),
+            );
+            transport.add_peer(2, url);
+            transport.send(vec![msg(2, 8), msg(2, 9)]);
+            let batches = collect(&mut delivered, 2).await;
+            let indexes: Vec<u64> = batches
+                .iter()
+                .flat_map(|(_, b)| b.iter().map(|m| m.index))
+                .collect();
+            assert_eq!(indexes, vec![8, 9]);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frozen_peer_is_reported_and_never_blocks() {
+        tokio::time::timeout(LIMIT, async {
+            // Receives requests and never answers, like a SIGSTOPped node whose kernel still
+            // accepts connections.
+            let mut frozen = RouterSocket::new();
+            let url = frozen
+                .bind("tcp://127.0.0.1:0")
+                .await
+                .expect("bind")
+                .to_string();
+            let (seen_tx, mut seen) = unbounded_channel();
+            let hold = tokio::spawn(async move {
+                while let Ok(request) = frozen.recv().await {
+                    let _ = seen_tx.send(request.len());
+                }
+            });
+
+            let (sink, mut reports) = reports();
+            let mut transport =
+                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            transport.add_peer(2, url);
+            let started = Instant::now();
+            transport.send(vec![msg(2, 1), snapshot_msg(2, 100)]);
+            // The request reached the frozen peer as [identity, "", batch].
+            assert_eq!(seen.recv().await, Some(3));
+
+            // While the peer hangs, queueing stays instant.
+            let queued = Instant::now();
+            for i in 0..20_000 {
+                transport.send(vec![msg(2, i)]);
+            }
+            assert!(
+                queued.elapsed() < Duration::from_secs(1),
+                "send blocked for {:?}",
+                queued.elapsed()
+            );
+
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                let report = tokio::time::timeout(Duration::from_secs(6), reports.recv())
+                    .await
+                    .expect("reported within a few seconds");
+                got.push(report.expect("report"));
+            }
+            assert!(got.contains(&Report::Unreachable(2)));
+            assert!(got.contains(&Report::Snapshot { to: 2, ok: false }));
+            assert!(started.elapsed() < Duration::from_secs(6));
+
+            // Later traffic keeps failing fast (reports keep coming) rather than hanging. Like
+            // raft's heartbeats, keep sending: what lands in a backoff window is dropped unreported.
+            tokio::time::timeout(Duration::from_secs(8), async {
+                loop {
+                    transport.send(vec![msg(2, 99_999)]);
+                    let wait = tokio::time::timeout(Duration::from_millis(200), reports.recv());
+                    if let Ok(Some(Report::Unreachable(2))) = wait.await {
+                        break;
+                    }
+                }
+            })
+            .await
+            .expect("reported again");
+
+            transport.remove_peer(2);
+            assert!(transport.peers().is_empty());
+            hold.abort();
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readding_a_peer_with_a_new_url_moves_it() {
+        tokio::time::timeout(LIMIT, async {
+            let (url_a, mut delivered_a, _stop_a) = start_server(MAX).await;
+            let (url_b, mut delivered_b, _stop_b) = start_server(MAX).await;
+            let (sink, _reports) = reports();
+            let mut transport =
+                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            transport.add_peer(2, url_a);
+            transport.send(vec![msg(2, 1)]);
+            assert_eq!(collect(&mut delivered_a, 1).await[0].1[0].index, 1);
+            transport.add_peer(2, url_b.clone());
+            assert_eq!(transport.peers(), vec![(2, url_b)]);
+            transport.send(vec![msg(2, 2)]);
+            assert_eq!(collect(&mut delivered_b, 1).await[0].1[0].index, 2);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bind_error_names_the_endpoint() {
+        let (url, _delivered, _stop) = start_server(MAX).await;
+        let (deliver, _rx) = deliverer();
+        let err = serve(&url, MAX, deliver, logger(), std::future::pending())
+            .await
+            .expect_err("address in use");
+        assert!(matches!(err, TransportError::Bind { .. }));
+        assert!(err.to_string().contains(&url), "{err}");
+    }
+}
