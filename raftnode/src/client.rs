@@ -180,7 +180,11 @@ impl Client {
     }
 
     /// Blocking `in`: removes and returns the oldest match, waiting up to `timeout`.
-    pub async fn in_(&mut self, template: &Template, timeout: Duration) -> Result<Entry, ClientError> {
+    pub async fn in_(
+        &mut self,
+        template: &Template,
+        timeout: Duration,
+    ) -> Result<Entry, ClientError> {
         let op = Op::In(proto::In {
             template: codec::template_to_bytes(template),
             block: true,
@@ -314,7 +318,12 @@ impl Client {
     /// The status of whichever node answers.
     pub async fn status(&mut self) -> Result<proto::Status, ClientError> {
         match self
-            .call(Op::Status(proto::StatusRequest {}), false, Duration::ZERO, false)
+            .call(
+                Op::Status(proto::StatusRequest {}),
+                false,
+                Duration::ZERO,
+                false,
+            )
             .await?
         {
             response::Result::Status(s) => Ok(s),
@@ -330,7 +339,12 @@ impl Client {
         let mut one = Client::with_options([endpoint], options.clone());
         one.options.retry_window = options.request_timeout;
         match one
-            .call(Op::Status(proto::StatusRequest {}), false, Duration::ZERO, true)
+            .call(
+                Op::Status(proto::StatusRequest {}),
+                false,
+                Duration::ZERO,
+                true,
+            )
             .await?
         {
             response::Result::Status(s) => Ok(s),
@@ -471,13 +485,12 @@ impl Client {
             Ok(Err(e)) => return Err(format!("send failed: {e}")),
             Err(_) => return Err("send timed out".into()),
         }
-        let reply = match tokio::time::timeout(self.options.request_timeout + wait, socket.recv())
-            .await
-        {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => return Err(format!("receive failed: {e}")),
-            Err(_) => return Err("no answer in time".into()),
-        };
+        let reply =
+            match tokio::time::timeout(self.options.request_timeout + wait, socket.recv()).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return Err(format!("receive failed: {e}")),
+                Err(_) => return Err("no answer in time".into()),
+            };
         let frames = reply.into_vec();
         let payload = frames.last().ok_or("an empty message")?;
         proto::Response::decode(payload.as_ref()).map_err(|e| format!("undecodable answer: {e}"))

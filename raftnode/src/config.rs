@@ -301,7 +301,10 @@ mod tests {
         assert_eq!(c.raft.tick_ms, 20);
         assert_eq!(c.raft.election_ticks, 10);
         assert_eq!(c.nodes.len(), 2);
-        assert_eq!(c.node(2, Path::new("x")).unwrap().client, "tcp://127.0.0.1:7202");
+        assert_eq!(
+            c.node(2, Path::new("x")).unwrap().client,
+            "tcp://127.0.0.1:7202"
+        );
         let err = c.node(9, Path::new("x")).unwrap_err().to_string();
         assert!(err.contains("node id 9") && err.contains("[1, 2]"), "{err}");
     }
@@ -313,11 +316,23 @@ mod tests {
             (GOOD.replace("7202", "7201"), "duplicate endpoint"),
             (GOOD.replace("data/n2", "data/n1"), "used by another node"),
             (GOOD.replace("id = 2", "id = 0"), "reserved"),
-            (GOOD.replace("tcp://127.0.0.1:7102", "127.0.0.1:7102"), "tcp://"),
+            (
+                GOOD.replace("tcp://127.0.0.1:7102", "127.0.0.1:7102"),
+                "tcp://",
+            ),
             (GOOD.replace(":7102", ":99999"), "invalid port"),
-            (GOOD.replace("client = \"tcp://127.0.0.1:7202\"\n", ""), "client"),
-            (GOOD.replace("tick_ms = 20", "tick_ms = 20\nbogus = 1"), "bogus"),
-            (GOOD.replace("tick_ms = 20", "election_ticks = 2"), "election_ticks"),
+            (
+                GOOD.replace("client = \"tcp://127.0.0.1:7202\"\n", ""),
+                "client",
+            ),
+            (
+                GOOD.replace("tick_ms = 20", "tick_ms = 20\nbogus = 1"),
+                "bogus",
+            ),
+            (
+                GOOD.replace("tick_ms = 20", "election_ticks = 2"),
+                "election_ticks",
+            ),
             ("[raft]\n".to_string(), "node"),
         ];
         for (text, needle) in cases {

@@ -16,6 +16,10 @@
 //! expired session is refused and not applied. Sessions expire after [`SESSION_TTL_MS`] of log
 //! time without a request.
 
+// The error side of these results is the answer sent to the client, built once and moved along;
+// boxing it would only add an allocation to the error path.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost::Message;

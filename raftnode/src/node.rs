@@ -5,10 +5,13 @@
 //! raft on a timer, drains its inbox (so many proposals share one ready, one fsync), and runs the
 //! ready loop in raft-rs's documented order:
 //!
-//! 1. send the leader's `messages`; 2. apply a snapshot; 3. apply `committed_entries`;
-//! 4. persist `entries` and the hard state in one synced raft-engine batch; 5. send
-//! `persisted_messages`; 6. `advance`, persist the commit index, send and apply what the light
-//! ready holds; 7. `advance_apply`.
+//! 1. send the leader's `messages`;
+//! 2. apply a snapshot;
+//! 3. apply `committed_entries`;
+//! 4. persist `entries` and the hard state in one synced raft-engine batch;
+//! 5. send `persisted_messages`;
+//! 6. `advance`, persist the commit index, send and apply what the light ready holds;
+//! 7. `advance_apply`.
 //!
 //! Writes are proposed with the client's `(session, seq)` and answered when this node applies the
 //! entry (a follower's proposal travels to the leader inside raft). Reads go through ReadIndex:
@@ -151,7 +154,8 @@ impl NodeHandle {
 
     /// Proposes a write and waits for it to be applied here.
     pub async fn write(&self, cmd: Command, timeout: Duration) -> proto::Response {
-        self.ask(|reply| NodeMsg::Write { cmd, reply }, timeout).await
+        self.ask(|reply| NodeMsg::Write { cmd, reply }, timeout)
+            .await
     }
 
     /// Runs a linearizable read.
@@ -179,10 +183,13 @@ fn response(result: response::Result) -> proto::Response {
     }
 }
 
+/// Reads waiting on one ReadIndex, each with where its answer goes.
+type ReadBatch = Vec<(ReadOp, oneshot::Sender<proto::Response>)>;
+
 /// Reads confirmed by ReadIndex at `index`, waiting for the machine to apply that far.
 struct ConfirmedReads {
     index: u64,
-    reads: Vec<(ReadOp, oneshot::Sender<proto::Response>)>,
+    reads: ReadBatch,
 }
 
 /// A blocking `rd` waiting on this node for a matching `out`.
@@ -212,9 +219,9 @@ pub struct Node {
     /// Client writes proposed through this node, by (session, seq).
     pending_writes: HashMap<(u64, u64), Vec<oneshot::Sender<proto::Response>>>,
     /// Reads collected this turn; one ReadIndex covers them all.
-    unsent_reads: Vec<(ReadOp, oneshot::Sender<proto::Response>)>,
+    unsent_reads: ReadBatch,
     /// ReadIndex requests in flight, by context.
-    reads_in_flight: HashMap<u64, (Instant, Vec<(ReadOp, oneshot::Sender<proto::Response>)>)>,
+    reads_in_flight: HashMap<u64, (Instant, ReadBatch)>,
     /// Reads whose index is known, waiting for the machine to catch up.
     confirmed_reads: Vec<ConfirmedReads>,
     /// Blocking `rd`s waiting for an `out`.
@@ -466,9 +473,7 @@ impl Node {
         }
         self.apply_entries(ready.take_committed_entries())?;
         if !ready.entries().is_empty() || ready.hs().is_some() {
-            self.raw
-                .mut_store()
-                .persist(ready.entries(), ready.hs())?;
+            self.raw.mut_store().persist(ready.entries(), ready.hs())?;
         }
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
@@ -546,12 +551,12 @@ impl Node {
         let result = if entry.get_entry_type() == EntryType::EntryConfChange {
             let mut cc = ConfChange::default();
             cc.merge_from_bytes(&entry.data)
-                .map_err(|e| raft::Error::CodecError(e))?;
+                .map_err(raft::Error::CodecError)?;
             self.raw.apply_conf_change(&cc)
         } else {
             let mut cc = ConfChangeV2::default();
             cc.merge_from_bytes(&entry.data)
-                .map_err(|e| raft::Error::CodecError(e))?;
+                .map_err(raft::Error::CodecError)?;
             self.raw.apply_conf_change(&cc)
         };
         match result {
@@ -561,7 +566,9 @@ impl Node {
                     "outgoing" => ?cs.voters_outgoing);
                 self.raw.mut_store().set_conf_state(&cs)?;
             }
-            Err(e) => error!(self.logger, "membership change refused"; "index" => entry.index, "err" => %e),
+            Err(e) => {
+                error!(self.logger, "membership change refused"; "index" => entry.index, "err" => %e)
+            }
         }
         Ok(())
     }

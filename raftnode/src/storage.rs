@@ -15,7 +15,7 @@
 //! | what | raft-engine | written by |
 //! |---|---|---|
 //! | log entries | entries of region 1 (memtable index + entry blocks) | [`RaftStorage::persist`] |
-//! | `HardState` | key `hard_state` | `persist`, `set_commit`, `apply_snapshot`, first open |
+//! | `HardState` | key `hard_state` | `persist`, `set_commit`, `apply_snapshot`, `set_snapshot` (raises commit), first open |
 //! | `ConfState` | key `conf_state` (absent = empty: a node waiting for a snapshot) | `set_conf_state`, `apply_snapshot`, first open |
 //! | log boundary | key `log_boundary`: `SnapshotMetadata { index, term }` of the entry just before the first stored entry | `compact`, `apply_snapshot` |
 //! | latest snapshot | key `snapshot_meta`: the `SnapshotMetadata` (index, term, conf state) of the newest snapshot this node knows | `set_snapshot`, `apply_snapshot` |
@@ -191,7 +191,10 @@ impl TermRuns {
     /// Forgets every index `< index`.
     fn compact(&mut self, index: u64) {
         // Runs whose successor starts at or before `index` end before it.
-        let drop = self.runs.partition_point(|&(start, _)| start <= index).saturating_sub(1);
+        let drop = self
+            .runs
+            .partition_point(|&(start, _)| start <= index)
+            .saturating_sub(1);
         self.runs.drain(..drop);
         if let Some(first) = self.runs.first_mut() {
             first.0 = first.0.max(index);
@@ -264,10 +267,15 @@ fn load<M: protobuf::Message>(
 ) -> Result<Option<M>, StorageError> {
     match engine.get(REGION_ID, key) {
         None => Ok(None),
-        Some(bytes) => M::parse_from_bytes(&bytes).map(Some).map_err(|e| StorageError::Corrupt {
-            path: data_dir.to_path_buf(),
-            detail: format!("stored {} does not decode: {e}", String::from_utf8_lossy(key)),
-        }),
+        Some(bytes) => M::parse_from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| StorageError::Corrupt {
+                path: data_dir.to_path_buf(),
+                detail: format!(
+                    "stored {} does not decode: {e}",
+                    String::from_utf8_lossy(key)
+                ),
+            }),
     }
 }
 
@@ -407,12 +415,12 @@ impl RaftStorage {
         })?;
         let after = log_file_sizes(&engine_dir);
         for (path, old) in &before {
-            if let Some((_, new)) = after.iter().find(|(p, _)| p == path) {
-                if new < old {
-                    warn!(logger, "raft-engine truncated a broken tail of a log file on recovery";
-                        "file" => %path.display(), "bytes_before" => old, "bytes_after" => new,
-                        "bytes_cut" => old - new);
-                }
+            if let Some((_, new)) = after.iter().find(|(p, _)| p == path)
+                && new < old
+            {
+                warn!(logger, "raft-engine truncated a broken tail of a log file on recovery";
+                    "file" => %path.display(), "bytes_before" => old, "bytes_after" => new,
+                    "bytes_cut" => old - new);
             }
         }
 
@@ -423,8 +431,7 @@ impl RaftStorage {
         let hard_state: Option<HardState> = load(&engine, &data_dir, KEY_HARD_STATE)?;
         let conf_state: Option<ConfState> = load(&engine, &data_dir, KEY_CONF_STATE)?;
         let boundary: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_LOG_BOUNDARY)?;
-        let snapshot_meta: Option<SnapshotMetadata> =
-            load(&engine, &data_dir, KEY_SNAPSHOT_META)?;
+        let snapshot_meta: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_SNAPSHOT_META)?;
         let engine_first = engine.first_index(REGION_ID);
         let engine_last = engine.last_index(REGION_ID);
 
@@ -482,7 +489,14 @@ impl RaftStorage {
                         op: "cannot write the initial state",
                         source,
                     })?;
-                RaftState::new(hs, if initial_voters.is_empty() { ConfState::default() } else { cs })
+                RaftState::new(
+                    hs,
+                    if initial_voters.is_empty() {
+                        ConfState::default()
+                    } else {
+                        cs
+                    },
+                )
             }
         };
         let boundary = boundary.unwrap_or_default();
@@ -526,9 +540,7 @@ impl RaftStorage {
             buf.clear();
             engine
                 .fetch_entries_to::<EntryExt>(REGION_ID, next, end, None, &mut buf)
-                .map_err(|e| {
-                    corrupt(format!("cannot read log entries [{next}, {end}): {e}"))
-                })?;
+                .map_err(|e| corrupt(format!("cannot read log entries [{next}, {end}): {e}")))?;
             for (i, e) in buf.iter().enumerate() {
                 let want = next + i as u64;
                 if e.index != want {
@@ -613,7 +625,9 @@ impl RaftStorage {
     }
 
     fn last(&self) -> u64 {
-        self.engine.last_index(REGION_ID).unwrap_or(self.boundary.index)
+        self.engine
+            .last_index(REGION_ID)
+            .unwrap_or(self.boundary.index)
     }
 
     // ---- writes ----
@@ -698,7 +712,12 @@ impl RaftStorage {
                 .map_err(|e| self.engine_err("cannot encode entries", e))?;
         }
         if let Some(hs) = hard_state {
-            self.put(&mut batch, KEY_HARD_STATE, hs, "cannot encode the hard state")?;
+            self.put(
+                &mut batch,
+                KEY_HARD_STATE,
+                hs,
+                "cannot encode the hard state",
+            )?;
         }
         self.write(&mut batch, "cannot persist entries and hard state")?;
         if let Some(first) = entries.first() {
@@ -722,7 +741,12 @@ impl RaftStorage {
         let mut hs = self.state.hard_state.clone();
         hs.commit = commit;
         let mut batch = LogBatch::default();
-        self.put(&mut batch, KEY_HARD_STATE, &hs, "cannot encode the hard state")?;
+        self.put(
+            &mut batch,
+            KEY_HARD_STATE,
+            &hs,
+            "cannot encode the hard state",
+        )?;
         self.write(&mut batch, "cannot persist the commit index")?;
         self.state.hard_state = hs;
         Ok(())
@@ -731,7 +755,12 @@ impl RaftStorage {
     /// Stores the conf state after a conf change was applied.
     pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
         let mut batch = LogBatch::default();
-        self.put(&mut batch, KEY_CONF_STATE, cs, "cannot encode the conf state")?;
+        self.put(
+            &mut batch,
+            KEY_CONF_STATE,
+            cs,
+            "cannot encode the conf state",
+        )?;
         self.write(&mut batch, "cannot persist the conf state")?;
         self.state.conf_state = cs.clone();
         Ok(())
@@ -762,10 +791,30 @@ impl RaftStorage {
         // Clean drops the whole raft group (entries and keys); everything is put back after it,
         // in the same batch.
         batch.add_command(REGION_ID, Command::Clean);
-        self.put(&mut batch, KEY_HARD_STATE, &hs, "cannot encode the hard state")?;
-        self.put(&mut batch, KEY_CONF_STATE, &cs, "cannot encode the conf state")?;
-        self.put(&mut batch, KEY_LOG_BOUNDARY, &boundary, "cannot encode the log boundary")?;
-        self.put(&mut batch, KEY_SNAPSHOT_META, meta, "cannot encode snapshot metadata")?;
+        self.put(
+            &mut batch,
+            KEY_HARD_STATE,
+            &hs,
+            "cannot encode the hard state",
+        )?;
+        self.put(
+            &mut batch,
+            KEY_CONF_STATE,
+            &cs,
+            "cannot encode the conf state",
+        )?;
+        self.put(
+            &mut batch,
+            KEY_LOG_BOUNDARY,
+            &boundary,
+            "cannot encode the log boundary",
+        )?;
+        self.put(
+            &mut batch,
+            KEY_SNAPSHOT_META,
+            meta,
+            "cannot encode snapshot metadata",
+        )?;
         self.write(&mut batch, "cannot persist an applied snapshot")?;
 
         self.state.hard_state = hs;
@@ -817,7 +866,12 @@ impl RaftStorage {
         let boundary = boundary_meta(drop_to, term);
         let mut batch = LogBatch::default();
         batch.add_command(REGION_ID, Command::Compact { index: up_to });
-        self.put(&mut batch, KEY_LOG_BOUNDARY, &boundary, "cannot encode the log boundary")?;
+        self.put(
+            &mut batch,
+            KEY_LOG_BOUNDARY,
+            &boundary,
+            "cannot encode the log boundary",
+        )?;
         self.write(&mut batch, "cannot persist a compaction")?;
         self.boundary = boundary;
         self.terms.compact(up_to);
@@ -844,8 +898,15 @@ impl RaftStorage {
     }
 
     /// Keeps `snap` (the newest snapshot, with its data) to hand to raft for lagging followers, and
-    /// persists its metadata. Refused if its index is 0, past the commit index, before the log
-    /// boundary (a follower could not continue from it), or its term disagrees with the log.
+    /// persists its metadata.
+    ///
+    /// A snapshot holds applied, hence committed, state: if its index is past the stored commit
+    /// index (the machine may apply entries before the `Ready`'s hard state is persisted, and a
+    /// crash can land in between), the stored commit is raised to it in the same batch, so that
+    /// on restart raft never sees `applied > committed`.
+    ///
+    /// Refused (nothing written) if its index is 0, before the log boundary (a follower could not
+    /// continue from it), past the last log index, or its term disagrees with the log.
     pub fn set_snapshot(&mut self, snap: Snapshot) -> Result<(), StorageError> {
         let meta = snap.get_metadata();
         if meta.index == 0 {
@@ -858,23 +919,48 @@ impl RaftStorage {
                 boundary: self.boundary.index,
             }));
         }
-        if meta.index > self.state.hard_state.commit {
-            return Err(self.invalid(format!(
-                "cannot keep a snapshot at index {}: the commit index is {}",
-                meta.index, self.state.hard_state.commit
-            )));
-        }
-        if let Some(term) = self.term_in_log(meta.index)? {
-            if term != meta.term {
+        match self.term_in_log(meta.index)? {
+            None => {
+                return Err(self.invalid(format!(
+                    "cannot keep a snapshot at index {}: the last log index is {}",
+                    meta.index,
+                    self.last()
+                )));
+            }
+            Some(term) if term != meta.term => {
                 return Err(self.invalid(format!(
                     "snapshot at index {} has term {} but the log has term {term} there",
                     meta.index, meta.term
                 )));
             }
+            Some(_) => {}
         }
         let mut batch = LogBatch::default();
-        self.put(&mut batch, KEY_SNAPSHOT_META, meta, "cannot encode snapshot metadata")?;
+        self.put(
+            &mut batch,
+            KEY_SNAPSHOT_META,
+            meta,
+            "cannot encode snapshot metadata",
+        )?;
+        let raised = (meta.index > self.state.hard_state.commit).then(|| {
+            let mut hs = self.state.hard_state.clone();
+            hs.commit = meta.index;
+            hs
+        });
+        if let Some(hs) = &raised {
+            self.put(
+                &mut batch,
+                KEY_HARD_STATE,
+                hs,
+                "cannot encode the hard state",
+            )?;
+        }
         self.write(&mut batch, "cannot persist snapshot metadata")?;
+        if let Some(hs) = raised {
+            info!(self.logger, "raised the stored commit index to a snapshot's index";
+                "from" => self.state.hard_state.commit, "to" => hs.commit);
+            self.state.hard_state = hs;
+        }
         self.snapshot_meta = meta.clone();
         debug!(self.logger, "keeping snapshot"; "index" => meta.index, "term" => meta.term,
             "bytes" => snap.data.len());
@@ -939,9 +1025,9 @@ impl Storage for RaftStorage {
             None | Some(raft::NO_LIMIT) => None,
             Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
         };
-        if let Err(e) =
-            self.engine
-                .fetch_entries_to::<EntryExt>(REGION_ID, low, high, limit, &mut ents)
+        if let Err(e) = self
+            .engine
+            .fetch_entries_to::<EntryExt>(REGION_ID, low, high, limit, &mut ents)
         {
             return Err(Self::to_raft(self.engine_err("cannot read log entries", e)));
         }
@@ -1004,6 +1090,7 @@ impl Storage for RaftStorage {
 mod tests {
     use std::path::PathBuf;
 
+    use protobuf::Message as _;
     use raft::storage::MemStorage;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -1012,6 +1099,27 @@ mod tests {
 
     fn logger() -> Logger {
         Logger::root(slog::Discard, o!())
+    }
+
+    /// A logger that keeps the messages, to check what an operator would see.
+    struct Collect(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl slog::Drain for Collect {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, r: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", r.level(), r.msg()));
+            Ok(())
+        }
+    }
+
+    fn collecting_logger() -> (Logger, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let lines = std::sync::Arc::default();
+        let logger = Logger::root(Collect(std::sync::Arc::clone(&lines)), o!());
+        (logger, lines)
     }
 
     fn open(dir: &Path, voters: &[u64]) -> RaftStorage {
@@ -1045,8 +1153,10 @@ mod tests {
     }
 
     fn snap(index: u64, term: u64, voters: Vec<u64>, data: &[u8]) -> Snapshot {
-        let mut s = Snapshot::default();
-        s.data = data.to_vec().into();
+        let mut s = Snapshot {
+            data: data.to_vec().into(),
+            ..Default::default()
+        };
         let m = s.mut_metadata();
         m.index = index;
         m.term = term;
@@ -1069,7 +1179,12 @@ mod tests {
     /// The term index agrees with the entries on disk.
     fn check_terms(s: &RaftStorage) {
         for e in all(s) {
-            assert_eq!(s.terms.get(e.index), Some(e.term), "term index at {}", e.index);
+            assert_eq!(
+                s.terms.get(e.index),
+                Some(e.term),
+                "term index at {}",
+                e.index
+            );
             let on_disk = s.engine.get_entry::<EntryExt>(REGION_ID, e.index).unwrap();
             assert_eq!(on_disk.map(|d| d.term), Some(e.term));
         }
@@ -1095,7 +1210,9 @@ mod tests {
         assert_eq!(s.term(1), Err(store_err(raft::StorageError::Unavailable)));
         assert_eq!(
             s.snapshot(0, 2),
-            Err(store_err(raft::StorageError::SnapshotTemporarilyUnavailable))
+            Err(store_err(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
         );
         assert_eq!(s.data_dir(), dir.path());
         assert!(dir.path().join("raft").is_dir());
@@ -1132,7 +1249,9 @@ mod tests {
     fn append_and_read_entries() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(dir.path(), &[1]);
-        let written: Vec<Entry> = (1..=10).map(|i| ent(i, 1 + i / 4, 10 * i as usize)).collect();
+        let written: Vec<Entry> = (1..=10)
+            .map(|i| ent(i, 1 + i / 4, 10 * i as usize))
+            .collect();
         s.persist(&written[..4], Some(&hs(1, 1, 0))).unwrap();
         s.persist(&written[4..], Some(&hs(3, 1, 7))).unwrap();
         assert_eq!(s.hard_state(), &hs(3, 1, 7));
@@ -1153,7 +1272,10 @@ mod tests {
             Err(store_err(raft::StorageError::Unavailable))
         );
         assert_eq!(s.entries(5, 5, None, ctx()).unwrap(), Vec::<Entry>::new());
-        assert_eq!(s.entries(3, 6, None, ctx()).unwrap(), written[2..5].to_vec());
+        assert_eq!(
+            s.entries(3, 6, None, ctx()).unwrap(),
+            written[2..5].to_vec()
+        );
 
         // max_size exactly like raft's limit_size: at least one entry, then while it fits.
         let size = |r: std::ops::Range<usize>| -> u64 {
@@ -1305,25 +1427,35 @@ mod tests {
         // The snapshot data itself is not persisted here: raft must wait for set_snapshot.
         assert_eq!(
             s.snapshot(0, 2),
-            Err(store_err(raft::StorageError::SnapshotTemporarilyUnavailable))
+            Err(store_err(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
         );
         s.set_snapshot(snap(8, 2, vec![1], b"state@8")).unwrap();
         assert_eq!(s.snapshot(0, 2).unwrap().data.as_ref(), b"state@8");
         assert_eq!(s.snapshot(8, 2).unwrap().get_metadata().index, 8);
         assert_eq!(
             s.snapshot(9, 2),
-            Err(store_err(raft::StorageError::SnapshotTemporarilyUnavailable))
+            Err(store_err(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
         );
 
         // Compacting the whole log: empty, first = last + 1, boundary term kept.
         s.set_commit(10).unwrap();
         s.set_snapshot(snap(10, 2, vec![1], b"state@10")).unwrap();
         s.compact(11).unwrap();
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (11, 10));
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (11, 10)
+        );
         assert_eq!(s.term(10).unwrap(), 2);
         drop(s);
         let mut s = open(dir.path(), &[1]);
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (11, 10));
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (11, 10)
+        );
         assert_eq!(s.term(10).unwrap(), 2);
         s.persist(&ents(11..=12, 3), None).unwrap();
         assert_eq!(all(&s), ents(11..=12, 3));
@@ -1335,15 +1467,32 @@ mod tests {
         let mut s = open(dir.path(), &[1]);
         s.persist(&ents(1..=10, 3), Some(&hs(3, 1, 6))).unwrap();
         assert!(s.set_snapshot(snap(0, 0, vec![1], b"")).is_err());
-        let e = s.set_snapshot(snap(7, 3, vec![1], b"")).unwrap_err();
-        assert!(e.to_string().contains("commit index is 6"), "{e}");
+        let e = s.set_snapshot(snap(11, 3, vec![1], b"")).unwrap_err();
+        assert!(e.to_string().contains("last log index is 10"), "{e}");
         let e = s.set_snapshot(snap(5, 2, vec![1], b"")).unwrap_err();
         assert!(e.to_string().contains("term"), "{e}");
+        assert_eq!(s.snapshot_metadata().index, 0);
         s.set_snapshot(snap(6, 3, vec![1], b"six")).unwrap();
+        assert_eq!(s.hard_state().commit, 6);
         s.compact(7).unwrap();
         let e = s.set_snapshot(snap(5, 3, vec![1], b"")).unwrap_err();
-        assert!(matches!(e, StorageError::SnapshotOutOfDate { index: 5, boundary: 6, .. }));
+        assert!(matches!(
+            e,
+            StorageError::SnapshotOutOfDate {
+                index: 5,
+                boundary: 6,
+                ..
+            }
+        ));
         assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"six");
+        // A snapshot past the stored commit (applied before the hard state was persisted) raises
+        // the commit index, durably.
+        s.set_snapshot(snap(8, 3, vec![1], b"eight")).unwrap();
+        assert_eq!(s.hard_state().commit, 8);
+        drop(s);
+        let s = open(dir.path(), &[1]);
+        assert_eq!(s.hard_state(), &hs(3, 1, 8));
+        assert_eq!(s.snapshot_metadata().index, 8);
     }
 
     #[test]
@@ -1383,10 +1532,16 @@ mod tests {
         assert_eq!(all(&s), ents(21..=25, 4));
         // A second snapshot past the end of the log.
         s.apply_snapshot(&snap(40, 5, vec![1, 2], b"")).unwrap();
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (41, 40));
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (41, 40)
+        );
         drop(s);
         let s = open(dir.path(), &[]);
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (41, 40));
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (41, 40)
+        );
         assert_eq!(s.term(40).unwrap(), 5);
         assert_eq!(s.conf_state().voters, vec![1, 2]);
     }
@@ -1417,11 +1572,17 @@ mod tests {
         fs::write(&file, b"hello").unwrap();
         let err = RaftStorage::open(&file, &[1], logger()).unwrap_err();
         assert!(matches!(err, StorageError::NotADirectory { .. }), "{err}");
-        assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
         // And a data dir below a regular file cannot be created.
         let below = file.join("sub");
         let err = RaftStorage::open(&below, &[1], logger()).unwrap_err();
-        assert!(err.to_string().contains(&below.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&below.display().to_string()),
+            "{err}"
+        );
     }
 
     fn newest_raftlog(dir: &Path) -> PathBuf {
@@ -1458,7 +1619,15 @@ mod tests {
         // A few bytes off the last batch: exactly that batch is lost.
         chop(&file, 7);
         let last = {
-            let s = open(dir.path(), &[1]);
+            let (log, lines) = collecting_logger();
+            let s = RaftStorage::open(dir.path(), &[1], log).unwrap();
+            let lines = lines.lock().unwrap().clone();
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with("WARN") && l.contains("truncated a broken tail")),
+                "{lines:?}"
+            );
             let last = s.last_index().unwrap();
             assert_eq!(last, 49);
             assert_eq!(all(&s), written[..49].to_vec());
@@ -1496,8 +1665,7 @@ mod tests {
     fn corruption_in_an_older_file_fails_the_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s =
-                RaftStorage::open_tuned(dir.path(), &[1], logger(), small_files()).unwrap();
+            let mut s = RaftStorage::open_tuned(dir.path(), &[1], logger(), small_files()).unwrap();
             for i in 1..=40 {
                 s.persist(&[ent(i, 1, 1000)], None).unwrap();
             }
@@ -1519,7 +1687,10 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
         assert!(
-            matches!(err, StorageError::Corrupt { .. } | StorageError::Engine { .. }),
+            matches!(
+                err,
+                StorageError::Corrupt { .. } | StorageError::Engine { .. }
+            ),
             "{msg}"
         );
         // The lock was released by the failed open.
@@ -1535,11 +1706,13 @@ mod tests {
                 .unwrap();
         }
         let before = s.engine_used_bytes();
-        s.set_snapshot(snap(190, s.term(190).unwrap(), vec![1], b"")).unwrap();
+        s.set_snapshot(snap(190, s.term(190).unwrap(), vec![1], b""))
+            .unwrap();
         s.compact(191).unwrap();
         let after = s.engine_used_bytes();
         assert!(after < before / 2, "before {before} after {after}");
-        s.persist(&[ent(201, 5, 500)], Some(&hs(5, 1, 201))).unwrap();
+        s.persist(&[ent(201, 5, 500)], Some(&hs(5, 1, 201)))
+            .unwrap();
         let want: Vec<Entry> = (191..=201).map(|i| ent(i, 1 + i / 50, 500)).collect();
         assert_eq!(all(&s)[..10], want[..10]);
         drop(s);
@@ -1558,7 +1731,10 @@ mod tests {
             t.push(i, term);
         }
         assert_eq!(t.runs, vec![(1, 1), (3, 2), (5, 5)]);
-        assert_eq!((1..=6).map(|i| t.get(i).unwrap()).collect::<Vec<_>>(), [1, 1, 2, 2, 5, 5]);
+        assert_eq!(
+            (1..=6).map(|i| t.get(i).unwrap()).collect::<Vec<_>>(),
+            [1, 1, 2, 2, 5, 5]
+        );
         t.truncate(4);
         t.push(4, 3);
         assert_eq!(t.runs, vec![(1, 1), (3, 2), (4, 3)]);
@@ -1733,7 +1909,12 @@ mod tests {
                     node.mut_store().apply_snapshot(&sn).unwrap();
                 }
                 let committed = rd.take_committed_entries();
-                applied.extend(committed.iter().filter(|e| !e.data.is_empty()).map(|e| e.data.to_vec()));
+                applied.extend(
+                    committed
+                        .iter()
+                        .filter(|e| !e.data.is_empty())
+                        .map(|e| e.data.to_vec()),
+                );
                 let entries = rd.entries().clone();
                 let hs = rd.hs().cloned();
                 node.mut_store().persist(&entries, hs.as_ref()).unwrap();
@@ -1742,7 +1923,12 @@ mod tests {
                     node.mut_store().set_commit(c).unwrap();
                 }
                 let committed = light.take_committed_entries();
-                applied.extend(committed.iter().filter(|e| !e.data.is_empty()).map(|e| e.data.to_vec()));
+                applied.extend(
+                    committed
+                        .iter()
+                        .filter(|e| !e.data.is_empty())
+                        .map(|e| e.data.to_vec()),
+                );
                 node.advance_apply();
             }
         }
@@ -1764,7 +1950,10 @@ mod tests {
                 node.propose(vec![], vec![b'a' + i]).unwrap();
                 drive(&mut node, &mut applied);
             }
-            assert_eq!(applied, (0..5u8).map(|i| vec![b'a' + i]).collect::<Vec<_>>());
+            assert_eq!(
+                applied,
+                (0..5u8).map(|i| vec![b'a' + i]).collect::<Vec<_>>()
+            );
             node.store().hard_state().commit
         };
         assert!(commit >= 6);

@@ -749,17 +749,22 @@ impl Server {
                 .warn(&self.logger, "RaftBatch without a sender id", "from = 0");
             return Some((identity, 0));
         }
-        let total = batch.messages.len();
-        let mut good = Vec::with_capacity(total);
+        let mut good = Vec::with_capacity(batch.messages.len());
+        let mut skipped = 0usize;
+        let mut last_error = None;
         for bytes in &batch.messages {
             match <Message as protobuf::Message>::parse_from_bytes(bytes) {
                 Ok(msg) => good.push(msg),
                 Err(err) => {
-                    let detail = format!("from {}: {err}", batch.from);
-                    self.garbage
-                        .warn(&self.logger, "undecodable raft message skipped", &detail);
+                    skipped += 1;
+                    last_error = Some(err);
                 }
             }
+        }
+        if let Some(err) = last_error {
+            let detail = format!("{skipped} from node {}, last: {err}", batch.from);
+            self.garbage
+                .warn(&self.logger, "undecodable raft messages skipped", &detail);
         }
         let accepted = u32::try_from(good.len()).unwrap_or(u32::MAX);
         if !good.is_empty() {
@@ -1138,7 +1143,7 @@ mod tests {
             let (seen_tx, mut seen) = unbounded_channel();
             let hold = tokio::spawn(async move {
                 while let Ok(request) = frozen.recv().await {
-                    let _ = seen_tx.send(request.len());
+                    let _ = seen_tx.send(request.into_vec());
                 }
             });
 
@@ -1149,7 +1154,11 @@ mod tests {
             let started = Instant::now();
             transport.send(vec![msg(2, 1), snapshot_msg(2, 100)]);
             // The request reached the frozen peer as [identity, "", batch].
-            assert_eq!(seen.recv().await, Some(3));
+            let frames = seen.recv().await.expect("request");
+            assert_eq!(frames.len(), 3);
+            assert!(!frames[0].is_empty() && frames[1].is_empty());
+            let batch = RaftBatch::decode(frames[2].as_ref()).expect("batch");
+            assert_eq!((batch.from, batch.messages.len()), (1, 2));
 
             // While the peer hangs, queueing stays instant.
             let queued = Instant::now();
@@ -1190,6 +1199,34 @@ mod tests {
             transport.remove_peer(2);
             assert!(transport.peers().is_empty());
             hold.abort();
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_listener_times_out_the_connect() {
+        tokio::time::timeout(LIMIT, async {
+            // The kernel completes the TCP handshake from the backlog but nobody speaks ZMTP:
+            // what a SIGSTOPped node looks like to a fresh connect.
+            let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!("tcp://{}", silent.local_addr().expect("addr"));
+            let (sink, mut reports) = reports();
+            let mut transport =
+                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            transport.add_peer(2, url);
+            let started = Instant::now();
+            transport.send(vec![snapshot_msg(2, 10)]);
+            let first = reports.recv().await;
+            let second = reports.recv().await;
+            assert_eq!(first, Some(Report::Unreachable(2)));
+            assert_eq!(second, Some(Report::Snapshot { to: 2, ok: false }));
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "took {:?}",
+                started.elapsed()
+            );
+            drop(silent);
         })
         .await
         .expect("test timed out");

@@ -66,7 +66,10 @@ fn bad_configs_are_refused_with_the_reason() {
     )
     .unwrap();
     let err = run_expecting_failure(&["run", "--cluster", blocked.to_str().unwrap(), "--id", "1"]);
-    assert!(err.contains("plainfile"), "names the unusable data dir: {err}");
+    assert!(
+        err.contains("plainfile"),
+        "names the unusable data dir: {err}"
+    );
 }
 
 #[test]

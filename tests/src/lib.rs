@@ -23,7 +23,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Takes the lock that keeps cluster tests from running at once.
 pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The `raftnode` binary: `RAFTNODE_BIN`, or the one cargo built beside this test.
@@ -157,7 +159,10 @@ impl Cluster {
 
     /// Starts (or restarts) node `id` with its data dir.
     pub fn spawn(&mut self, id: u64) {
-        assert!(!self.procs.contains_key(&id), "node {id} is already running");
+        assert!(
+            !self.procs.contains_key(&id),
+            "node {id} is already running"
+        );
         let log = File::options()
             .create(true)
             .append(true)
@@ -268,7 +273,9 @@ impl Cluster {
                 && leader != 0
                 && self.procs.contains_key(&leader)
                 && leaders.iter().all(|(_, l, _)| *l == leader)
-                && leaders.iter().any(|(id, _, role)| *id == leader && role == "leader")
+                && leaders
+                    .iter()
+                    .any(|(id, _, role)| *id == leader && role == "leader")
             {
                 return leader;
             }
@@ -319,7 +326,10 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             for &id in self.nodes.keys() {
-                eprintln!("----- node {id} log (tail) -----\n{}", self.log_tail(id, 40));
+                eprintln!(
+                    "----- node {id} log (tail) -----\n{}",
+                    self.log_tail(id, 40)
+                );
             }
         }
     }

@@ -54,7 +54,11 @@ async fn serves_every_operation_through_every_node() {
         let mut taken = Vec::new();
         for node in cluster.ids() {
             let mut c = cluster.client_of(node);
-            let (id, _) = c.inp(&tpl(r#"("item", _)"#)).await.unwrap().expect("a tuple");
+            let (id, _) = c
+                .inp(&tpl(r#"("item", _)"#))
+                .await
+                .unwrap()
+                .expect("a tuple");
             taken.push(id);
         }
         assert_eq!(taken, ids, "oldest first, each once");
@@ -64,7 +68,10 @@ async fn serves_every_operation_through_every_node() {
         let lock = tpl(r#"("lock", _)"#);
         let first = c.cas(&lock, &tuple!["lock", "a"], None).await.unwrap();
         assert!(first.is_some());
-        assert_eq!(c.cas(&lock, &tuple!["lock", "b"], None).await.unwrap(), None);
+        assert_eq!(
+            c.cas(&lock, &tuple!["lock", "b"], None).await.unwrap(),
+            None
+        );
         let mut c3 = cluster.client_of(3);
         assert_eq!(
             c3.take_id(first.unwrap()).await.unwrap(),
@@ -102,7 +109,10 @@ async fn a_blocking_in_is_satisfied_by_an_out_elsewhere() {
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
         let id = cluster.client_of(2).out(&tuple!["job", 7]).await.unwrap();
-        let got = waiting.await.unwrap().expect("the blocked in gets the tuple");
+        let got = waiting
+            .await
+            .unwrap()
+            .expect("the blocked in gets the tuple");
         assert_eq!(got, (id, tuple!["job", 7]));
         let mut c = cluster.client_of(3);
         assert_eq!(c.count(&tpl(r#"("job", _)"#)).await.unwrap(), 0);
@@ -116,7 +126,11 @@ async fn a_blocking_in_is_satisfied_by_an_out_elsewhere() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let fid = cluster.client_of(1).out(&tuple!["feed", 1]).await.unwrap();
         assert_eq!(watching.await.unwrap().unwrap().0, fid);
-        assert_eq!(c.count(&tpl(r#"("feed", _)"#)).await.unwrap(), 1, "rd leaves it");
+        assert_eq!(
+            c.count(&tpl(r#"("feed", _)"#)).await.unwrap(),
+            1,
+            "rd leaves it"
+        );
     })
     .await;
 }
@@ -273,7 +287,10 @@ async fn a_replayed_request_is_applied_once() {
             }
         }
         assert!(ids.iter().all(|&id| id == ids[0]), "same answer: {ids:?}");
-        assert_eq!(cluster.client().count(&tpl(r#"("once")"#)).await.unwrap(), 1);
+        assert_eq!(
+            cluster.client().count(&tpl(r#"("once")"#)).await.unwrap(),
+            1
+        );
         // A later request of a session the cluster never saw is refused and not applied.
         let stray = proto::Request {
             session: 0xbeef,
@@ -287,7 +304,10 @@ async fn a_replayed_request_is_applied_once() {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(cluster.client().count(&tpl(r#"("once")"#)).await.unwrap(), 1);
+        assert_eq!(
+            cluster.client().count(&tpl(r#"("once")"#)).await.unwrap(),
+            1
+        );
     })
     .await;
 }
@@ -339,7 +359,10 @@ async fn garbage_frames_do_not_stop_a_node() {
             }
         }
         let mut c = cluster.client_of(1);
-        let id = c.out(&tuple!["still", "here"]).await.expect("the node still serves");
+        let id = c
+            .out(&tuple!["still", "here"])
+            .await
+            .expect("the node still serves");
         assert_eq!(c.read_id(id).await.unwrap(), Some(tuple!["still", "here"]));
         assert!(cluster.status(1).await.is_some());
     })
