@@ -23,7 +23,7 @@ fn tpl(text: &str) -> Template {
 /// out through one node, rd and in through the others, and every read op through every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_every_operation_through_every_node() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(3);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
@@ -97,7 +97,7 @@ async fn serves_every_operation_through_every_node() {
 /// A blocking in on node 1 is satisfied by an out through node 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_in_is_satisfied_by_an_out_elsewhere() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(3);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
@@ -138,7 +138,7 @@ async fn a_blocking_in_is_satisfied_by_an_out_elsewhere() {
 /// Two concurrent ins for one tuple: exactly one gets it, the other times out cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ins_one_tuple_one_winner() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(3);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
@@ -170,7 +170,7 @@ async fn two_ins_one_tuple_one_winner() {
 /// SIGKILL the leader: a new one is elected and every acknowledged out is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_nothing_acknowledged() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(3);
     bounded(LIMIT, async {
         let leader = cluster.wait_leader(LEADER).await;
@@ -213,7 +213,7 @@ async fn killing_the_leader_loses_nothing_acknowledged() {
 /// SIGKILL all three and restart them: nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_every_node_loses_nothing_acknowledged() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(3);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
@@ -265,7 +265,7 @@ async fn raw_call(endpoint: &str, request: &proto::Request) -> proto::Response {
 /// same node or another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_request_is_applied_once() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(3);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
@@ -315,7 +315,7 @@ async fn a_replayed_request_is_applied_once() {
 /// Random garbage frames sent to both endpoints of a node: it keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frames_do_not_stop_a_node() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(3);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
