@@ -17,14 +17,13 @@ use nix::unistd::Pid;
 use raftnode::client::{Client, ClientOptions};
 use raftnode::proto;
 
-/// Cluster tests share two cores: they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Cluster tests share two cores: they run one at a time. (An async mutex: each test holds it
+/// across its awaits, on its own runtime.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Takes the lock that keeps cluster tests from running at once.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// The `raftnode` binary: `RAFTNODE_BIN`, or the one cargo built beside this test.
