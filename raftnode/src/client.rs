@@ -66,6 +66,59 @@ pub enum ClientError {
 /// A tuple with its id.
 pub type Entry = (TupleId, Tuple);
 
+/// One change to the cluster's membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Add a node as a learner (it receives the log but does not vote).
+    AddLearner {
+        /// Its id.
+        id: u64,
+        /// Its raft endpoint.
+        raft: String,
+        /// Its client endpoint.
+        client: String,
+    },
+    /// Make a learner (or a new node, with its endpoints) a voter.
+    AddVoter {
+        /// Its id.
+        id: u64,
+        /// Its raft endpoint (empty if the cluster knows it).
+        raft: String,
+        /// Its client endpoint (empty if the cluster knows it).
+        client: String,
+    },
+    /// Remove a node (a leader hands leadership over first).
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+}
+
+impl MemberChange {
+    fn to_proto(&self) -> proto::MemberChange {
+        use proto::member_change::Kind;
+        match self {
+            MemberChange::AddLearner { id, raft, client } => proto::MemberChange {
+                kind: Kind::AddLearner as i32,
+                id: *id,
+                raft_url: raft.clone(),
+                client_url: client.clone(),
+            },
+            MemberChange::AddVoter { id, raft, client } => proto::MemberChange {
+                kind: Kind::AddVoter as i32,
+                id: *id,
+                raft_url: raft.clone(),
+                client_url: client.clone(),
+            },
+            MemberChange::Remove { id } => proto::MemberChange {
+                kind: Kind::Remove as i32,
+                id: *id,
+                ..Default::default()
+            },
+        }
+    }
+}
+
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -349,6 +402,132 @@ impl Client {
         {
             response::Result::Status(s) => Ok(s),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Applies membership changes in one step (several go through joint consensus) and waits
+    /// until the cluster has left any joint state. Safe to retry: a change already in effect is
+    /// answered without changing anything. Returns the leader's status afterwards.
+    pub async fn change_membership(
+        &mut self,
+        changes: &[MemberChange],
+    ) -> Result<proto::Status, ClientError> {
+        let op = Op::ConfChange(proto::ConfChangeRequest {
+            changes: changes.iter().map(MemberChange::to_proto).collect(),
+        });
+        let status = match self.call(op, false, Duration::ZERO, false).await? {
+            response::Result::Status(s) => s,
+            other => return Err(unexpected(other)),
+        };
+        self.wait_not_joint(status).await
+    }
+
+    async fn wait_not_joint(
+        &mut self,
+        mut status: proto::Status,
+    ) -> Result<proto::Status, ClientError> {
+        let deadline = Instant::now() + self.options.retry_window;
+        while status.members.iter().any(|m| m.role == "outgoing voter") {
+            if Instant::now() >= deadline {
+                return Err(ClientError::NoLeader {
+                    tried: self.endpoints.clone(),
+                    last: "the cluster did not leave its joint configuration in time".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = self.leader_status().await?;
+        }
+        Ok(status)
+    }
+
+    /// The status as the leader sees it (with each member's replicated index).
+    pub async fn leader_status(&mut self) -> Result<proto::Status, ClientError> {
+        let deadline = Instant::now() + self.options.retry_window;
+        loop {
+            let status = self.status().await?;
+            if status.role == "leader" {
+                return Ok(status);
+            }
+            let hint = status
+                .members
+                .iter()
+                .find(|m| m.id == status.leader_id)
+                .map(|m| m.client_url.clone())
+                .unwrap_or_default();
+            if !self.follow_hint(&hint) {
+                self.rotate();
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::NoLeader {
+                    tried: self.endpoints.clone(),
+                    last: "no node reports being the leader".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Adds a node as a learner, waits until it has caught up with the leader (its replicated
+    /// index within `max_lag` entries of the leader's commit index), then promotes it to voter.
+    pub async fn add_node(
+        &mut self,
+        id: u64,
+        raft: &str,
+        client: &str,
+        catch_up: Duration,
+        max_lag: u64,
+    ) -> Result<proto::Status, ClientError> {
+        self.change_membership(&[MemberChange::AddLearner {
+            id,
+            raft: raft.to_string(),
+            client: client.to_string(),
+        }])
+        .await?;
+        self.wait_caught_up(id, catch_up, max_lag).await?;
+        self.change_membership(&[MemberChange::AddVoter {
+            id,
+            raft: String::new(),
+            client: String::new(),
+        }])
+        .await
+    }
+
+    /// Waits until member `id` has replicated the log to within `max_lag` entries of the
+    /// leader's commit index.
+    pub async fn wait_caught_up(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+        max_lag: u64,
+    ) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.leader_status().await?;
+            let matched = status
+                .members
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.matched);
+            match matched {
+                Some(m) if m + max_lag >= status.commit && m > 0 => return Ok(()),
+                None => {
+                    return Err(ClientError::Invalid(format!(
+                        "node {id} is not a member of the cluster"
+                    )));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::NoLeader {
+                    tried: self.endpoints.clone(),
+                    last: format!(
+                        "node {id} did not catch up within {timeout:?} (replicated {}, commit {})",
+                        matched.unwrap_or(0),
+                        status.commit
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

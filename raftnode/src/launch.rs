@@ -11,8 +11,13 @@ use anyhow::{Context, bail};
 use slog::{Logger, error, info};
 use tokio::sync::watch;
 
-use crate::config::ClusterConfig;
-use crate::node::{Address, Node, NodeHandle, NodeMsg};
+use raft::Storage as _;
+use slog::warn;
+
+use crate::config::{ClusterConfig, RaftSettings};
+use crate::machine::Machine;
+use crate::node::{Address, Exit, Node, NodeHandle, NodeMsg, NodeSetup};
+use crate::snapshot::SnapshotStore;
 use crate::storage::RaftStorage;
 use crate::transport::{self, Report, Transport};
 
@@ -21,32 +26,140 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Runs node `id` of `cluster` until `shutdown` resolves or the node fails.
+/// What one node process starts from.
+#[derive(Clone, Debug)]
+pub struct NodeLaunch {
+    /// This node's id.
+    pub id: u64,
+    /// Its endpoints.
+    pub me: Address,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Raft settings.
+    pub settings: RaftSettings,
+    /// The initial members' addresses (empty for a node that joins a running cluster).
+    pub peers: HashMap<u64, Address>,
+}
+
+impl NodeLaunch {
+    /// Node `id` of a cluster file: the file's nodes are the initial members.
+    pub fn from_cluster(
+        cluster: &ClusterConfig,
+        cluster_path: &Path,
+        id: u64,
+    ) -> Result<NodeLaunch, crate::config::ConfigError> {
+        let me = cluster.node(id, cluster_path)?;
+        let peers = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.id,
+                    Address {
+                        raft: n.raft.clone(),
+                        client: n.client.clone(),
+                    },
+                )
+            })
+            .collect();
+        Ok(NodeLaunch {
+            id,
+            me: Address {
+                raft: me.raft.clone(),
+                client: me.client.clone(),
+            },
+            data_dir: me.data_dir.clone(),
+            settings: cluster.raft.clone(),
+            peers,
+        })
+    }
+
+    /// A new, empty node that waits to be added to a running cluster (`raftnode run --join`).
+    pub fn joining(id: u64, me: Address, data_dir: PathBuf, settings: RaftSettings) -> NodeLaunch {
+        NodeLaunch {
+            id,
+            me,
+            data_dir,
+            settings,
+            peers: HashMap::new(),
+        }
+    }
+}
+
+/// Loads the newest valid snapshot file into a machine and lines the log storage up with it.
+///
+/// A corrupt snapshot file is refused (by the store) and an older one used; the log is compacted
+/// only behind the older kept snapshot, so its entries after that snapshot are still there.
+fn restore(
+    snapshots: &SnapshotStore,
+    storage: &mut RaftStorage,
+    logger: &Logger,
+) -> anyhow::Result<(Machine, Vec<u64>)> {
+    let first = storage.first_index().unwrap_or(1);
+    let last = storage.last_index().unwrap_or(0);
+    let kept: Vec<u64> = snapshots.list()?.iter().map(|s| s.index).collect();
+    let Some(loaded) = snapshots.load_newest()? else {
+        if first > 1 {
+            bail!(
+                "no valid snapshot file in {} but the log starts at index {first}: this node \
+                 cannot rebuild its state locally; remove it from the cluster, wipe its data \
+                 dir and add it back (it then receives a snapshot from the leader)",
+                snapshots.dir().display()
+            );
+        }
+        return Ok((Machine::new(), kept));
+    };
+    let machine = Machine::decode(&loaded.data).map_err(|e| {
+        anyhow::anyhow!(
+            "snapshot {} passes its checksum but does not decode: {e}",
+            loaded.path.display()
+        )
+    })?;
+    let index = loaded.index;
+    let snapshot = crate::snapshot::to_raft_snapshot(&loaded);
+    if index > last {
+        // Written when it arrived from the leader, but the node died before installing it.
+        storage.apply_snapshot(&snapshot)?;
+    } else if index + 1 < first {
+        bail!(
+            "the newest valid snapshot (index {index}) is older than the compacted log (first \
+             index {first}): this node cannot rebuild its state locally; remove it from the \
+             cluster, wipe its data dir and add it back"
+        );
+    } else if index >= storage.snapshot_metadata().index
+        && let Err(e) = storage.set_snapshot(snapshot)
+    {
+        warn!(logger, "the restored snapshot cannot be offered to followers"; "err" => %e);
+    }
+    info!(logger, "restored state from snapshot";
+        "index" => index, "term" => loaded.term, "tuples" => machine.space().len(),
+        "file" => %loaded.path.display(), "log_first" => first, "log_last" => last);
+    let kept = kept.into_iter().filter(|&i| i <= index).collect();
+    Ok((machine, kept))
+}
+
+/// Runs one node until `shutdown` resolves, it is removed from the cluster, or it fails.
 pub async fn run_node(
-    cluster: &ClusterConfig,
-    cluster_path: &Path,
-    id: u64,
+    launch: NodeLaunch,
     logger: Logger,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let me = cluster.node(id, cluster_path)?.clone();
+) -> anyhow::Result<Exit> {
+    let NodeLaunch {
+        id,
+        me,
+        data_dir,
+        settings,
+        peers,
+    } = launch;
     let logger = logger.new(slog::o!("node" => id));
-    let addresses: HashMap<u64, Address> = cluster
-        .nodes
-        .iter()
-        .map(|n| {
-            (
-                n.id,
-                Address {
-                    raft: n.raft.clone(),
-                    client: n.client.clone(),
-                },
-            )
-        })
-        .collect();
-    let voters: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
-    let storage = RaftStorage::open(&me.data_dir, &voters, logger.clone())
-        .with_context(|| format!("opening data dir {}", me.data_dir.display()))?;
+    let mut voters: Vec<u64> = peers.keys().copied().collect();
+    voters.sort_unstable();
+    let mut storage = RaftStorage::open(&data_dir, &voters, logger.clone())
+        .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    // A founding member writes the initial membership as the log's first entries.
+    storage.bootstrap(&voters)?;
+    let snapshots = SnapshotStore::open(&data_dir, logger.clone())?;
+    let (machine, kept_snapshots) = restore(&snapshots, &mut storage, &logger)?;
 
     let (tx, rx) = std::sync::mpsc::channel();
     let reports_tx = tx.clone();
@@ -60,15 +173,22 @@ pub async fn run_node(
         crate::MAX_PEER_FRAME,
         logger.clone(),
     );
-    let node = Node::new(
+    let removed_peers = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let node = Node::new(NodeSetup {
         id,
+        me: me.clone(),
+        settings,
+        addresses: peers,
         storage,
-        cluster.raft.clone(),
-        addresses,
+        machine,
+        snapshots: Arc::new(snapshots),
+        kept_snapshots,
         transport,
-        rx,
-        logger.clone(),
-    )?;
+        removed_peers: removed_peers.clone(),
+        inbox: rx,
+        inbox_tx: tx.clone(),
+        logger: logger.clone(),
+    })?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("raft-node-{id}"))
@@ -79,11 +199,21 @@ pub async fn run_node(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let deliver_tx = tx.clone();
-    let deliver: Arc<dyn Fn(u64, Vec<raft::eraftpb::Message>) + Send + Sync> =
-        Arc::new(move |_from, msgs| {
-            let _ = deliver_tx.send(NodeMsg::Raft(msgs));
-        });
-    let peers = tokio::spawn({
+    let deliver: crate::transport::Deliver = Arc::new(move |from, from_url: &str, msgs| {
+        let removed = removed_peers
+            .lock()
+            .map(|set| set.contains(&from))
+            .unwrap_or(false);
+        if !removed {
+            let _ = deliver_tx.send(NodeMsg::Raft {
+                from,
+                from_url: from_url.to_string(),
+                msgs,
+            });
+        }
+        removed
+    });
+    let peer_server = tokio::spawn({
         let (raft_url, logger, stop) = (me.raft.clone(), logger.clone(), stop_rx.clone());
         async move {
             transport::serve(
@@ -102,12 +232,12 @@ pub async fn run_node(
         async move { crate::server::serve(&client_url, handle, logger, stopped(stop)).await }
     });
     info!(logger, "node running"; "raft" => &me.raft, "client" => &me.client,
-        "data_dir" => %me.data_dir.display());
+        "data_dir" => %data_dir.display());
 
     tokio::pin!(shutdown);
-    let outcome: anyhow::Result<()> = tokio::select! {
-        _ = &mut shutdown => Ok(()),
-        r = peers => match r {
+    let outcome: anyhow::Result<Exit> = tokio::select! {
+        _ = &mut shutdown => Ok(Exit::Shutdown),
+        r = peer_server => match r {
             Ok(Err(e)) => Err(e.into()),
             _ => Err(anyhow::anyhow!("the peer endpoint stopped")),
         },
@@ -116,16 +246,17 @@ pub async fn run_node(
             _ => Err(anyhow::anyhow!("the client endpoint stopped")),
         },
         r = done_rx => match r {
+            Ok(Ok(exit)) => Ok(exit),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the node stopped")),
-            _ => Err(anyhow::anyhow!("the node thread stopped")),
+            Err(_) => Err(anyhow::anyhow!("the node thread stopped")),
         },
     };
     let _ = stop_tx.send(true);
     let _ = tx.send(NodeMsg::Shutdown);
-    if let Err(e) = &outcome {
-        error!(logger, "node failed"; "err" => format!("{e:#}"));
-    } else {
-        info!(logger, "node shut down");
+    match &outcome {
+        Err(e) => error!(logger, "node failed"; "err" => format!("{e:#}")),
+        Ok(Exit::Removed) => info!(logger, "node stopped: removed from the cluster"),
+        Ok(Exit::Shutdown) => info!(logger, "node shut down"),
     }
     // Let the async log drain flush before the process exits.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -184,19 +315,28 @@ pub async fn up(
         cluster.client_endpoints().join(",")
     );
     println!("Ctrl-C or SIGTERM stops every node.");
+    // A node that dies is reported; the others keep running (that is what a replicated cluster
+    // is for). `up` ends on Ctrl-C or SIGTERM, or when every node has exited.
     let watch_children = async {
+        let mut exited = vec![false; children.len()];
         loop {
-            for (id, child) in children.iter_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return (*id, status);
+            for (i, (id, child)) in children.iter_mut().enumerate() {
+                if !exited[i]
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    exited[i] = true;
+                    eprintln!("node {id} exited ({status}); the other nodes keep running");
                 }
+            }
+            if exited.iter().all(|&e| e) {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    let early = tokio::select! {
-        _ = termination() => None,
-        exit = watch_children => Some(exit),
+    let all_exited = tokio::select! {
+        _ = termination() => false,
+        _ = watch_children => true,
     };
     for (_, child) in children.iter_mut() {
         if let Some(pid) = child.id() {
@@ -215,8 +355,8 @@ pub async fn up(
             let _ = child.kill().await;
         }
     }
-    if let Some((id, status)) = early {
-        bail!("node {id} exited ({status}); stopped the others");
+    if all_exited {
+        bail!("every node exited");
     }
     println!("cluster stopped");
     Ok(())

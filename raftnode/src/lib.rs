@@ -9,6 +9,8 @@
 //! - [`proto`]: the prost wire types (client protocol, peer batches, log commands), compiled
 //!   from `proto/raftnode.proto` without a system `protoc`.
 //! - [`storage`]: raft-engine as raft's log storage (entries, hard state, conf state).
+//! - [`snapshot`]: snapshot files (`<data_dir>/snapshots/`): atomic save, checked load with
+//!   fallback to the older kept snapshot, pruning.
 //! - [`transport`]: ZeroMQ peer transport, one long-lived REQ per peer into each peer's ROUTER.
 //! - [`machine`]: the state machine: the space, exactly-once client sessions, the applied index.
 //! - [`node`]: the one task that owns raft's `RawNode` and runs the ready loop.
@@ -25,6 +27,7 @@ pub mod logging;
 pub mod machine;
 pub mod node;
 pub mod server;
+pub mod snapshot;
 pub mod storage;
 pub mod transport;
 

@@ -19,13 +19,16 @@
 //! applied up to the index the leader confirmed. A blocking `rd` that finds nothing waits here,
 //! on this node, for the next matching `out` it applies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage as _};
 use slog::{Logger, error, info, warn};
 use tokio::sync::oneshot;
@@ -33,7 +36,10 @@ use tuplespace::{Query, Template, TupleId};
 
 use crate::config::RaftSettings;
 use crate::machine::{Applied, Completion, Machine, error};
-use crate::proto::{self, Command, Found, IdTuple, TupleList, error::Code, response};
+use crate::proto::{
+    self, Command, Found, IdTuple, TupleList, error::Code, member_change::Kind, response,
+};
+use crate::snapshot::SnapshotStore;
 use crate::storage::{RaftStorage, StorageError};
 use crate::transport::{Report, Transport};
 
@@ -75,8 +81,15 @@ pub enum ReadOp {
 
 /// What the node's inbox carries.
 pub enum NodeMsg {
-    /// Raft messages from a peer.
-    Raft(Vec<Message>),
+    /// Raft messages from a peer, with the peer's id and raft endpoint (if it said).
+    Raft {
+        /// The sender.
+        from: u64,
+        /// Its raft endpoint, or empty.
+        from_url: String,
+        /// The messages.
+        msgs: Vec<Message>,
+    },
     /// A failed (or finished snapshot) send, from the transport.
     Report(Report),
     /// A client write to propose; answered when this node applies it.
@@ -95,6 +108,20 @@ pub enum NodeMsg {
     },
     /// The node's status.
     Status(oneshot::Sender<proto::Status>),
+    /// A membership change; only the leader proposes it.
+    ConfChange {
+        /// The changes, applied in one step.
+        changes: Vec<proto::MemberChange>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<proto::Response>,
+    },
+    /// The snapshot writer finished (or failed) writing a snapshot file.
+    SnapshotSaved {
+        /// The snapshot, to hand to raft for lagging followers.
+        snapshot: Box<Snapshot>,
+        /// Why writing it failed, if it did.
+        error: Option<String>,
+    },
     /// Stop the loop.
     Shutdown,
 }
@@ -108,6 +135,18 @@ pub enum NodeError {
     /// Raft refused a configuration or an operation it should not have.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// A snapshot received from the leader could not be written to disk.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+}
+
+/// Why the node's loop ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to shut down.
+    Shutdown,
+    /// This node was removed from the cluster.
+    Removed,
 }
 
 /// A cloneable way into a node's inbox.
@@ -163,6 +202,16 @@ impl NodeHandle {
         self.ask(|reply| NodeMsg::Read { op, reply }, timeout).await
     }
 
+    /// Proposes a membership change (on the leader) and waits for it to be applied.
+    pub async fn conf_change(
+        &self,
+        changes: Vec<proto::MemberChange>,
+        timeout: Duration,
+    ) -> proto::Response {
+        self.ask(|reply| NodeMsg::ConfChange { changes, reply }, timeout)
+            .await
+    }
+
     /// The node's status, or `None` if it has stopped.
     pub async fn status(&self) -> Option<proto::Status> {
         let (tx, rx) = oneshot::channel();
@@ -206,6 +255,48 @@ const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most inbox messages handled before the node turns to `ready` (bounds latency under load).
 const MAX_INBOX_BATCH: usize = 4096;
 
+/// How long a membership change may wait to be applied before its client is told to retry.
+const CONF_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a membership request comes to on the leader.
+enum ConfPlan {
+    /// Propose this change with this context (the added nodes' addresses).
+    Propose(ConfChangeV2, Vec<u8>),
+    /// The leader itself is being removed: hand leadership over first.
+    HandOver,
+}
+
+/// Everything a node starts from.
+pub struct NodeSetup {
+    /// This node's id.
+    pub id: u64,
+    /// This node's own addresses.
+    pub me: Address,
+    /// Raft settings.
+    pub settings: RaftSettings,
+    /// Known members' addresses (from the cluster file; empty for a joining node).
+    pub addresses: HashMap<u64, Address>,
+    /// The log storage.
+    pub storage: RaftStorage,
+    /// The state restored from the newest valid snapshot (or empty).
+    pub machine: Machine,
+    /// Snapshot files.
+    pub snapshots: Arc<SnapshotStore>,
+    /// Indexes of the snapshot files kept on disk, oldest first.
+    pub kept_snapshots: Vec<u64>,
+    /// The peer transport.
+    pub transport: Transport,
+    /// Peers this node has seen removed from the cluster (shared with the peer endpoint, which
+    /// tells them so).
+    pub removed_peers: Arc<Mutex<HashSet<u64>>>,
+    /// The inbox, and a sender into it (for the snapshot writer's report).
+    pub inbox: Receiver<NodeMsg>,
+    /// A sender into the inbox.
+    pub inbox_tx: Sender<NodeMsg>,
+    /// The logger.
+    pub logger: Logger,
+}
+
 /// The node: raft, the machine, the transport, and the clients waiting on them.
 pub struct Node {
     id: u64,
@@ -213,6 +304,7 @@ pub struct Node {
     machine: Machine,
     transport: Transport,
     inbox: Receiver<NodeMsg>,
+    inbox_tx: Sender<NodeMsg>,
     settings: RaftSettings,
     /// Every member's addresses, for leader hints and the status.
     addresses: HashMap<u64, Address>,
@@ -231,6 +323,24 @@ pub struct Node {
     last_stamp: u64,
     /// When this node (as leader) last proposed a tick, so it proposes one at a time.
     tick_proposed: Option<Instant>,
+    /// When this node (as leader) last proposed leaving a joint configuration.
+    leave_proposed: Option<Instant>,
+    /// The client waiting for the membership change this node proposed.
+    pending_conf: Option<(Instant, oneshot::Sender<proto::Response>)>,
+    /// Peers seen removed from the cluster, shared with the peer endpoint.
+    removed_peers: Arc<Mutex<HashSet<u64>>>,
+    /// Snapshot files.
+    snapshots: Arc<SnapshotStore>,
+    /// Indexes of snapshot files on disk, oldest first (the log is compacted behind the oldest).
+    kept_snapshots: Vec<u64>,
+    /// A snapshot is being written.
+    snapshotting: bool,
+    /// This node has been a member of the configuration (a joining node is not, until added).
+    was_member: bool,
+    /// The members of the configuration as last applied.
+    last_members: BTreeSet<u64>,
+    /// This node was removed from the cluster: stop after this turn.
+    removed: bool,
     /// Leader and role as last logged.
     known_leader: u64,
     known_role: StateRole,
@@ -238,17 +348,23 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node over opened storage. `addresses` holds every initial member, this one included.
-    pub fn new(
-        id: u64,
-        storage: RaftStorage,
-        settings: RaftSettings,
-        addresses: HashMap<u64, Address>,
-        transport: Transport,
-        inbox: Receiver<NodeMsg>,
-        logger: Logger,
-    ) -> Result<Node, NodeError> {
-        let machine = Machine::new();
+    /// A node from its setup.
+    pub fn new(setup: NodeSetup) -> Result<Node, NodeError> {
+        let NodeSetup {
+            id,
+            me,
+            settings,
+            mut addresses,
+            storage,
+            machine,
+            snapshots,
+            kept_snapshots,
+            mut transport,
+            removed_peers,
+            inbox,
+            inbox_tx,
+            logger,
+        } = setup;
         let config = raft::Config {
             id,
             election_tick: settings.election_ticks,
@@ -262,6 +378,20 @@ impl Node {
             ..Default::default()
         };
         config.validate()?;
+        // Addresses the log and snapshots recorded win over the cluster file's.
+        for m in machine.members() {
+            if m.id != 0 && !m.raft_url.is_empty() {
+                addresses.insert(
+                    m.id,
+                    Address {
+                        raft: m.raft_url.clone(),
+                        client: m.client_url.clone(),
+                    },
+                );
+            }
+        }
+        addresses.insert(id, me.clone());
+        transport.set_self_url(me.raft.clone());
         let raw = RawNode::new(&config, storage, &logger)?;
         let mut node = Node {
             id,
@@ -269,6 +399,7 @@ impl Node {
             machine,
             transport,
             inbox,
+            inbox_tx,
             settings,
             addresses,
             pending_writes: HashMap::new(),
@@ -279,46 +410,74 @@ impl Node {
             next_read_ctx: 1,
             last_stamp: 0,
             tick_proposed: None,
+            leave_proposed: None,
+            pending_conf: None,
+            removed_peers,
+            snapshots,
+            kept_snapshots,
+            snapshotting: false,
+            was_member: false,
+            last_members: BTreeSet::new(),
+            removed: false,
             known_leader: 0,
             known_role: StateRole::Follower,
             logger,
         };
-        for (&peer, addr) in &node.addresses {
-            if peer != id {
-                node.transport.add_peer(peer, addr.raft.clone());
+        let members = node.members();
+        node.was_member = members.contains(&id);
+        node.last_members = members.clone();
+        for peer in members {
+            if let Some(addr) = node.addresses.get(&peer).cloned()
+                && peer != id
+            {
+                node.transport.add_peer(peer, addr.raft);
             }
         }
         let hs = node.raw.store().hard_state();
         info!(node.logger, "node started";
             "id" => id, "term" => hs.term, "commit" => hs.commit,
-            "voters" => ?node.raw.store().conf_state().voters);
+            "applied" => node.machine.applied_index(),
+            "voters" => ?node.raw.store().conf_state().voters,
+            "learners" => ?node.raw.store().conf_state().learners);
         Ok(node)
     }
 
-    /// Runs until shut down or a storage failure.
-    pub fn run(mut self) -> Result<(), NodeError> {
+    /// Every member of the current configuration (voters, learners, outgoing voters).
+    fn members(&self) -> BTreeSet<u64> {
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        cs.voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .copied()
+            .collect()
+    }
+
+    /// Runs until shut down, removed from the cluster, or a storage failure.
+    pub fn run(mut self) -> Result<Exit, NodeError> {
         let tick = Duration::from_millis(self.settings.tick_ms);
         let mut next_tick = Instant::now() + tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(msg) => {
-                    if !self.handle(msg) {
-                        break;
-                    }
+                    let mut go_on = self.handle(msg)?;
                     for _ in 0..MAX_INBOX_BATCH {
+                        if !go_on {
+                            break;
+                        }
                         match self.inbox.try_recv() {
-                            Ok(msg) => {
-                                if !self.handle(msg) {
-                                    return self.stop();
-                                }
-                            }
+                            Ok(msg) => go_on = self.handle(msg)?,
                             Err(_) => break,
                         }
                     }
+                    if !go_on {
+                        return Ok(self.stop(Exit::Shutdown));
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => return Ok(self.stop(Exit::Shutdown)),
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -328,19 +487,31 @@ impl Node {
             }
             self.send_read_index();
             self.on_ready()?;
+            if self.removed {
+                return Ok(self.stop(Exit::Removed));
+            }
         }
-        self.stop()
     }
 
-    fn stop(self) -> Result<(), NodeError> {
-        info!(self.logger, "node stopping"; "id" => self.id);
-        Ok(())
+    fn stop(self, why: Exit) -> Exit {
+        match why {
+            Exit::Removed => warn!(self.logger,
+                "this node was removed from the cluster; stopping (wipe its data dir before reusing its id)";
+                "id" => self.id),
+            Exit::Shutdown => info!(self.logger, "node stopping"; "id" => self.id),
+        }
+        why
     }
 
     /// Handles one inbox message; false means stop.
-    fn handle(&mut self, msg: NodeMsg) -> bool {
+    fn handle(&mut self, msg: NodeMsg) -> Result<bool, NodeError> {
         match msg {
-            NodeMsg::Raft(msgs) => {
+            NodeMsg::Raft {
+                from,
+                from_url,
+                msgs,
+            } => {
+                self.learn_peer(from, from_url);
                 for m in msgs {
                     if let Err(e) = self.raw.step(m) {
                         // Messages from removed or unknown peers, stale terms: raft says why.
@@ -349,6 +520,12 @@ impl Node {
                 }
             }
             NodeMsg::Report(Report::Unreachable(peer)) => self.raw.report_unreachable(peer),
+            NodeMsg::Report(Report::RemovedBy(peer)) => {
+                if self.was_member && !self.removed {
+                    warn!(self.logger, "a peer has removed this node from the cluster"; "peer" => peer);
+                    self.removed = true;
+                }
+            }
             NodeMsg::Report(Report::Snapshot { to, ok }) => {
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -362,9 +539,42 @@ impl Node {
             NodeMsg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            NodeMsg::Shutdown => return false,
+            NodeMsg::ConfChange { changes, reply } => self.propose_conf_change(changes, reply),
+            NodeMsg::SnapshotSaved { snapshot, error } => self.snapshot_saved(*snapshot, error)?,
+            NodeMsg::Shutdown => return Ok(false),
         }
-        true
+        Ok(true)
+    }
+
+    /// A peer we have no address for (we just joined) told us where it is.
+    fn learn_peer(&mut self, from: u64, from_url: String) {
+        if from == 0 || from == self.id || from_url.is_empty() {
+            return;
+        }
+        if self
+            .addresses
+            .get(&from)
+            .is_some_and(|a| a.raft == from_url)
+        {
+            return;
+        }
+        if crate::config::check_endpoint(&from_url).is_err() {
+            return;
+        }
+        info!(self.logger, "learned a peer's address"; "peer" => from, "raft" => &from_url);
+        let client = self
+            .addresses
+            .get(&from)
+            .map(|a| a.client.clone())
+            .unwrap_or_default();
+        self.addresses.insert(
+            from,
+            Address {
+                raft: from_url.clone(),
+                client,
+            },
+        );
+        self.transport.add_peer(from, from_url);
     }
 
     fn stamp(&mut self) -> u64 {
@@ -403,6 +613,18 @@ impl Node {
 
     /// Timer work: leader ticks for deadlines, timeouts of reads and local readers, cleanup.
     fn on_tick(&mut self, now: Instant) {
+        self.leave_joint_if_stuck(now);
+        if let Some((at, _)) = &self.pending_conf
+            && now.duration_since(*at) > CONF_CHANGE_TIMEOUT
+            && let Some((_, reply)) = self.pending_conf.take()
+        {
+            let resp = self.with_hint(response(error(
+                Code::Unavailable,
+                "the membership change was not applied in time (leader change?); check the \
+                 status and retry",
+            )));
+            let _ = reply.send(resp);
+        }
         if self.raw.raft.state == StateRole::Leader
             && let Some(deadline) = self.machine.next_deadline()
         {
@@ -488,6 +710,7 @@ impl Node {
         self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.serve_confirmed_reads();
+        self.maybe_snapshot();
         Ok(())
     }
 
@@ -502,23 +725,53 @@ impl Node {
         self.known_role = role;
     }
 
-    fn apply_snapshot(&mut self, snap: raft::eraftpb::Snapshot) -> Result<(), NodeError> {
-        let meta = snap.get_metadata();
-        match Machine::decode(snap.get_data()) {
-            Ok(machine) => {
-                info!(self.logger, "installing snapshot from the leader";
-                    "index" => meta.index, "term" => meta.term, "bytes" => snap.get_data().len());
-                self.raw.mut_store().apply_snapshot(&snap)?;
-                self.machine = machine;
-                self.machine.mark_applied(meta.index, meta.term);
-                Ok(())
-            }
+    /// Installs a snapshot from the leader: its file is written (and synced) first, then the log
+    /// is replaced, then the machine.
+    fn apply_snapshot(&mut self, snap: Snapshot) -> Result<(), NodeError> {
+        let meta = snap.get_metadata().clone();
+        let machine = match Machine::decode(snap.get_data()) {
+            Ok(machine) => machine,
             Err(e) => {
                 // A snapshot that does not decode is refused; raft will send another.
-                error!(self.logger, "refusing a snapshot that does not decode";
+                error!(self.logger, "refusing a snapshot from the leader that does not decode";
                     "index" => meta.index, "err" => e);
-                Ok(())
+                return Ok(());
             }
+        };
+        let started = Instant::now();
+        let path = self.snapshots.save(
+            meta.index,
+            meta.term,
+            meta.get_conf_state(),
+            snap.get_data(),
+        )?;
+        self.raw.mut_store().apply_snapshot(&snap)?;
+        self.machine = machine;
+        self.machine.mark_applied(meta.index, meta.term);
+        self.note_kept_snapshot(meta.index);
+        self.adopt_members();
+        info!(self.logger, "installed a snapshot from the leader";
+            "index" => meta.index, "term" => meta.term, "bytes" => snap.get_data().len(),
+            "tuples" => self.machine.space().len(), "file" => %path.display(),
+            "ms" => started.elapsed().as_millis() as u64);
+        Ok(())
+    }
+
+    /// Takes the member addresses the machine holds (from a snapshot) into the address book and
+    /// the transport.
+    fn adopt_members(&mut self) {
+        for m in self.machine.members().to_vec() {
+            if m.id == 0 || m.id == self.id || m.raft_url.is_empty() {
+                continue;
+            }
+            self.addresses.insert(
+                m.id,
+                Address {
+                    raft: m.raft_url.clone(),
+                    client: m.client_url.clone(),
+                },
+            );
+            self.transport.add_peer(m.id, m.raft_url.clone());
         }
     }
 
@@ -548,29 +801,408 @@ impl Node {
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), NodeError> {
-        let result = if entry.get_entry_type() == EntryType::EntryConfChange {
+        let (cc, context) = if entry.get_entry_type() == EntryType::EntryConfChange {
             let mut cc = ConfChange::default();
             cc.merge_from_bytes(&entry.data)
                 .map_err(raft::Error::CodecError)?;
-            self.raw.apply_conf_change(&cc)
+            let context = cc.context.to_vec();
+            // A v1 change is one single change; carry it as v2.
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(cc.get_change_type());
+            single.node_id = cc.node_id;
+            let mut v2 = ConfChangeV2::default();
+            v2.set_changes(vec![single].into());
+            (v2, context)
         } else {
             let mut cc = ConfChangeV2::default();
             cc.merge_from_bytes(&entry.data)
                 .map_err(raft::Error::CodecError)?;
-            self.raw.apply_conf_change(&cc)
+            let context = cc.context.to_vec();
+            (cc, context)
         };
-        match result {
+        // raft-rs puts `propose_conf_change`'s context on the entry; older changes may carry it
+        // inside the change itself.
+        let context = if entry.context.is_empty() {
+            context
+        } else {
+            entry.context.to_vec()
+        };
+        if let Ok(added) = proto::Members::decode(context.as_slice()) {
+            for m in added.members {
+                if m.id != 0 && !m.raft_url.is_empty() {
+                    self.addresses.insert(
+                        m.id,
+                        Address {
+                            raft: m.raft_url,
+                            client: m.client_url,
+                        },
+                    );
+                }
+            }
+        }
+        if entry.index <= self.raw.store().conf_index() {
+            // Replaying the log after a restart: the stored conf state already holds this change.
+            slog::debug!(self.logger, "membership change already applied"; "index" => entry.index);
+            self.sync_members();
+            return Ok(());
+        }
+        let outcome = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => {
                 info!(self.logger, "membership changed";
                     "index" => entry.index, "voters" => ?cs.voters, "learners" => ?cs.learners,
-                    "outgoing" => ?cs.voters_outgoing);
-                self.raw.mut_store().set_conf_state(&cs)?;
+                    "outgoing" => ?cs.voters_outgoing, "joint" => !cs.voters_outgoing.is_empty());
+                self.raw.mut_store().set_conf_state(&cs, entry.index)?;
+                self.sync_members();
+                None
             }
             Err(e) => {
-                error!(self.logger, "membership change refused"; "index" => entry.index, "err" => %e)
+                error!(self.logger, "membership change refused"; "index" => entry.index, "err" => %e);
+                Some(e.to_string())
             }
+        };
+        // The empty change that leaves a joint state answers nobody; the change this node proposed
+        // is the first conf entry applied after it.
+        if !cc.changes.is_empty()
+            && let Some((_, reply)) = self.pending_conf.take()
+        {
+            let resp = match outcome {
+                None => response(response::Result::Status(self.status())),
+                Some(e) => response(error(
+                    Code::Invalid,
+                    format!("membership change refused: {e}"),
+                )),
+            };
+            let _ = reply.send(self.with_hint(resp));
         }
         Ok(())
+    }
+
+    /// Brings the transport, the address book and the machine's member list in line with the
+    /// current configuration; notices when this node is no longer in it.
+    fn sync_members(&mut self) {
+        let members = self.members();
+        let mut list = Vec::new();
+        for &id in &members {
+            if let Some(addr) = self.addresses.get(&id).cloned() {
+                if id != self.id {
+                    self.transport.add_peer(id, addr.raft.clone());
+                }
+                list.push(proto::Member {
+                    id,
+                    raft_url: addr.raft,
+                    client_url: addr.client,
+                    ..Default::default()
+                });
+            }
+        }
+        // Removed: members of the previous configuration that are not in this one. (Peers this
+        // node only learned of, such as the leader of a cluster it is joining, are left alone.)
+        let gone: Vec<u64> = self.last_members.difference(&members).copied().collect();
+        let mut removed = self
+            .removed_peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for &peer in &gone {
+            if peer != self.id {
+                self.transport.remove_peer(peer);
+                if members.contains(&self.id) {
+                    removed.insert(peer);
+                }
+            }
+        }
+        removed.retain(|id| !members.contains(id));
+        drop(removed);
+        self.last_members = members.clone();
+        self.machine.set_members(list);
+        // Only a node that was a member can be removed: a joining node replays configurations
+        // from before it was added.
+        if members.contains(&self.id) {
+            self.was_member = true;
+        } else if self.was_member {
+            self.removed = true;
+        }
+    }
+
+    /// A leader whose configuration is still joint (its predecessor left it so) proposes leaving.
+    fn leave_joint_if_stuck(&mut self, now: Instant) {
+        if self.raw.raft.state != StateRole::Leader
+            || self
+                .raw
+                .raft
+                .prs()
+                .conf()
+                .to_conf_state()
+                .voters_outgoing
+                .is_empty()
+            || self.raw.raft.has_pending_conf()
+            || self
+                .leave_proposed
+                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(2))
+        {
+            return;
+        }
+        info!(self.logger, "leaving the joint configuration");
+        if let Err(e) = self
+            .raw
+            .propose_conf_change(vec![], ConfChangeV2::default())
+        {
+            warn!(self.logger, "could not propose leaving the joint configuration"; "err" => %e);
+        }
+        self.leave_proposed = Some(now);
+    }
+
+    /// Proposes a membership change from a client; only the leader does.
+    fn propose_conf_change(
+        &mut self,
+        changes: Vec<proto::MemberChange>,
+        reply: oneshot::Sender<proto::Response>,
+    ) {
+        if self.raw.raft.state == StateRole::Leader && self.already_in_effect(&changes) {
+            // A retry of a change that was applied: answer, do not change anything.
+            let _ = reply.send(self.with_hint(response(response::Result::Status(self.status()))));
+            return;
+        }
+        let (cc, context) = match self.check_conf_change(&changes) {
+            Ok(ConfPlan::Propose(cc, context)) => (cc, context),
+            Ok(ConfPlan::HandOver) => return self.hand_over_leadership(reply, &changes),
+            Err((code, msg)) => {
+                let _ = reply.send(self.with_hint(response(error(code, msg))));
+                return;
+            }
+        };
+        match self.raw.propose_conf_change(context, cc) {
+            Ok(()) => {
+                info!(self.logger, "proposed a membership change"; "changes" => ?changes);
+                self.pending_conf = Some((Instant::now(), reply));
+            }
+            Err(e) => {
+                let resp = error(Code::Invalid, format!("membership change refused: {e}"));
+                let _ = reply.send(self.with_hint(response(resp)));
+            }
+        }
+    }
+
+    /// Whether the configuration already is what `changes` ask for (and is not joint).
+    fn already_in_effect(&self, changes: &[proto::MemberChange]) -> bool {
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        if !cs.voters_outgoing.is_empty() || changes.is_empty() {
+            return false;
+        }
+        changes.iter().all(|c| match Kind::try_from(c.kind) {
+            Ok(Kind::AddLearner) => cs.learners.contains(&c.id),
+            Ok(Kind::AddVoter) => cs.voters.contains(&c.id),
+            Ok(Kind::Remove) => !cs.voters.contains(&c.id) && !cs.learners.contains(&c.id),
+            Err(_) => false,
+        })
+    }
+
+    /// The change to propose and its context; `None` when the leader itself is being removed
+    /// (it hands leadership over first).
+    fn check_conf_change(
+        &self,
+        changes: &[proto::MemberChange],
+    ) -> Result<ConfPlan, (Code, String)> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err((Code::Unavailable, "not the leader; ask the leader".into()));
+        }
+        if changes.is_empty() {
+            return Err((Code::Invalid, "no changes given".into()));
+        }
+        if self.pending_conf.is_some()
+            || self.raw.raft.has_pending_conf()
+            || !self
+                .raw
+                .raft
+                .prs()
+                .conf()
+                .to_conf_state()
+                .voters_outgoing
+                .is_empty()
+        {
+            return Err((
+                Code::Unavailable,
+                "another membership change is in progress; retry when it is done".into(),
+            ));
+        }
+        let mut singles = Vec::new();
+        let mut added = Vec::new();
+        for c in changes {
+            if c.id == 0 {
+                return Err((Code::Invalid, "node id 0 is reserved".into()));
+            }
+            let kind = Kind::try_from(c.kind)
+                .map_err(|_| (Code::Invalid, format!("unknown change kind {}", c.kind)))?;
+            if kind == Kind::Remove && c.id == self.id {
+                return Ok(ConfPlan::HandOver);
+            }
+            let change_type = match kind {
+                Kind::AddLearner => ConfChangeType::AddLearnerNode,
+                Kind::AddVoter => ConfChangeType::AddNode,
+                Kind::Remove => ConfChangeType::RemoveNode,
+            };
+            if kind != Kind::Remove {
+                let valid = crate::config::check_endpoint(&c.raft_url).is_ok()
+                    && crate::config::check_endpoint(&c.client_url).is_ok();
+                if valid {
+                    added.push(proto::Member {
+                        id: c.id,
+                        raft_url: c.raft_url.clone(),
+                        client_url: c.client_url.clone(),
+                        ..Default::default()
+                    });
+                } else if !self.addresses.contains_key(&c.id) {
+                    return Err((
+                        Code::Invalid,
+                        format!(
+                            "node {} needs valid tcp://host:port raft and client endpoints",
+                            c.id
+                        ),
+                    ));
+                }
+            }
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(change_type);
+            single.node_id = c.id;
+            singles.push(single);
+        }
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(singles.into());
+        Ok(ConfPlan::Propose(
+            cc,
+            proto::Members { members: added }.encode_to_vec(),
+        ))
+    }
+
+    /// Removing the leader: hand leadership to the most caught-up other voter first; the client
+    /// retries at the new leader.
+    fn hand_over_leadership(
+        &mut self,
+        reply: oneshot::Sender<proto::Response>,
+        changes: &[proto::MemberChange],
+    ) {
+        let removing: BTreeSet<u64> = changes
+            .iter()
+            .filter(|c| c.kind == Kind::Remove as i32)
+            .map(|c| c.id)
+            .collect();
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        let target = cs
+            .voters
+            .iter()
+            .filter(|id| !removing.contains(id) && **id != self.id)
+            .max_by_key(|id| self.raw.raft.prs().get(**id).map_or(0, |p| p.matched))
+            .copied();
+        let msg = match target {
+            Some(to) => {
+                info!(self.logger, "handing leadership over before removing this node"; "to" => to);
+                self.raw.transfer_leader(to);
+                format!("this node is the leader; leadership is being handed to node {to}; retry")
+            }
+            None => "cannot remove the only voter".to_string(),
+        };
+        let code = if target.is_some() {
+            Code::Unavailable
+        } else {
+            Code::Invalid
+        };
+        let _ = reply.send(self.with_hint(response(error(code, msg))));
+    }
+
+    /// After applying: write a snapshot every `snapshot_entries` applied entries, or at once when
+    /// raft needs one for a follower that the newest snapshot does not cover.
+    fn maybe_snapshot(&mut self) {
+        let applied = self.machine.applied_index();
+        let last = self.kept_snapshots.last().copied().unwrap_or(0);
+        let wanted = self.raw.store().take_snapshot_wanted() && applied > last;
+        if self.snapshotting || (applied < last + self.settings.snapshot_entries && !wanted) {
+            return;
+        }
+        self.snapshotting = true;
+        let started = Instant::now();
+        let data = self.machine.encode();
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = applied;
+        meta.term = self.machine.applied_term();
+        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        info!(self.logger, "taking a snapshot"; "index" => applied,
+            "bytes" => snapshot.get_data().len(), "encode_ms" => started.elapsed().as_millis() as u64);
+        let store = Arc::clone(&self.snapshots);
+        let tx = self.inbox_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                let meta = snapshot.get_metadata();
+                let error = store
+                    .save(
+                        meta.index,
+                        meta.term,
+                        meta.get_conf_state(),
+                        snapshot.get_data(),
+                    )
+                    .err()
+                    .map(|e| e.to_string());
+                let _ = tx.send(NodeMsg::SnapshotSaved {
+                    snapshot: Box::new(snapshot),
+                    error,
+                });
+            });
+        if let Err(e) = spawned {
+            error!(self.logger, "cannot start the snapshot writer"; "err" => %e);
+            self.snapshotting = false;
+        }
+    }
+
+    /// The snapshot file is on disk: raft may hand it to lagging followers, and the log may be
+    /// compacted behind the older kept snapshot (keeping `log_tail` entries).
+    fn snapshot_saved(
+        &mut self,
+        snapshot: Snapshot,
+        failed: Option<String>,
+    ) -> Result<(), NodeError> {
+        self.snapshotting = false;
+        let index = snapshot.get_metadata().index;
+        if let Some(e) = failed {
+            error!(self.logger, "writing a snapshot failed; will try again later";
+                "index" => index, "err" => e);
+            return Ok(());
+        }
+        if index <= self.raw.store().snapshot_metadata().index {
+            return Ok(());
+        }
+        self.raw.mut_store().set_snapshot(snapshot)?;
+        self.note_kept_snapshot(index);
+        info!(self.logger, "snapshot written"; "index" => index);
+        self.compact();
+        Ok(())
+    }
+
+    fn note_kept_snapshot(&mut self, index: u64) {
+        if self.kept_snapshots.last().is_none_or(|&last| last < index) {
+            self.kept_snapshots.push(index);
+        }
+        let keep = self.snapshots.keep();
+        if self.kept_snapshots.len() > keep {
+            self.kept_snapshots
+                .drain(..self.kept_snapshots.len() - keep);
+        }
+    }
+
+    fn compact(&mut self) {
+        let [older, .., newest] = self.kept_snapshots[..] else {
+            return;
+        };
+        let up_to = (older + 1).min(newest.saturating_sub(self.settings.log_tail) + 1);
+        let first = self.raw.store().first_index().unwrap_or(0);
+        if up_to <= first {
+            return;
+        }
+        match self.raw.mut_store().compact(up_to) {
+            Ok(()) => info!(self.logger, "log compacted"; "first_index" => up_to,
+                "engine_bytes" => self.raw.store().engine_used_bytes()),
+            Err(e) => error!(self.logger, "log compaction failed"; "up_to" => up_to, "err" => %e),
+        }
     }
 
     /// Hands applied results to the clients waiting here.

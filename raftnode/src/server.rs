@@ -185,6 +185,7 @@ pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response 
     match plan(req) {
         Ok(Plan::Write(cmd, extra)) => node.write(cmd, COMMIT_TIMEOUT + extra).await,
         Ok(Plan::Read(op, extra)) => node.read(op, READ_TIMEOUT + extra).await,
+        Ok(Plan::ConfChange(changes)) => node.conf_change(changes, CONF_CHANGE_WAIT).await,
         Ok(Plan::Status) => match node.status().await {
             Some(status) => answer(response::Result::Status(status)),
             None => answer(error(Code::Unavailable, "the node is shutting down")),
@@ -196,8 +197,12 @@ pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response 
 enum Plan {
     Write(Command, Duration),
     Read(ReadOp, Duration),
+    ConfChange(Vec<proto::MemberChange>),
     Status,
 }
+
+/// How long a membership change may take to be applied.
+const CONF_CHANGE_WAIT: Duration = Duration::from_secs(15);
 
 fn plan(req: proto::Request) -> Result<Plan, response::Result> {
     let Some(op) = req.op else {
@@ -282,5 +287,6 @@ fn plan(req: proto::Request) -> Result<Plan, response::Result> {
             Duration::ZERO,
         )),
         Op::Status(_) => Ok(Plan::Status),
+        Op::ConfChange(cc) => Ok(Plan::ConfChange(cc.changes)),
     }
 }

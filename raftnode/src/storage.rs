@@ -74,6 +74,9 @@ const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_LOG_BOUNDARY: &[u8] = b"log_boundary";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+/// The log index of the entry that last set the conf state (in a SnapshotMetadata's `index`), so
+/// that a restart replaying the log does not apply a membership change twice.
+const KEY_CONF_INDEX: &[u8] = b"conf_index";
 
 /// Entries read per call while scanning the log on open.
 const SCAN_CHUNK: u64 = 1024;
@@ -241,6 +244,11 @@ pub struct RaftStorage {
     snapshot_meta: SnapshotMetadata,
     /// The snapshot handed out to raft for lagging followers.
     snapshot: Option<Snapshot>,
+    /// The index of the entry (or snapshot) that last set the conf state.
+    conf_index: u64,
+    /// Raft asked for a snapshot this storage does not have (none yet, or one that predates the
+    /// follower's membership): the node should take one now.
+    snapshot_wanted: std::cell::Cell<bool>,
     terms: TermRuns,
     logger: Logger,
     _lock: File,
@@ -432,6 +440,7 @@ impl RaftStorage {
         let conf_state: Option<ConfState> = load(&engine, &data_dir, KEY_CONF_STATE)?;
         let boundary: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_LOG_BOUNDARY)?;
         let snapshot_meta: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_SNAPSHOT_META)?;
+        let conf_index: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_CONF_INDEX)?;
         let engine_first = engine.first_index(REGION_ID);
         let engine_last = engine.last_index(REGION_ID);
 
@@ -568,6 +577,8 @@ impl RaftStorage {
             boundary,
             snapshot_meta,
             snapshot: None,
+            conf_index: conf_index.map_or(0, |m| m.index),
+            snapshot_wanted: std::cell::Cell::new(false),
             terms,
             logger: logger.clone(),
             _lock: lock,
@@ -584,6 +595,51 @@ impl RaftStorage {
             "snapshot_term" => storage.snapshot_meta.term,
             "engine_bytes" => storage.engine_used_bytes());
         Ok(storage)
+    }
+
+    /// A founding member's first log: one committed `AddNode` entry (term 1) per initial voter,
+    /// identical on every founding member. The membership is then in the log itself, so a node
+    /// that joins later and replays the log from the start sees the same configurations.
+    ///
+    /// Does nothing unless the storage is fresh (no term, no entries) and `voters` is non-empty.
+    pub fn bootstrap(&mut self, voters: &[u64]) -> Result<(), StorageError> {
+        if voters.is_empty() || self.state.hard_state.term != 0 || self.last() != 0 {
+            return Ok(());
+        }
+        let mut voters = voters.to_vec();
+        voters.sort_unstable();
+        voters.dedup();
+        let mut entries = Vec::with_capacity(voters.len());
+        for (i, &id) in voters.iter().enumerate() {
+            let mut cc = raft::eraftpb::ConfChange::default();
+            cc.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
+            cc.node_id = id;
+            let data =
+                protobuf::Message::write_to_bytes(&cc).map_err(|e| StorageError::Corrupt {
+                    path: self.data_dir.clone(),
+                    detail: format!("cannot encode the bootstrap membership: {e}"),
+                })?;
+            let mut entry = Entry::default();
+            entry.set_entry_type(raft::eraftpb::EntryType::EntryConfChange);
+            entry.term = 1;
+            entry.index = i as u64 + 1;
+            entry.data = data.into();
+            entries.push(entry);
+        }
+        let last = entries.len() as u64;
+        let hs = HardState {
+            term: 1,
+            vote: 0,
+            commit: last,
+            ..Default::default()
+        };
+        self.persist(&entries, Some(&hs))?;
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
+        self.set_conf_state(&cs, last)?;
+        Ok(())
     }
 
     // ---- getters ----
@@ -753,7 +809,7 @@ impl RaftStorage {
     }
 
     /// Stores the conf state after a conf change was applied.
-    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
+    pub fn set_conf_state(&mut self, cs: &ConfState, index: u64) -> Result<(), StorageError> {
         let mut batch = LogBatch::default();
         self.put(
             &mut batch,
@@ -761,9 +817,32 @@ impl RaftStorage {
             cs,
             "cannot encode the conf state",
         )?;
+        let at = SnapshotMetadata {
+            index,
+            ..Default::default()
+        };
+        self.put(
+            &mut batch,
+            KEY_CONF_INDEX,
+            &at,
+            "cannot encode the conf index",
+        )?;
         self.write(&mut batch, "cannot persist the conf state")?;
         self.state.conf_state = cs.clone();
+        self.conf_index = index;
         Ok(())
+    }
+
+    /// Whether raft asked for a snapshot this storage could not give since the last call; clears
+    /// the flag.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// The index of the log entry (or snapshot) that last set the conf state: membership changes
+    /// at or before it are already in [`conf_state`](Self::conf_state).
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
     }
 
     /// Installs a snapshot received from the leader: the whole log is dropped, the snapshot's
@@ -815,7 +894,18 @@ impl RaftStorage {
             meta,
             "cannot encode snapshot metadata",
         )?;
+        let at = SnapshotMetadata {
+            index: meta.index,
+            ..Default::default()
+        };
+        self.put(
+            &mut batch,
+            KEY_CONF_INDEX,
+            &at,
+            "cannot encode the conf index",
+        )?;
         self.write(&mut batch, "cannot persist an applied snapshot")?;
+        self.conf_index = meta.index;
 
         self.state.hard_state = hs;
         self.state.conf_state = cs;
@@ -1072,9 +1162,21 @@ impl Storage for RaftStorage {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let includes = |s: &Snapshot| {
+            let cs = s.get_metadata().get_conf_state();
+            cs.voters
+                .iter()
+                .chain(&cs.learners)
+                .chain(&cs.voters_outgoing)
+                .chain(&cs.learners_next)
+                .any(|&id| id == to)
+        };
         match &self.snapshot {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+            // A follower refuses a snapshot whose configuration leaves it out (a node added
+            // after the snapshot was taken): such a node needs a newer one.
+            Some(s) if s.get_metadata().index >= request_index && includes(s) => Ok(s.clone()),
             held => {
+                self.snapshot_wanted.set(true);
                 debug!(self.logger, "no snapshot to send yet"; "to" => to,
                     "request_index" => request_index,
                     "held_index" => held.as_ref().map(|s| s.get_metadata().index));
@@ -1099,6 +1201,40 @@ mod tests {
 
     fn logger() -> Logger {
         Logger::root(slog::Discard, o!())
+    }
+
+    #[test]
+    fn bootstrap_puts_the_founding_membership_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RaftStorage::open(dir.path(), &[3, 1, 2], logger()).unwrap();
+        s.bootstrap(&[3, 1, 2]).unwrap();
+        assert_eq!(s.last_index().unwrap(), 3);
+        assert_eq!(s.hard_state().commit, 3);
+        assert_eq!(s.hard_state().term, 1);
+        assert_eq!(s.conf_index(), 3);
+        let entries = s
+            .entries(1, 4, None, GetEntriesContext::empty(false))
+            .unwrap();
+        let ids: Vec<u64> = entries
+            .iter()
+            .map(|e| {
+                let mut cc = raft::eraftpb::ConfChange::default();
+                protobuf::Message::merge_from_bytes(&mut cc, &e.data).unwrap();
+                assert_eq!(cc.get_change_type(), raft::eraftpb::ConfChangeType::AddNode);
+                cc.node_id
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            vec![1, 2, 3],
+            "sorted, so every founder writes the same log"
+        );
+        // A second bootstrap (a restart) changes nothing.
+        drop(s);
+        let mut s = RaftStorage::open(dir.path(), &[1, 2, 3], logger()).unwrap();
+        s.bootstrap(&[1, 2, 3]).unwrap();
+        assert_eq!(s.last_index().unwrap(), 3);
+        assert_eq!(s.conf_index(), 3);
     }
 
     /// A logger that keeps the messages, to check what an operator would see.
@@ -1239,7 +1375,7 @@ mod tests {
                 voters: vec![1, 2, 3, 4],
                 ..Default::default()
             };
-            s.set_conf_state(&cs).unwrap();
+            s.set_conf_state(&cs, 0).unwrap();
         }
         let s = open(dir.path(), &[1, 2, 3]);
         assert_eq!(s.conf_state().voters, vec![1, 2, 3, 4]);
@@ -1366,7 +1502,7 @@ mod tests {
             s.persist(&ents(1..=20, 2), Some(&hs(2, 3, 10))).unwrap();
             s.set_commit(15).unwrap();
             s.set_commit(12).unwrap(); // lower: ignored
-            s.set_conf_state(&cs).unwrap();
+            s.set_conf_state(&cs, 0).unwrap();
         }
         // Dropping released the lock: the same dir opens again.
         let s = open(dir.path(), &[1, 2, 3]);
@@ -1432,8 +1568,16 @@ mod tests {
             ))
         );
         s.set_snapshot(snap(8, 2, vec![1], b"state@8")).unwrap();
-        assert_eq!(s.snapshot(0, 2).unwrap().data.as_ref(), b"state@8");
-        assert_eq!(s.snapshot(8, 2).unwrap().get_metadata().index, 8);
+        assert!(
+            s.take_snapshot_wanted(),
+            "raft asked for one it did not have"
+        );
+        assert_eq!(s.snapshot(0, 1).unwrap().data.as_ref(), b"state@8");
+        assert_eq!(s.snapshot(8, 1).unwrap().get_metadata().index, 8);
+        // Node 2 is not in the snapshot's configuration: it needs a newer snapshot.
+        assert!(s.snapshot(8, 2).is_err());
+        assert!(s.take_snapshot_wanted());
+        assert!(!s.take_snapshot_wanted(), "taking the flag clears it");
         assert_eq!(
             s.snapshot(9, 2),
             Err(store_err(
@@ -1823,7 +1967,7 @@ mod tests {
                         learners: vec![rng.gen_range(6..9)],
                         ..Default::default()
                     };
-                    st.set_conf_state(&cs).unwrap();
+                    st.set_conf_state(&cs, 0).unwrap();
                     mem.wl().set_conf_state(cs);
                 }
                 _ => {

@@ -86,7 +86,12 @@ pub struct Cluster {
 impl Cluster {
     /// Writes a cluster file for `n` nodes and starts them all.
     pub fn start(n: usize) -> Cluster {
-        let mut cluster = Cluster::configure(n, "");
+        Cluster::start_with(n, "")
+    }
+
+    /// Like [`Cluster::start`] with extra `[raft]` settings (e.g. `snapshot_entries = 100`).
+    pub fn start_with(n: usize, raft_settings: &str) -> Cluster {
+        let mut cluster = Cluster::configure(n, raft_settings);
         for id in 1..=n as u64 {
             cluster.spawn(id);
         }
@@ -188,6 +193,85 @@ impl Cluster {
         );
     }
 
+    /// Adds a spec for a new node `id` (fresh ports, its own data dir), not in the cluster file.
+    pub fn new_node(&mut self, id: u64) -> NodeSpec {
+        let ports = free_ports(2);
+        let spec = NodeSpec {
+            id,
+            raft: format!("tcp://127.0.0.1:{}", ports[0]),
+            client: format!("tcp://127.0.0.1:{}", ports[1]),
+            data_dir: self.dir.path().join(format!("node{id}")),
+        };
+        self.nodes.insert(id, spec.clone());
+        spec
+    }
+
+    /// Starts node `id` (from [`Cluster::new_node`]) with `raftnode run --join`.
+    pub fn spawn_joining(&mut self, id: u64) {
+        assert!(
+            !self.procs.contains_key(&id),
+            "node {id} is already running"
+        );
+        let spec = self.nodes[&id].clone();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("open the node log");
+        let child = Command::new(&self.bin)
+            .args(["run", "--join", "--id", &id.to_string()])
+            .args(["--raft", &spec.raft, "--client", &spec.client])
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .arg("--cluster")
+            .arg(&self.config_path)
+            .arg("--log-level")
+            .arg(std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup the log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+        self.procs.insert(
+            id,
+            Proc {
+                child,
+                frozen: false,
+            },
+        );
+    }
+
+    /// Deletes node `id`'s data dir (the node must not be running).
+    pub fn wipe(&mut self, id: u64) {
+        assert!(
+            !self.procs.contains_key(&id),
+            "stop node {id} before wiping it"
+        );
+        let _ = std::fs::remove_dir_all(&self.nodes[&id].data_dir);
+    }
+
+    /// Forgets node `id` (after it was removed and has stopped).
+    pub fn forget(&mut self, id: u64) {
+        self.kill(id);
+        self.nodes.remove(&id);
+    }
+
+    /// Waits for node `id`'s process to exit by itself; its exit code, or `None` on timeout.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.procs.get_mut(&id)?;
+            if let Ok(Some(status)) = p.child.try_wait() {
+                self.procs.remove(&id);
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Whether node `id` has a process.
     pub fn is_running(&self, id: u64) -> bool {
         self.procs.contains_key(&id)
@@ -225,6 +309,14 @@ impl Cluster {
     /// Every client endpoint.
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.values().map(|n| n.client.clone()).collect()
+    }
+
+    /// The client endpoints of the nodes that are running.
+    pub fn running_endpoints(&self) -> Vec<String> {
+        self.procs
+            .keys()
+            .map(|id| self.nodes[id].client.clone())
+            .collect()
     }
 
     /// A client over every endpoint.

@@ -18,16 +18,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one node of a cluster.
+    /// Run one node of a cluster, or (with --join) a new node that waits to be added.
     ///
-    /// Example: raftnode run --cluster configs/local-3.toml --id 1
+    /// Examples:
+    ///   raftnode run --cluster configs/local-3.toml --id 1
+    ///   raftnode run --join --id 4 --raft tcp://127.0.0.1:7104 --client tcp://127.0.0.1:7204 --data-dir data/node4
+    #[command(verbatim_doc_comment)]
     Run {
-        /// The cluster file.
+        /// The cluster file (with --join: only its [raft] settings are used).
         #[arg(long, default_value = "configs/local-3.toml")]
         cluster: PathBuf,
-        /// This node's id in the cluster file.
+        /// This node's id.
         #[arg(long)]
         id: u64,
+        /// Start empty and wait to be added (`microblog cluster add`); it catches up by snapshot.
+        #[arg(long, requires_all = ["raft", "client", "data_dir"])]
+        join: bool,
+        /// With --join: this node's raft endpoint, tcp://host:port.
+        #[arg(long)]
+        raft: Option<String>,
+        /// With --join: this node's client endpoint, tcp://host:port.
+        #[arg(long)]
+        client: Option<String>,
+        /// With --join: this node's data dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Start every node of a local cluster as child processes; Ctrl-C stops them all.
     ///
@@ -61,17 +76,45 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { cluster, id } => {
-                let config = raftnode::config::ClusterConfig::load(&cluster)?;
+            Command::Run {
+                cluster,
+                id,
+                join,
+                raft,
+                client,
+                data_dir,
+            } => {
+                let launch = if join {
+                    let settings = if cluster.exists() {
+                        raftnode::config::ClusterConfig::load(&cluster)?.raft
+                    } else {
+                        raftnode::config::RaftSettings::default()
+                    };
+                    let (Some(raft), Some(client), Some(data_dir)) = (raft, client, data_dir)
+                    else {
+                        anyhow::bail!("--join needs --raft, --client and --data-dir");
+                    };
+                    for endpoint in [&raft, &client] {
+                        raftnode::config::check_endpoint(endpoint).map_err(anyhow::Error::msg)?;
+                    }
+                    if id == 0 {
+                        anyhow::bail!("node id 0 is reserved; ids start at 1");
+                    }
+                    let data_dir = std::env::current_dir()?.join(data_dir);
+                    let me = raftnode::node::Address { raft, client };
+                    raftnode::launch::NodeLaunch::joining(id, me, data_dir, settings)
+                } else {
+                    let config = raftnode::config::ClusterConfig::load(&cluster)?;
+                    raftnode::launch::NodeLaunch::from_cluster(&config, &cluster, id)?
+                };
                 let logger = raftnode::logging::stderr_logger(level);
-                raftnode::launch::run_node(
-                    &config,
-                    &cluster,
-                    id,
-                    logger,
-                    raftnode::launch::termination(),
-                )
-                .await
+                let exit =
+                    raftnode::launch::run_node(launch, logger, raftnode::launch::termination())
+                        .await?;
+                if exit == raftnode::node::Exit::Removed {
+                    eprintln!("raftnode: node {id} was removed from the cluster and stopped");
+                }
+                Ok(())
             }
             Command::Up { cluster } => {
                 let config = raftnode::config::ClusterConfig::load(&cluster)?;

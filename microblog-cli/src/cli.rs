@@ -1,0 +1,433 @@
+//! The command line: global options and every command, each with its help and an example.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tuplespace::TupleId;
+
+use crate::duration;
+
+/// The most posts one listing returns (the cluster's cap on one copy-collect).
+const MAX_LIMIT: u64 = 10_000;
+
+const ABOUT: &str = "A microblog on a replicated tuple space (raft over ZeroMQ).";
+
+const AFTER_HELP: &str = "\
+Examples:
+  microblog cluster up                                  # start configs/local-3.toml; Ctrl-C stops it
+  microblog --user alice post \"hello, world\" --topic intro
+  microblog --user bob follow alice
+  microblog --user bob timeline
+  microblog tail --topic intro                          # new posts as they come, until Ctrl-C
+  microblog --json read --user alice --limit 5          # one JSON object per line
+
+Which cluster: --endpoints, else --cluster, else MICROBLOG_ENDPOINTS, else configs/local-3.toml.
+Exit codes: 0 ok, 1 operation failed, 2 usage error, 3 not found or timed out.";
+
+/// The whole command line.
+#[derive(Debug, Parser)]
+#[command(name = "microblog", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The cluster's client endpoints, comma-separated (tcp://host:port,...). Without this or
+    /// --cluster, MICROBLOG_ENDPOINTS is used, then configs/local-3.toml.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        value_name = "URL,...",
+        conflicts_with = "cluster"
+    )]
+    pub endpoints: Vec<String>,
+
+    /// A cluster file listing the nodes (default: configs/local-3.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+
+    /// Who you are: the author of your posts, the follower in your follows. Give it before the
+    /// command (microblog --user alice post ...) or after it.
+    #[arg(long, env = "MICROBLOG_USER", value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// One JSON object per line instead of tables (errors too, on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// How long to keep trying to reach the cluster, and how long blocking operations wait for a
+    /// match: 500ms, 5s, 2m.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = duration::parse, default_value = "10s")]
+    pub timeout: Duration,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--user` after an identity command (`post --user alice ...`); the one before the command, or
+/// MICROBLOG_USER, otherwise.
+#[derive(Debug, Args)]
+pub struct Identity {
+    /// Who you are (overrides --user before the command and MICROBLOG_USER).
+    #[arg(long = "user", value_name = "NAME")]
+    pub user: Option<String>,
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Post TEXT (at most 4,000 bytes); prints the new post's id.
+    #[command(after_help = "\
+Example:
+  microblog --user alice post \"hello, world\" --topic intro
+  microblog --user bob post \"welcome!\" --reply-to 42       # a reply takes its parent's topic
+  echo \"from stdin\" | microblog --user alice post -")]
+    Post {
+        /// The text; `-` reads it from stdin.
+        text: String,
+        /// A topic (1-64 chars, no spaces).
+        #[arg(long, value_name = "T")]
+        topic: Option<String>,
+        /// The id of the post this answers.
+        #[arg(long, value_name = "ID")]
+        reply_to: Option<TupleId>,
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// Posts, newest first, by anyone or filtered by author and topic.
+    #[command(after_help = "\
+Example:
+  microblog read --user alice --limit 5
+  microblog read --topic intro --before 120                  # the page after the one ending at 120")]
+    Read {
+        /// Only posts by this user (a filter: not who you are).
+        #[arg(long, value_name = "U")]
+        user: Option<String>,
+        /// Only posts with this topic.
+        #[arg(long, value_name = "T")]
+        topic: Option<String>,
+        /// At most this many posts (1-10000).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=MAX_LIMIT))]
+        limit: u64,
+        /// Only posts older than this id (paging).
+        #[arg(long, value_name = "ID")]
+        before: Option<TupleId>,
+    },
+    /// A post in full and its replies.
+    #[command(after_help = "Example:\n  microblog show 42")]
+    Show {
+        /// The post id.
+        id: TupleId,
+    },
+    /// Posts by the users you follow and your own, newest first.
+    #[command(after_help = "Example:\n  microblog --user bob timeline --limit 50")]
+    Timeline {
+        /// At most this many posts (1-10000).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=MAX_LIMIT))]
+        limit: u64,
+        /// Only posts older than this id (paging).
+        #[arg(long, value_name = "ID")]
+        before: Option<TupleId>,
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// Follow USER: their posts join your timeline.
+    #[command(after_help = "Example:\n  microblog --user bob follow alice")]
+    Follow {
+        /// Whom to follow.
+        #[arg(value_name = "USER")]
+        target: String,
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// Stop following USER.
+    #[command(after_help = "Example:\n  microblog --user bob unfollow alice")]
+    Unfollow {
+        /// Whom to stop following.
+        #[arg(value_name = "USER")]
+        target: String,
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// Whom USER follows (default: you).
+    #[command(after_help = "Example:\n  microblog following alice")]
+    Following {
+        /// Whose follows (default: --user).
+        #[arg(value_name = "USER")]
+        target: Option<String>,
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// Who follows USER (default: you).
+    #[command(after_help = "Example:\n  microblog followers alice")]
+    Followers {
+        /// Whose followers (default: --user).
+        #[arg(value_name = "USER")]
+        target: Option<String>,
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// Every user, with their number of posts.
+    #[command(after_help = "Example:\n  microblog users")]
+    Users,
+    /// Every topic, with its number of posts, most first.
+    #[command(after_help = "Example:\n  microblog topics")]
+    Topics,
+    /// Delete one of your posts (someone else's is refused).
+    #[command(after_help = "Example:\n  microblog --user alice delete 42")]
+    Delete {
+        /// The post id.
+        id: TupleId,
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// New posts as they are written, until Ctrl-C; survives node failures and leader changes
+    /// without missing or repeating a post.
+    #[command(after_help = "\
+Example:
+  microblog tail --topic intro
+  microblog --json tail --user alice --last 10              # the last 10, then new ones
+  microblog tail --after 120                                # resume after the last id you saw")]
+    Tail {
+        /// Only posts by this user (a filter: not who you are).
+        #[arg(long, value_name = "U")]
+        user: Option<String>,
+        /// Only posts with this topic.
+        #[arg(long, value_name = "T")]
+        topic: Option<String>,
+        /// First show the last N matching posts.
+        #[arg(long, value_name = "N", conflicts_with = "after", value_parser = clap::value_parser!(u64).range(0..=MAX_LIMIT))]
+        last: Option<u64>,
+        /// Start after this post id instead of at the newest post.
+        #[arg(long, value_name = "ID")]
+        after: Option<TupleId>,
+    },
+    /// Raw tuple operations in the text syntax, e.g. ("job", 1, "payload") and ("job", ?int, _).
+    #[command(subcommand)]
+    Tuple(TupleCommand),
+    /// Start a local cluster, or show each node's state.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Example:
+  microblog completions bash > ~/.local/share/bash-completion/completions/microblog
+  microblog completions zsh > ~/.zfunc/_microblog")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `tuple ...`: the tuple space itself.
+#[derive(Debug, Subcommand)]
+pub enum TupleCommand {
+    /// Add a tuple; prints its id.
+    #[command(after_help = "Example:\n  microblog tuple out '(\"job\", 1, \"payload\")' --ttl 1m")]
+    Out {
+        /// The tuple, e.g. ("job", 1, "payload").
+        tuple: String,
+        /// Remove it after this long: 500ms, 30s, 5m.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        ttl: Option<Duration>,
+    },
+    /// Remove and print the oldest match, waiting up to --timeout for one.
+    #[command(after_help = "Example:\n  microblog tuple in '(\"job\", ?int, _)' --timeout 30s")]
+    In {
+        /// The template, e.g. ("job", ?int, _).
+        template: String,
+    },
+    /// Print the oldest match (after an id), waiting up to --timeout for one.
+    #[command(after_help = "Example:\n  microblog tuple rd '(\"job\", ?int, _)' --after 17")]
+    Rd {
+        /// The template.
+        template: String,
+        /// Only a tuple with an id above this.
+        #[arg(long, value_name = "ID", default_value_t = 0)]
+        after: TupleId,
+    },
+    /// Remove and print the oldest match, if any, without waiting.
+    #[command(after_help = "Example:\n  microblog tuple inp '(\"job\", ?int, _)'")]
+    Inp {
+        /// The template.
+        template: String,
+    },
+    /// Print the oldest match (after an id), if any, without waiting.
+    #[command(after_help = "Example:\n  microblog tuple rdp '(\"lock\", _)'")]
+    Rdp {
+        /// The template.
+        template: String,
+        /// Only a tuple with an id above this.
+        #[arg(long, value_name = "ID", default_value_t = 0)]
+        after: TupleId,
+    },
+    /// Print every match (copy-collect), or remove them with --take (collect).
+    #[command(after_help = "\
+Example:
+  microblog tuple all '(\"post\", \"alice\", _, _, _, _)' --limit 10 --newest-first
+  microblog tuple all '(\"job\", ?int, _)' --take --limit 100")]
+    All {
+        /// The template.
+        template: String,
+        /// At most this many (without it: every match).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Remove the matches instead of copying them (oldest first).
+        #[arg(long)]
+        take: bool,
+        /// Only tuples with an id above this.
+        #[arg(long, value_name = "ID", conflicts_with = "take")]
+        after: Option<TupleId>,
+        /// Only tuples with an id below this.
+        #[arg(long, value_name = "ID", conflicts_with = "take")]
+        before: Option<TupleId>,
+        /// Newest first.
+        #[arg(long, conflicts_with = "take")]
+        newest_first: bool,
+    },
+    /// Print how many tuples match.
+    #[command(after_help = "Example:\n  microblog tuple count '(\"post\", ?str, _, _, _, _)'")]
+    Count {
+        /// The template.
+        template: String,
+    },
+    /// Add TUPLE only if nothing matches TEMPLATE (atomic); exit 1 if something did.
+    #[command(
+        after_help = "Example:\n  microblog tuple cas '(\"lock\", _)' '(\"lock\", \"me\")' --ttl 30s"
+    )]
+    Cas {
+        /// What must not exist.
+        template: String,
+        /// What to add.
+        tuple: String,
+        /// Remove it after this long.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        ttl: Option<Duration>,
+    },
+}
+
+/// `cluster ...`. (Membership changes — add, remove, promote — join this list with the
+/// membership work.)
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start every node of the cluster file (raftnode up); Ctrl-C stops them all.
+    #[command(after_help = "\
+Example:
+  microblog cluster up                                       # configs/local-3.toml
+  microblog cluster up --cluster configs/local-5.toml")]
+    Up,
+    /// Each node's id, role, leader, term, commit and applied index, and members.
+    #[command(after_help = "\
+Example:
+  microblog cluster status
+  microblog --json cluster status --endpoints tcp://127.0.0.1:7201")]
+    Status,
+}
+
+impl Command {
+    /// The `--user` given after this command, if it takes one as an identity.
+    pub fn identity(&self) -> Option<&str> {
+        match self {
+            Command::Post { identity, .. }
+            | Command::Timeline { identity, .. }
+            | Command::Follow { identity, .. }
+            | Command::Unfollow { identity, .. }
+            | Command::Following { identity, .. }
+            | Command::Followers { identity, .. }
+            | Command::Delete { identity, .. } => identity.user.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    walk(sub, &name);
+                } else {
+                    let help = sub
+                        .get_after_help()
+                        .map(|h| h.to_string())
+                        .unwrap_or_default();
+                    assert!(help.contains("Example"), "{name} has no example");
+                }
+            }
+        }
+        walk(&Cli::command(), "microblog");
+    }
+
+    #[test]
+    fn user_before_and_after_the_command() {
+        let cli = Cli::try_parse_from(["microblog", "--user", "a", "post", "hi"]).unwrap();
+        assert_eq!(
+            (cli.user.as_deref(), cli.command.identity()),
+            (Some("a"), None)
+        );
+        let cli = Cli::try_parse_from(["microblog", "post", "hi", "--user", "b"]).unwrap();
+        assert_eq!(cli.command.identity(), Some("b"));
+        // After read, --user is a filter.
+        let cli = Cli::try_parse_from(["microblog", "--user", "a", "read", "--user", "b"]).unwrap();
+        assert!(matches!(cli.command, Command::Read { user: Some(ref u), .. } if u == "b"));
+    }
+
+    #[test]
+    fn globals_go_anywhere_and_usage_errors_are_2() {
+        let cli = Cli::try_parse_from([
+            "microblog",
+            "read",
+            "--json",
+            "--endpoints",
+            "tcp://127.0.0.1:1,tcp://127.0.0.1:2",
+            "--timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.endpoints.len(), 2);
+        assert_eq!(cli.timeout, Duration::from_millis(500));
+        for bad in [
+            vec!["microblog", "read", "--limit", "0"],
+            vec!["microblog", "read", "--limit", "10001"],
+            vec!["microblog", "--timeout", "soon", "users"],
+            vec![
+                "microblog",
+                "--endpoints",
+                "tcp://x:1",
+                "--cluster",
+                "f",
+                "users",
+            ],
+            vec![
+                "microblog",
+                "tuple",
+                "all",
+                "(_)",
+                "--take",
+                "--newest-first",
+            ],
+            vec!["microblog", "nope"],
+        ] {
+            let e = Cli::try_parse_from(&bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,1238 @@
+//! Snapshot files: the machine state at a log index, written atomically and checked on load.
+//!
+//! # On disk
+//!
+//! ```text
+//! <data_dir>/snapshots/
+//!   snap-<index:020>-<term:020>.snap           a complete snapshot (at most `keep` of them, default 2)
+//!   snap-<index:020>-<term:020>.snap.tmp       a save in progress (removed on open: a crash left it)
+//!   snap-<index:020>-<term:020>.snap.corrupt   a file refused on load, kept for inspection only
+//! ```
+//!
+//! # Format
+//!
+//! All integers little-endian:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 8 | magic `RNSNAP01` |
+//! | 4 | format version (`u32`, [`FORMAT_VERSION`]) |
+//! | 8 | index (`u64`): the last log index the snapshot covers |
+//! | 8 | term (`u64`) of that entry |
+//! | 4 | conf state length `c` (`u32`) |
+//! | `c` | the `raft::eraftpb::ConfState` in raft's protobuf encoding |
+//! | 8 | data length `d` (`u64`) |
+//! | `d` | data: the opaque machine state ([`Machine::encode`](crate::machine::Machine::encode)) |
+//! | 4 | CRC-32 (`crc32fast`, IEEE) of every byte before it |
+//!
+//! The file name repeats the index and term, so the newest snapshot is found without opening
+//! anything; a file whose name disagrees with its header is refused.
+//!
+//! # Atomic write
+//!
+//! [`SnapshotStore::save`] writes `<name>.tmp`, fsyncs it, renames it to `<name>` and fsyncs the
+//! directory. A crash at any point leaves either no `<name>` at all (the `.tmp` is removed on the
+//! next [`open`](SnapshotStore::open)) or the complete, durable file: a reader never sees a
+//! half-written `<name>`. Saving a snapshot older than the newest one on disk is refused.
+//!
+//! # Corruption
+//!
+//! Loading checks everything before trusting anything: the magic and version, every length
+//! against the actual file size (so a torn file is recognised, and nothing is ever allocated from
+//! an unchecked length), the exact file size, the CRC, that the name agrees with the header, and
+//! that the conf state decodes. [`SnapshotStore::load_newest`] tries the files newest first; a
+//! file that fails is *refused*: an error is logged naming the file and what is wrong, it is
+//! renamed to `<name>.corrupt` (never tried again, but kept for inspection), and the next older
+//! file is tried. If no file is valid it returns `None`, and the node starts from its log alone;
+//! when the leader finds the entries it needs compacted away, raft sends it a fresh snapshot.
+//!
+//! An I/O error that is not evidence of a bad file (permission denied, EIO, ...) is returned as
+//! an error instead: the file is left alone and the node does not start on a silently older state.
+//!
+//! # Why two are kept
+//!
+//! The newest `keep` (default 2) valid snapshots are kept and older ones deleted after each save.
+//! The log must be compacted only up to the *older* kept snapshot (the first entry of
+//! [`SnapshotStore::list`], read after the save returns), never up to the newest: if the newest
+//! file then turns out to be corrupt, the node falls back to the older one and still finds every
+//! entry after it in the log, so nothing committed is lost and no leader snapshot is needed.
+//!
+//! Pruning counts only valid files: a kept file not already verified by this store (written by it
+//! or loaded through it) is checked before it is counted, and refused like above if it is bad.
+//!
+//! # Blocking
+//!
+//! Every method does blocking file I/O (a save writes and fsyncs the whole state): call it from a
+//! blocking thread (`tokio::task::spawn_blocking`), not from an async task. Saves are serialised
+//! by an internal lock; loads may run alongside them.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Snapshot, SnapshotMetadata};
+use slog::{Logger, debug, error, info, warn};
+
+/// The snapshot directory inside the data dir.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
+/// The first 8 bytes of every snapshot file.
+pub const MAGIC: &[u8; 8] = b"RNSNAP01";
+
+/// The file format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How many valid snapshots [`SnapshotStore`] keeps by default.
+pub const DEFAULT_KEEP: usize = 2;
+
+/// magic + version + index + term + conf state length.
+const PREFIX_LEN: u64 = 8 + 4 + 8 + 8 + 4;
+/// The smallest possible file: the prefix, an empty conf state, the data length, no data, the CRC.
+const MIN_LEN: u64 = PREFIX_LEN + 8 + 4;
+
+const NAME_PREFIX: &str = "snap-";
+const NAME_SUFFIX: &str = ".snap";
+const TMP_SUFFIX: &str = ".tmp";
+const CORRUPT_SUFFIX: &str = ".corrupt";
+
+/// Errors of the snapshot store. Every variant names the file or directory it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file system operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("cannot create snapshot dir", ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A snapshot file is torn, malformed or fails its checksum.
+    #[error("corrupt snapshot {}: {detail}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The snapshot could not be encoded (nothing was written).
+    #[error("cannot write snapshot {}: {detail}", path.display())]
+    Encode {
+        /// The file that was to be written.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// [`SnapshotStore::save`] was given a snapshot older than one already on disk.
+    #[error(
+        "snapshot dir {}: refusing to save a snapshot at index {index} term {term}: \
+         a newer one exists (index {newest_index} term {newest_term})",
+        dir.display()
+    )]
+    Stale {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// The index of the refused snapshot.
+        index: u64,
+        /// The term of the refused snapshot.
+        term: u64,
+        /// The index of the newest snapshot on disk.
+        newest_index: u64,
+        /// The term of the newest snapshot on disk.
+        newest_term: u64,
+    },
+}
+
+/// A snapshot read from a file and fully checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedSnapshot {
+    /// The last log index the snapshot covers.
+    pub index: u64,
+    /// The term of the entry at `index`.
+    pub term: u64,
+    /// The membership at `index`.
+    pub conf_state: ConfState,
+    /// The machine state ([`Machine::decode`](crate::machine::Machine::decode) reads it).
+    pub data: Vec<u8>,
+    /// The file it was read from.
+    pub path: PathBuf,
+}
+
+impl LoadedSnapshot {
+    /// Turns it into raft's `Snapshot` without copying the data (see [`to_raft_snapshot`]).
+    pub fn into_raft_snapshot(self) -> Snapshot {
+        raft_snapshot(self.index, self.term, self.conf_state, self.data.into())
+    }
+}
+
+/// Builds raft's `Snapshot` (metadata index, term and conf state; the data) from a loaded one,
+/// e.g. for [`RaftStorage::set_snapshot`](crate::storage::RaftStorage::set_snapshot). Copies the
+/// data; [`LoadedSnapshot::into_raft_snapshot`] does not.
+pub fn to_raft_snapshot(loaded: &LoadedSnapshot) -> Snapshot {
+    raft_snapshot(
+        loaded.index,
+        loaded.term,
+        loaded.conf_state.clone(),
+        bytes::Bytes::copy_from_slice(&loaded.data),
+    )
+}
+
+fn raft_snapshot(index: u64, term: u64, conf_state: ConfState, data: bytes::Bytes) -> Snapshot {
+    let mut meta = SnapshotMetadata {
+        index,
+        term,
+        ..Default::default()
+    };
+    meta.set_conf_state(conf_state);
+    let mut snap = Snapshot {
+        data,
+        ..Default::default()
+    };
+    snap.set_metadata(meta);
+    snap
+}
+
+/// A snapshot file found by [`SnapshotStore::list`]: its name is well formed; its contents have
+/// not been checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The index in the file name.
+    pub index: u64,
+    /// The term in the file name.
+    pub term: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The snapshot files of one node, in `<data_dir>/snapshots/`. See the [module docs](self).
+#[derive(Debug)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+    keep: usize,
+    logger: Logger,
+    /// Names of the files this store wrote or fully checked. Held during a whole save.
+    verified: Mutex<HashSet<String>>,
+}
+
+impl SnapshotStore {
+    /// Opens (creating it if needed) `<data_dir>/snapshots/` and removes the temp files an
+    /// interrupted save left behind, logging each. Reads no snapshot.
+    pub fn open(data_dir: &Path, logger: Logger) -> Result<SnapshotStore, SnapshotError> {
+        let dir = data_dir.join(SNAPSHOT_DIR);
+        fs::create_dir_all(&dir).map_err(io_err("cannot create snapshot dir", &dir))?;
+        let entries = fs::read_dir(&dir).map_err(io_err("cannot read snapshot dir", &dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("cannot read snapshot dir", &dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let path = entry.path();
+            if name.ends_with(TMP_SUFFIX) {
+                fs::remove_file(&path).map_err(io_err("cannot remove temp snapshot", &path))?;
+                warn!(logger, "removed a temp snapshot file left by an interrupted save";
+                    "file" => %path.display());
+            } else if !name.ends_with(CORRUPT_SUFFIX) && parse_name(&name).is_none() {
+                debug!(logger, "ignoring an unknown file in the snapshot dir";
+                    "file" => %path.display());
+            }
+        }
+        Ok(SnapshotStore {
+            dir,
+            keep: DEFAULT_KEEP,
+            logger,
+            verified: Mutex::default(),
+        })
+    }
+
+    /// Sets how many valid snapshots to keep (at least 1; default [`DEFAULT_KEEP`]).
+    pub fn with_keep(mut self, keep: usize) -> SnapshotStore {
+        self.keep = keep.max(1);
+        self
+    }
+
+    /// How many valid snapshots are kept.
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+
+    /// The snapshot directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a snapshot atomically and durably (see the [module docs](self)), then deletes all
+    /// but the newest [`keep`](Self::keep) valid snapshots. Returns the new file.
+    ///
+    /// Refused ([`SnapshotError::Stale`], nothing written) if a snapshot with a higher
+    /// `(index, term)` is already on disk; the same `(index, term)` replaces the file. A failure
+    /// while pruning is logged, not returned: the new snapshot is durable by then.
+    pub fn save(
+        &self,
+        index: u64,
+        term: u64,
+        conf_state: &ConfState,
+        data: &[u8],
+    ) -> Result<PathBuf, SnapshotError> {
+        let mut verified = self.lock();
+        let name = file_name(index, term);
+        let path = self.dir.join(&name);
+        if let Some(newest) = self.list()?.last()
+            && (newest.index, newest.term) > (index, term)
+        {
+            return Err(SnapshotError::Stale {
+                dir: self.dir.clone(),
+                index,
+                term,
+                newest_index: newest.index,
+                newest_term: newest.term,
+            });
+        }
+
+        let encode_err = |detail: String| SnapshotError::Encode {
+            path: path.clone(),
+            detail,
+        };
+        let cs = conf_state
+            .write_to_bytes()
+            .map_err(|e| encode_err(format!("cannot encode the conf state: {e}")))?;
+        let cs_len = u32::try_from(cs.len())
+            .map_err(|_| encode_err(format!("the conf state is too large ({} bytes)", cs.len())))?;
+        let mut header = Vec::with_capacity(PREFIX_LEN as usize + cs.len() + 8);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&index.to_le_bytes());
+        header.extend_from_slice(&term.to_le_bytes());
+        header.extend_from_slice(&cs_len.to_le_bytes());
+        header.extend_from_slice(&cs);
+        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header);
+        hasher.update(data);
+        let crc = hasher.finalize();
+
+        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
+        let written = write_synced(&tmp, &[&header, data, &crc.to_le_bytes()]);
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(SnapshotError::Io {
+                op: "cannot rename temp snapshot into place",
+                path: path.clone(),
+                source: e,
+            });
+        }
+        sync_dir(&self.dir)?;
+        verified.insert(name);
+        let size = header.len() as u64 + data.len() as u64 + 4;
+        info!(self.logger, "saved snapshot"; "file" => %path.display(), "index" => index,
+            "term" => term, "bytes" => size);
+
+        self.prune(&mut verified, &path);
+        Ok(path)
+    }
+
+    /// Deletes all but the newest `keep` valid snapshots; `just_saved` is never deleted.
+    fn prune(&self, verified: &mut HashSet<String>, just_saved: &Path) {
+        let files = match self.list() {
+            Ok(files) => files,
+            Err(e) => {
+                warn!(self.logger, "cannot prune old snapshots: {e}");
+                return;
+            }
+        };
+        let mut kept = 0;
+        for info in files.into_iter().rev() {
+            let name = file_name(info.index, info.term);
+            if kept < self.keep || info.path == just_saved {
+                if verified.contains(&name) {
+                    kept += 1;
+                    continue;
+                }
+                match read_snapshot(&info.path) {
+                    Ok(_) => {
+                        verified.insert(name);
+                        kept += 1;
+                    }
+                    Err(e @ SnapshotError::Corrupt { .. }) => {
+                        self.quarantine(verified, &info.path, &e);
+                    }
+                    Err(e) => {
+                        // Not proof the file is bad: keep it, and count it so that no more
+                        // than `keep` files are kept.
+                        warn!(self.logger, "cannot check a snapshot while pruning, keeping it: {e}";
+                            "file" => %info.path.display());
+                        kept += 1;
+                    }
+                }
+            } else {
+                match fs::remove_file(&info.path) {
+                    Ok(()) => {
+                        verified.remove(&name);
+                        info!(self.logger, "deleted old snapshot"; "file" => %info.path.display(),
+                            "index" => info.index, "term" => info.term);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        verified.remove(&name);
+                    }
+                    Err(e) => {
+                        warn!(self.logger, "cannot delete old snapshot: {e}";
+                            "file" => %info.path.display());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loads the newest valid snapshot, trying the files newest first (by index, then term).
+    /// A file that is torn, malformed, fails its checksum or whose name disagrees with its header
+    /// is refused: logged at error level, renamed to `<name>.corrupt`, and the next older file is
+    /// tried. `Ok(None)` if no valid snapshot exists. An I/O error other than a short file is
+    /// returned (the file is left alone).
+    pub fn load_newest(&self) -> Result<Option<LoadedSnapshot>, SnapshotError> {
+        for info in self.list()?.into_iter().rev() {
+            match read_snapshot(&info.path) {
+                Ok(loaded) => {
+                    self.lock().insert(file_name(info.index, info.term));
+                    info!(self.logger, "loaded snapshot"; "file" => %info.path.display(),
+                        "index" => loaded.index, "term" => loaded.term,
+                        "bytes" => loaded.data.len());
+                    return Ok(Some(loaded));
+                }
+                Err(e @ SnapshotError::Corrupt { .. }) => {
+                    self.quarantine(&mut self.lock(), &info.path, &e);
+                }
+                Err(SnapshotError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    debug!(self.logger, "snapshot disappeared while loading";
+                        "file" => %info.path.display());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        info!(self.logger, "no valid snapshot"; "dir" => %self.dir.display());
+        Ok(None)
+    }
+
+    /// Loads one snapshot file with the same checks as [`load_newest`](Self::load_newest)
+    /// (including that its name is `snap-<index:020>-<term:020>.snap` and agrees with the
+    /// header). A bad file gives [`SnapshotError::Corrupt`]; unlike `load_newest` it is left
+    /// where it is. The file need not be in this store's directory.
+    pub fn load(&self, path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
+        let loaded = read_snapshot(path)?;
+        if path.parent() == Some(self.dir.as_path()) {
+            self.lock().insert(file_name(loaded.index, loaded.term));
+        }
+        Ok(loaded)
+    }
+
+    /// The snapshot files whose names are well formed, oldest first (by index, then term). Their
+    /// contents are not checked. After a [`save`](Self::save) the first one is the oldest kept
+    /// snapshot: the log may be compacted up to its index, not further.
+    pub fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+        let dir = &self.dir;
+        let mut files = Vec::new();
+        let entries = fs::read_dir(dir).map_err(io_err("cannot read snapshot dir", dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("cannot read snapshot dir", dir))?;
+            let Some((index, term)) = entry.file_name().to_str().and_then(parse_name) else {
+                continue;
+            };
+            let path = entry.path();
+            let meta = match fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(SnapshotError::Io {
+                        op: "cannot stat snapshot",
+                        path,
+                        source: e,
+                    });
+                }
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            files.push(SnapshotInfo {
+                index,
+                term,
+                path,
+                size: meta.len(),
+            });
+        }
+        files.sort_by_key(|f| (f.index, f.term));
+        Ok(files)
+    }
+
+    /// Moves a refused file aside to `<name>.corrupt` (or `.corrupt.<n>` if that is taken) and
+    /// logs why. `verified` is the caller's lock on the set of checked names.
+    fn quarantine(&self, verified: &mut HashSet<String>, path: &Path, why: &SnapshotError) {
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            verified.remove(name);
+        }
+        let mut target = corrupt_path(path, 0);
+        let mut n = 1;
+        while target.exists() && n < 1000 {
+            target = corrupt_path(path, n);
+            n += 1;
+        }
+        match fs::rename(path, &target) {
+            Ok(()) => {
+                let _ = sync_dir(&self.dir);
+                error!(self.logger, "refusing snapshot file: {why}; moved it to {}", target.display();
+                    "file" => %path.display(), "moved_to" => %target.display());
+            }
+            Err(e) => {
+                error!(self.logger,
+                    "refusing snapshot file: {why}; cannot move it to {}: {e}", target.display();
+                    "file" => %path.display());
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `snap-<index:020>-<term:020>.snap`.
+fn file_name(index: u64, term: u64) -> String {
+    format!("{NAME_PREFIX}{index:020}-{term:020}{NAME_SUFFIX}")
+}
+
+/// `(index, term)` of a well-formed snapshot file name.
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(NAME_PREFIX)?.strip_suffix(NAME_SUFFIX)?;
+    let (index, term) = rest.split_once('-')?;
+    let number = |s: &str| {
+        (s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    Some((number(index)?, number(term)?))
+}
+
+fn corrupt_path(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(CORRUPT_SUFFIX);
+    if n > 0 {
+        name.push(format!(".{n}"));
+    }
+    path.with_file_name(name)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + use<> {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io { op, path, source }
+}
+
+/// Creates (or truncates) `path`, writes `parts` and fsyncs it.
+fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<(), SnapshotError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err("cannot create temp snapshot", path))?;
+    for part in parts {
+        file.write_all(part)
+            .map_err(io_err("cannot write temp snapshot", path))?;
+    }
+    file.sync_all()
+        .map_err(io_err("cannot fsync temp snapshot", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("cannot fsync snapshot dir", dir))
+}
+
+/// Reads and fully checks one snapshot file. Every problem with the file's contents (including
+/// a file that ends early) is [`SnapshotError::Corrupt`]; other I/O errors are
+/// [`SnapshotError::Io`].
+fn read_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
+    let corrupt = |detail: String| SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| corrupt("the file name is not valid UTF-8".into()))?;
+    let (name_index, name_term) = parse_name(name).ok_or_else(|| {
+        corrupt(format!(
+            "the file name {name:?} is not of the form snap-<index:020>-<term:020>.snap"
+        ))
+    })?;
+
+    let mut file = File::open(path).map_err(io_err("cannot open snapshot", path))?;
+    let len = file
+        .metadata()
+        .map_err(io_err("cannot stat snapshot", path))?
+        .len();
+    // Reads exactly `buf.len()` bytes; a file that ends early is torn.
+    let read = |file: &mut File, buf: &mut [u8], what: &str| -> Result<(), SnapshotError> {
+        file.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                corrupt(format!(
+                    "torn: the file ends inside the {what} (did it shrink while being read?)"
+                ))
+            } else {
+                SnapshotError::Io {
+                    op: "cannot read snapshot",
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            }
+        })
+    };
+
+    let mut prefix = [0u8; PREFIX_LEN as usize];
+    let have = len.min(PREFIX_LEN) as usize;
+    read(&mut file, &mut prefix[..have], "header")?;
+    if have >= 8 && prefix[..8] != MAGIC[..] {
+        return Err(corrupt(format!(
+            "bad magic bytes {:02x?} (expected {:?}): not a snapshot file",
+            &prefix[..8],
+            String::from_utf8_lossy(MAGIC)
+        )));
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(prefix[at..at + 4].try_into().unwrap_or_default());
+    let u64_at = |at: usize| u64::from_le_bytes(prefix[at..at + 8].try_into().unwrap_or_default());
+    if have >= 12 && u32_at(8) != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "unsupported format version {} (this build reads version {FORMAT_VERSION})",
+            u32_at(8)
+        )));
+    }
+    if len < MIN_LEN {
+        return Err(corrupt(format!(
+            "torn: the file has {len} bytes, fewer than the {MIN_LEN} of the smallest snapshot"
+        )));
+    }
+    let index = u64_at(12);
+    let term = u64_at(20);
+    let cs_len = u32_at(28);
+    if PREFIX_LEN + u64::from(cs_len) + 8 + 4 > len {
+        return Err(corrupt(format!(
+            "torn: the conf state length {cs_len} runs past the end of the file ({len} bytes)"
+        )));
+    }
+    // Bounded by the file size, checked just above.
+    let mut cs = vec![0u8; cs_len as usize];
+    read(&mut file, &mut cs, "conf state")?;
+    let mut data_len_bytes = [0u8; 8];
+    read(&mut file, &mut data_len_bytes, "data length")?;
+    let data_len = u64::from_le_bytes(data_len_bytes);
+    let expected = (PREFIX_LEN + u64::from(cs_len) + 8)
+        .checked_add(data_len)
+        .and_then(|n| n.checked_add(4));
+    match expected {
+        Some(expected) if expected == len => {}
+        Some(expected) if expected < len => {
+            return Err(corrupt(format!(
+                "{} unexpected bytes after the checksum (the header describes a {expected}-byte \
+                 file, the file has {len} bytes)",
+                len - expected
+            )));
+        }
+        _ => {
+            return Err(corrupt(format!(
+                "torn: the header says {data_len} bytes of data, more than the file holds \
+                 ({len} bytes)"
+            )));
+        }
+    }
+    // Bounded by the file size, checked just above.
+    let data_cap = usize::try_from(data_len)
+        .map_err(|_| corrupt(format!("{data_len} bytes of data do not fit in memory")))?;
+    let mut data = Vec::with_capacity(data_cap);
+    (&mut file)
+        .take(data_len)
+        .read_to_end(&mut data)
+        .map_err(io_err("cannot read snapshot", path))?;
+    if data.len() != data_cap {
+        return Err(corrupt(format!(
+            "torn: the file ends inside the data ({} of {data_len} bytes; did it shrink while \
+             being read?)",
+            data.len()
+        )));
+    }
+    let mut crc_bytes = [0u8; 4];
+    read(&mut file, &mut crc_bytes, "checksum")?;
+    let stored = u32::from_le_bytes(crc_bytes);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&prefix);
+    hasher.update(&cs);
+    hasher.update(&data_len_bytes);
+    hasher.update(&data);
+    let computed = hasher.finalize();
+    if stored != computed {
+        return Err(corrupt(format!(
+            "checksum mismatch: the file says {stored:08x}, its contents give {computed:08x}"
+        )));
+    }
+    if (name_index, name_term) != (index, term) {
+        return Err(corrupt(format!(
+            "the file name says index {name_index} term {name_term} but the header says index \
+             {index} term {term}"
+        )));
+    }
+    let conf_state = ConfState::parse_from_bytes(&cs)
+        .map_err(|e| corrupt(format!("the conf state does not decode: {e}")))?;
+    Ok(LoadedSnapshot {
+        index,
+        term,
+        conf_state,
+        data,
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use slog::o;
+
+    use super::*;
+
+    /// A logger that keeps every line (level, message and key-values).
+    struct Collect(Arc<Mutex<Vec<String>>>);
+
+    struct Line(String);
+
+    impl slog::Serializer for Line {
+        fn emit_arguments(
+            &mut self,
+            key: slog::Key,
+            val: &std::fmt::Arguments<'_>,
+        ) -> slog::Result {
+            let _ = write!(self.0, " {key}={val}");
+            Ok(())
+        }
+    }
+
+    impl slog::Drain for Collect {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, r: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            use slog::KV as _;
+            let mut line = Line(format!("{} {}", r.level().as_short_str(), r.msg()));
+            let _ = r.kv().serialize(r, &mut line);
+            let _ = values.serialize(r, &mut line);
+            self.0.lock().unwrap().push(line.0);
+            Ok(())
+        }
+    }
+
+    type Lines = Arc<Mutex<Vec<String>>>;
+
+    fn logger() -> (Logger, Lines) {
+        let lines = Lines::default();
+        (Logger::root(Collect(Arc::clone(&lines)), o!()), lines)
+    }
+
+    fn conf(voters: &[u64]) -> ConfState {
+        ConfState {
+            voters: voters.to_vec(),
+            learners: vec![9],
+            ..Default::default()
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn open(data_dir: &Path) -> (SnapshotStore, Lines) {
+        let (logger, lines) = logger();
+        (SnapshotStore::open(data_dir, logger).unwrap(), lines)
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        assert_eq!(store.dir(), tmp.path().join(SNAPSHOT_DIR));
+        assert_eq!(store.keep(), DEFAULT_KEEP);
+        let path = store
+            .save(42, 7, &conf(&[1, 2, 3]), b"machine state")
+            .unwrap();
+        assert_eq!(
+            path,
+            store
+                .dir()
+                .join("snap-00000000000000000042-00000000000000000007.snap")
+        );
+        assert_eq!(
+            names(store.dir()),
+            ["snap-00000000000000000042-00000000000000000007.snap"]
+        );
+
+        // A fresh store (a restart) reads it back.
+        let (store, _) = open(tmp.path());
+        let loaded = store.load_newest().unwrap().unwrap();
+        let expected = LoadedSnapshot {
+            index: 42,
+            term: 7,
+            conf_state: conf(&[1, 2, 3]),
+            data: b"machine state".to_vec(),
+            path: path.clone(),
+        };
+        assert_eq!(loaded, expected);
+        assert_eq!(store.load(&path).unwrap(), expected);
+        let info = store.list().unwrap();
+        assert_eq!(info.len(), 1);
+        assert_eq!((info[0].index, info[0].term), (42, 7));
+        assert_eq!(info[0].size, fs::metadata(&path).unwrap().len());
+
+        let snap = to_raft_snapshot(&loaded);
+        assert_eq!(snap.get_metadata().index, 42);
+        assert_eq!(snap.get_metadata().term, 7);
+        assert_eq!(snap.get_metadata().get_conf_state(), &conf(&[1, 2, 3]));
+        assert_eq!(&snap.data[..], b"machine state");
+        assert_eq!(loaded.into_raft_snapshot(), snap);
+    }
+
+    #[test]
+    fn snapshot_empty_data_and_conf_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let path = store.save(1, 1, &ConfState::default(), b"").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), MIN_LEN);
+        let loaded = store.load_newest().unwrap().unwrap();
+        assert_eq!(loaded.conf_state, ConfState::default());
+        assert!(loaded.data.is_empty());
+    }
+
+    #[test]
+    fn snapshot_newest_wins_and_two_are_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, lines) = open(tmp.path());
+        store.save(10, 1, &conf(&[1]), b"ten").unwrap();
+        store.save(20, 1, &conf(&[1, 2]), b"twenty").unwrap();
+        // Same index, higher term sorts newer.
+        store
+            .save(20, 2, &conf(&[1, 2, 3]), b"twenty, term 2")
+            .unwrap();
+        let listed: Vec<_> = store
+            .list()
+            .unwrap()
+            .iter()
+            .map(|i| (i.index, i.term))
+            .collect();
+        assert_eq!(listed, [(20, 1), (20, 2)]);
+        let loaded = store.load_newest().unwrap().unwrap();
+        assert_eq!((loaded.index, loaded.term), (20, 2));
+        assert_eq!(loaded.data, b"twenty, term 2");
+
+        store.save(300, 3, &conf(&[1, 2, 3]), b"300").unwrap();
+        store.save(1000, 3, &conf(&[1, 2, 3]), b"1000").unwrap();
+        let listed: Vec<_> = store.list().unwrap().iter().map(|i| i.index).collect();
+        assert_eq!(listed, [300, 1000]);
+        assert_eq!(store.load_newest().unwrap().unwrap().data, b"1000");
+        // Sorted by number, not by the order saved: 1000 > 300.
+        let deleted = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("INFO deleted old snapshot"))
+            .count();
+        assert_eq!(deleted, 3);
+
+        // keep can be changed; the same (index, term) replaces the file.
+        let (store, _) = open(tmp.path());
+        let store = store.with_keep(3);
+        store.save(1000, 3, &conf(&[1]), b"again").unwrap();
+        store.save(2000, 3, &conf(&[1]), b"2000").unwrap();
+        store.save(3000, 3, &conf(&[1]), b"3000").unwrap();
+        let listed: Vec<_> = store.list().unwrap().iter().map(|i| i.index).collect();
+        assert_eq!(listed, [1000, 2000, 3000]);
+        let oldest = store.list().unwrap()[0].path.clone();
+        assert_eq!(store.load(&oldest).unwrap().data, b"again");
+        assert_eq!(
+            SnapshotStore::open(tmp.path(), logger().0)
+                .unwrap()
+                .with_keep(0)
+                .keep(),
+            1
+        );
+    }
+
+    #[test]
+    fn snapshot_older_than_newest_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        store.save(50, 2, &conf(&[1]), b"50").unwrap();
+        let err = store.save(40, 2, &conf(&[1]), b"40").unwrap_err();
+        assert!(matches!(
+            err,
+            SnapshotError::Stale {
+                index: 40,
+                newest_index: 50,
+                ..
+            }
+        ));
+        let msg = err.to_string();
+        assert!(msg.contains(&store.dir().display().to_string()), "{msg}");
+        assert!(
+            msg.contains("index 40") && msg.contains("index 50"),
+            "{msg}"
+        );
+        assert!(store.save(50, 1, &conf(&[1]), b"50").is_err());
+        assert_eq!(names(store.dir()).len(), 1);
+    }
+
+    #[test]
+    fn snapshot_no_valid_file_is_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        assert_eq!(store.load_newest().unwrap(), None);
+        assert!(store.list().unwrap().is_empty());
+
+        // Unrelated names are ignored, not refused.
+        for junk in [
+            "README",
+            "snap-1-1.snap",
+            "snap-00000000000000000001.snap",
+            "x.corrupt",
+        ] {
+            fs::write(store.dir().join(junk), b"junk").unwrap();
+        }
+        assert_eq!(store.load_newest().unwrap(), None);
+        assert_eq!(names(store.dir()).len(), 4);
+
+        // A lone bad snapshot: refused, moved aside, None.
+        let bad = store.dir().join(file_name(5, 1));
+        fs::write(&bad, b"not a snapshot at all, just some bytes here").unwrap();
+        assert_eq!(store.load_newest().unwrap(), None);
+        assert!(!bad.exists());
+        assert!(corrupt_path(&bad, 0).exists());
+        assert_eq!(store.load_newest().unwrap(), None);
+    }
+
+    #[test]
+    fn snapshot_open_removes_temp_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(SNAPSHOT_DIR);
+        fs::create_dir_all(&dir).unwrap();
+        let leftover = dir.join(format!("{}{TMP_SUFFIX}", file_name(9, 9)));
+        fs::write(&leftover, b"half a snap").unwrap();
+        fs::write(dir.join("other.tmp"), b"").unwrap();
+        fs::write(
+            dir.join(format!("{}{CORRUPT_SUFFIX}", file_name(1, 1))),
+            b"kept",
+        )
+        .unwrap();
+        let (store, lines) = open(tmp.path());
+        assert_eq!(
+            names(store.dir()),
+            [format!("{}{CORRUPT_SUFFIX}", file_name(1, 1))]
+        );
+        let lines = lines.lock().unwrap();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("WARN removed a temp snapshot")
+                    && l.contains(&leftover.display().to_string())),
+            "{lines:?}"
+        );
+        assert_eq!(lines.iter().filter(|l| l.starts_with("WARN")).count(), 2);
+    }
+
+    #[test]
+    fn snapshot_open_creates_the_dir_and_names_it_on_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("a/b");
+        let (store, _) = open(&data_dir);
+        assert!(store.dir().is_dir());
+
+        let file = tmp.path().join("plain-file");
+        fs::write(&file, b"").unwrap();
+        let err = SnapshotStore::open(&file, logger().0).unwrap_err();
+        assert!(err.to_string().contains("plain-file"), "{err}");
+    }
+
+    /// The bytes of a small valid snapshot at index 200 (the "newer" file in the refusal tests).
+    fn small_snapshot() -> Vec<u8> {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let path = store
+            .save(200, 4, &conf(&[1, 2, 3]), b"newer state")
+            .unwrap();
+        fs::read(path).unwrap()
+    }
+
+    /// Writes `bytes` as `name` next to a good snapshot at index 100, then checks that
+    /// `load_newest` refuses it (error log naming the file and containing `problem`), moves it to
+    /// `.corrupt` unchanged, and loads the snapshot at 100 instead.
+    fn assert_refused(name: &str, bytes: &[u8], problem: &str) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, lines) = open(tmp.path());
+        store.save(100, 3, &conf(&[1, 2]), b"older state").unwrap();
+        let bad = store.dir().join(name);
+        fs::write(&bad, bytes).unwrap();
+
+        let err = store.load(&bad).unwrap_err();
+        assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(name), "{err}");
+        assert!(
+            err.to_string().contains(problem),
+            "{err} (wanted {problem:?})"
+        );
+        assert!(bad.exists(), "load(path) leaves the file alone");
+
+        let loaded = store
+            .load_newest()
+            .unwrap()
+            .expect("falls back to the older snapshot");
+        assert_eq!((loaded.index, loaded.term), (100, 3));
+        assert_eq!(loaded.data, b"older state");
+        assert!(!bad.exists());
+        assert_eq!(fs::read(corrupt_path(&bad, 0)).unwrap(), bytes);
+        let lines = lines.lock().unwrap();
+        let refusal: Vec<_> = lines.iter().filter(|l| l.starts_with("ERRO")).collect();
+        assert_eq!(refusal.len(), 1, "{lines:?}");
+        assert!(
+            refusal[0].contains(&bad.display().to_string()),
+            "{refusal:?}"
+        );
+        assert!(
+            refusal[0].contains(problem),
+            "{refusal:?} (wanted {problem:?})"
+        );
+        drop(lines);
+
+        // Never tried again; the good one is still there.
+        assert_eq!(store.load_newest().unwrap().unwrap().index, 100);
+        let listed: Vec<_> = store.list().unwrap().iter().map(|i| i.index).collect();
+        assert_eq!(listed, [100]);
+    }
+
+    #[test]
+    fn snapshot_torn_file_is_refused() {
+        let good = small_snapshot();
+        let name = file_name(200, 4);
+        let len = good.len();
+        let header = PREFIX_LEN as usize + conf(&[1, 2, 3]).write_to_bytes().unwrap().len() + 8;
+        let mut cuts = vec![
+            0,
+            1,
+            7,
+            8,
+            11,
+            12,
+            20,
+            31,
+            32,
+            33,
+            43,
+            44,
+            header - 1,
+            header,
+        ];
+        cuts.extend([header + 1, len - 5, len - 4, len - 3, len - 1]);
+        for cut in cuts {
+            assert_refused(&name, &good[..cut], "torn");
+        }
+        // Extra bytes after the checksum are refused too.
+        let mut long = good.clone();
+        long.extend_from_slice(b"\0\0\0\0");
+        assert_refused(&name, &long, "unexpected bytes after the checksum");
+    }
+
+    #[test]
+    fn snapshot_flipped_byte_is_refused() {
+        let good = small_snapshot();
+        let name = file_name(200, 4);
+        for at in 0..good.len() {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[at] ^= mask;
+                let problem = match at {
+                    0..8 => "bad magic",
+                    8..12 => "unsupported format version",
+                    12..28 => "checksum mismatch",
+                    _ => "",
+                };
+                assert_refused(&name, &bad, problem);
+            }
+        }
+        // The data and checksum bytes are caught by the CRC.
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last - 6] ^= 0x10;
+        assert_refused(&name, &bad, "checksum mismatch");
+        bad = good.clone();
+        bad[last] ^= 0x10;
+        assert_refused(&name, &bad, "checksum mismatch");
+    }
+
+    #[test]
+    fn snapshot_bad_magic_and_version_are_refused() {
+        let good = small_snapshot();
+        let name = file_name(200, 4);
+        let mut bad = good.clone();
+        bad[..8].copy_from_slice(b"RNSNAP99");
+        assert_refused(&name, &bad, "bad magic");
+        let mut bad = good.clone();
+        bad[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_refused(&name, &bad, "unsupported format version 2");
+        assert_refused(&name, &[0xff; 4096], "bad magic");
+        assert_refused(&name, b"", "torn");
+    }
+
+    #[test]
+    fn snapshot_huge_lengths_are_refused_without_allocating() {
+        let good = small_snapshot();
+        let name = file_name(200, 4);
+        // A conf state length and a data length far past the file size: refused from the file
+        // size alone (an allocation of that size would abort the test).
+        let mut bad = good.clone();
+        bad[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_refused(&name, &bad, "torn");
+        let cs_len = u32::from_le_bytes(good[28..32].try_into().unwrap()) as usize;
+        let at = PREFIX_LEN as usize + cs_len;
+        for huge in [u64::MAX, u64::MAX - 3, 1 << 62, good.len() as u64] {
+            let mut bad = good.clone();
+            bad[at..at + 8].copy_from_slice(&huge.to_le_bytes());
+            assert_refused(&name, &bad, "torn");
+        }
+    }
+
+    #[test]
+    fn snapshot_renamed_to_another_index_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        store.save(100, 3, &conf(&[1]), b"older state").unwrap();
+        let newer = store.save(200, 4, &conf(&[1]), b"newer state").unwrap();
+        let bytes = fs::read(&newer).unwrap();
+        fs::remove_file(&newer).unwrap();
+        assert_refused(
+            &file_name(300, 4),
+            &bytes,
+            "the file name says index 300 term 4",
+        );
+        assert_refused(
+            &file_name(200, 5),
+            &bytes,
+            "but the header says index 200 term 4",
+        );
+    }
+
+    #[test]
+    fn snapshot_all_corrupt_then_none_and_corrupt_name_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let a = store.save(1, 1, &conf(&[1]), b"a").unwrap();
+        let b = store.save(2, 1, &conf(&[1]), b"b").unwrap();
+        fs::write(&a, b"garbage").unwrap();
+        fs::write(&b, b"garbage").unwrap();
+        fs::write(corrupt_path(&b, 0), b"an earlier refusal").unwrap();
+        assert_eq!(store.load_newest().unwrap(), None);
+        assert!(store.list().unwrap().is_empty());
+        assert!(corrupt_path(&a, 0).exists());
+        assert_eq!(
+            fs::read(corrupt_path(&b, 0)).unwrap(),
+            b"an earlier refusal"
+        );
+        assert_eq!(fs::read(corrupt_path(&b, 1)).unwrap(), b"garbage");
+    }
+
+    #[test]
+    fn snapshot_prune_skips_a_corrupt_older_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        store.save(10, 1, &conf(&[1]), b"10").unwrap();
+        let twenty = store.save(20, 1, &conf(&[1]), b"20").unwrap();
+        // After a restart the store has checked nothing; the file at 20 rots.
+        fs::write(&twenty, b"rotten").unwrap();
+        let (store, lines) = open(tmp.path());
+        store.save(30, 1, &conf(&[1]), b"30").unwrap();
+        // 20 is refused while pruning, so 10 stays as the second valid snapshot.
+        let listed: Vec<_> = store.list().unwrap().iter().map(|i| i.index).collect();
+        assert_eq!(listed, [10, 30]);
+        assert!(corrupt_path(&twenty, 0).exists());
+        assert!(lines.lock().unwrap().iter().any(|l| l.starts_with("ERRO")));
+    }
+
+    #[test]
+    fn snapshot_errors_name_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let missing = store.dir().join(file_name(1, 1));
+        let err = store.load(&missing).unwrap_err();
+        assert!(matches!(err, SnapshotError::Io { .. }));
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
+        let odd = store.dir().join("not-a-snapshot.bin");
+        let err = store.load(&odd).unwrap_err();
+        assert!(err.to_string().contains("not-a-snapshot.bin"), "{err}");
+        assert!(
+            err.to_string().contains("snap-<index:020>-<term:020>.snap"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn snapshot_parse_name() {
+        assert_eq!(parse_name(&file_name(0, 0)), Some((0, 0)));
+        assert_eq!(
+            parse_name(&file_name(u64::MAX, u64::MAX)),
+            Some((u64::MAX, u64::MAX))
+        );
+        for bad in [
+            "snap-99999999999999999999-00000000000000000001.snap",
+            "snap-+0000000000000000001-00000000000000000001.snap",
+            "snap-00000000000000000001-00000000000000000001.snap.tmp",
+            "snap-00000000000000000001_00000000000000000001.snap",
+            "snap-0000000000000000001-00000000000000000001.snap",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn snapshot_100_mb_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let data: Vec<u8> = (0..100u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let start = Instant::now();
+        let path = store.save(1 << 40, 9, &conf(&[1, 2, 3]), &data).unwrap();
+        let saved = start.elapsed();
+        let start = Instant::now();
+        let loaded = store.load_newest().unwrap().unwrap();
+        let loaded_in = start.elapsed();
+        eprintln!("100 MB snapshot: save {saved:?}, load {loaded_in:?}");
+        assert_eq!(loaded.index, 1 << 40);
+        assert_eq!(loaded.path, path);
+        assert!(loaded.data == data);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            data.len() as u64 + MIN_LEN + conf(&[1, 2, 3]).write_to_bytes().unwrap().len() as u64
+        );
+    }
+}
