@@ -372,7 +372,7 @@ impl Client {
     pub async fn status(&mut self) -> Result<proto::Status, ClientError> {
         match self
             .call(
-                Op::Status(proto::StatusRequest {}),
+                Op::Status(proto::StatusRequest { digest: false }),
                 false,
                 Duration::ZERO,
                 false,
@@ -393,7 +393,7 @@ impl Client {
         one.options.retry_window = options.request_timeout;
         match one
             .call(
-                Op::Status(proto::StatusRequest {}),
+                Op::Status(proto::StatusRequest { digest: false }),
                 false,
                 Duration::ZERO,
                 true,

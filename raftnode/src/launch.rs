@@ -37,8 +37,11 @@ pub struct NodeLaunch {
     pub data_dir: PathBuf,
     /// Raft settings.
     pub settings: RaftSettings,
-    /// The initial members' addresses (empty for a node that joins a running cluster).
+    /// The addresses this node dials its peers at (from its cluster file).
     pub peers: HashMap<u64, Address>,
+    /// The founding members, whose membership a fresh node writes as its first log entries
+    /// (empty for a node that joins a running cluster).
+    pub voters: Vec<u64>,
 }
 
 impl NodeLaunch {
@@ -62,6 +65,8 @@ impl NodeLaunch {
                 )
             })
             .collect();
+        let mut voters: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+        voters.sort_unstable();
         Ok(NodeLaunch {
             id,
             me: Address {
@@ -71,17 +76,27 @@ impl NodeLaunch {
             data_dir: me.data_dir.clone(),
             settings: cluster.raft.clone(),
             peers,
+            voters,
         })
     }
 
     /// A new, empty node that waits to be added to a running cluster (`raftnode run --join`).
-    pub fn joining(id: u64, me: Address, data_dir: PathBuf, settings: RaftSettings) -> NodeLaunch {
+    /// `peers` are addresses to dial known nodes at (e.g. from a cluster file), if any; the
+    /// others it learns from the leader.
+    pub fn joining(
+        id: u64,
+        me: Address,
+        data_dir: PathBuf,
+        settings: RaftSettings,
+        peers: HashMap<u64, Address>,
+    ) -> NodeLaunch {
         NodeLaunch {
             id,
             me,
             data_dir,
             settings,
-            peers: HashMap::new(),
+            peers,
+            voters: Vec::new(),
         }
     }
 }
@@ -150,10 +165,9 @@ pub async fn run_node(
         data_dir,
         settings,
         peers,
+        voters,
     } = launch;
     let logger = logger.new(slog::o!("node" => id));
-    let mut voters: Vec<u64> = peers.keys().copied().collect();
-    voters.sort_unstable();
     let mut storage = RaftStorage::open(&data_dir, &voters, logger.clone())
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     // A founding member writes the initial membership as the log's first entries.

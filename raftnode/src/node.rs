@@ -106,8 +106,8 @@ pub enum NodeMsg {
         /// Where the answer goes.
         reply: oneshot::Sender<proto::Response>,
     },
-    /// The node's status.
-    Status(oneshot::Sender<proto::Status>),
+    /// The node's status (with a digest of the space if the flag is set).
+    Status(oneshot::Sender<proto::Status>, bool),
     /// A membership change; only the leader proposes it.
     ConfChange {
         /// The changes, applied in one step.
@@ -212,10 +212,10 @@ impl NodeHandle {
             .await
     }
 
-    /// The node's status, or `None` if it has stopped.
-    pub async fn status(&self) -> Option<proto::Status> {
+    /// The node's status (with the space's digest if asked), or `None` if it has stopped.
+    pub async fn status(&self, digest: bool) -> Option<proto::Status> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(NodeMsg::Status(tx)) {
+        if !self.send(NodeMsg::Status(tx, digest)) {
             return None;
         }
         tokio::time::timeout(Duration::from_secs(2), rx)
@@ -308,6 +308,9 @@ pub struct Node {
     settings: RaftSettings,
     /// Every member's addresses, for leader hints and the status.
     addresses: HashMap<u64, Address>,
+    /// Peers whose addresses came from this node's cluster file: never replaced by addresses
+    /// learned at run time.
+    pinned: HashSet<u64>,
     /// Client writes proposed through this node, by (session, seq).
     pending_writes: HashMap<(u64, u64), Vec<oneshot::Sender<proto::Response>>>,
     /// Reads collected this turn; one ReadIndex covers them all.
@@ -378,9 +381,11 @@ impl Node {
             ..Default::default()
         };
         config.validate()?;
-        // Addresses the log and snapshots recorded win over the cluster file's.
+        // How this node dials its peers: the addresses its own cluster file gives are kept (they
+        // may be local routes: a proxy, a NAT); the log and snapshots supply everyone else's.
+        let pinned: HashSet<u64> = addresses.keys().copied().collect();
         for m in machine.members() {
-            if m.id != 0 && !m.raft_url.is_empty() {
+            if m.id != 0 && !m.raft_url.is_empty() && !pinned.contains(&m.id) {
                 addresses.insert(
                     m.id,
                     Address {
@@ -402,6 +407,7 @@ impl Node {
             inbox_tx,
             settings,
             addresses,
+            pinned,
             pending_writes: HashMap::new(),
             unsent_reads: Vec::new(),
             reads_in_flight: HashMap::new(),
@@ -536,8 +542,12 @@ impl Node {
             }
             NodeMsg::Write { cmd, reply } => self.propose(cmd, reply),
             NodeMsg::Read { op, reply } => self.unsent_reads.push((op, reply)),
-            NodeMsg::Status(reply) => {
-                let _ = reply.send(self.status());
+            NodeMsg::Status(reply, digest) => {
+                let mut status = self.status();
+                if digest {
+                    status.digest = self.machine.space().digest();
+                }
+                let _ = reply.send(status);
             }
             NodeMsg::ConfChange { changes, reply } => self.propose_conf_change(changes, reply),
             NodeMsg::SnapshotSaved { snapshot, error } => self.snapshot_saved(*snapshot, error)?,
@@ -551,11 +561,7 @@ impl Node {
         if from == 0 || from == self.id || from_url.is_empty() {
             return;
         }
-        if self
-            .addresses
-            .get(&from)
-            .is_some_and(|a| a.raft == from_url)
-        {
+        if self.addresses.contains_key(&from) {
             return;
         }
         if crate::config::check_endpoint(&from_url).is_err() {
@@ -761,7 +767,8 @@ impl Node {
     /// the transport.
     fn adopt_members(&mut self) {
         for m in self.machine.members().to_vec() {
-            if m.id == 0 || m.id == self.id || m.raft_url.is_empty() {
+            if m.id == 0 || m.id == self.id || m.raft_url.is_empty() || self.pinned.contains(&m.id)
+            {
                 continue;
             }
             self.addresses.insert(
@@ -829,7 +836,7 @@ impl Node {
         };
         if let Ok(added) = proto::Members::decode(context.as_slice()) {
             for m in added.members {
-                if m.id != 0 && !m.raft_url.is_empty() {
+                if m.id != 0 && !m.raft_url.is_empty() && !self.pinned.contains(&m.id) {
                     self.addresses.insert(
                         m.id,
                         Address {
@@ -1343,6 +1350,7 @@ impl Node {
             sessions: self.machine.session_count() as u64,
             first_index: store.first_index().unwrap_or(0),
             last_index: store.last_index().unwrap_or(0),
+            digest: 0,
         }
     }
 }

@@ -186,7 +186,7 @@ pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response 
         Ok(Plan::Write(cmd, extra)) => node.write(cmd, COMMIT_TIMEOUT + extra).await,
         Ok(Plan::Read(op, extra)) => node.read(op, READ_TIMEOUT + extra).await,
         Ok(Plan::ConfChange(changes)) => node.conf_change(changes, CONF_CHANGE_WAIT).await,
-        Ok(Plan::Status) => match node.status().await {
+        Ok(Plan::Status(digest)) => match node.status(digest).await {
             Some(status) => answer(response::Result::Status(status)),
             None => answer(error(Code::Unavailable, "the node is shutting down")),
         },
@@ -198,7 +198,7 @@ enum Plan {
     Write(Command, Duration),
     Read(ReadOp, Duration),
     ConfChange(Vec<proto::MemberChange>),
-    Status,
+    Status(bool),
 }
 
 /// How long a membership change may take to be applied.
@@ -286,7 +286,7 @@ fn plan(req: proto::Request) -> Result<Plan, response::Result> {
             ReadOp::Count(decode_template(&c.template)?),
             Duration::ZERO,
         )),
-        Op::Status(_) => Ok(Plan::Status),
+        Op::Status(s) => Ok(Plan::Status(s.digest)),
         Op::ConfChange(cc) => Ok(Plan::ConfChange(cc.changes)),
     }
 }

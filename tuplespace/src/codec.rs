@@ -499,6 +499,7 @@ impl Space {
             return Err(DecodeError::Inconsistent("id counters start at 1"));
         }
         let tuples = r.count(3)?;
+        space.reserve(tuples);
         let mut id: TupleId = 0;
         for _ in 0..tuples {
             id = next_id(id, r.varint()?, space.next_id)?;

@@ -7,10 +7,38 @@
 //! when dead entries outnumber live ones. So every operation stays amortised O(1) apart from the
 //! skipping, which is bounded by the live length.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::value::Value;
-use crate::{Template, TupleId};
+use crate::{Template, Tuple, TupleId};
+
+/// The resident tuples, by id: what decides whether an id in a posting list is live. A hash map
+/// (one cache miss per lookup, where a B-tree of a million entries takes several): order comes
+/// from the posting lists, which are in id order.
+pub(crate) type Store = HashMap<TupleId, Tuple, BuildHasherDefault<IdHasher>>;
+
+/// Hashes tuple ids by one multiplication. Ids are assigned by the space itself, never chosen by
+/// a client, so nobody can aim collisions at it; sequential ids spread over the table's low bits
+/// (the multiplier is odd) and its control bits (the high bits of the product).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// Ids of live (and some dead) tuples, ascending.
 #[derive(Default, Debug)]
@@ -25,9 +53,8 @@ impl Posting {
         self.ids.push_back(id);
     }
 
-    /// Forgets `id`, which the caller has already removed from the store (`is_live` says what is
-    /// still there).
-    pub(crate) fn remove(&mut self, id: TupleId, is_live: impl Fn(TupleId) -> bool) {
+    /// Forgets `id`, which the caller has already removed from `store`.
+    pub(crate) fn remove(&mut self, id: TupleId, store: &Store) {
         if self.ids.front() == Some(&id) {
             self.ids.pop_front();
         } else if self.ids.back() == Some(&id) {
@@ -35,15 +62,10 @@ impl Posting {
         } else {
             self.dead += 1;
         }
-        while let Some(&front) = self.ids.front() {
-            if is_live(front) || self.dead == 0 {
-                break;
-            }
-            self.ids.pop_front();
-            self.dead -= 1;
-        }
+        // Dead ids (left by removals from the middle) are skipped by readers and dropped in one
+        // pass once they outnumber the live ones, so each removal is amortised O(1).
         if self.dead > 0 && self.dead * 2 > self.ids.len() {
-            self.ids.retain(|&id| is_live(id));
+            self.compact(store);
             self.dead = 0;
             if self.ids.capacity() > 4 * self.ids.len().max(4) {
                 self.ids.shrink_to_fit();
@@ -51,9 +73,30 @@ impl Posting {
         }
     }
 
+    /// Drops the dead ids.
+    fn compact(&mut self, store: &Store) {
+        self.ids.retain(|id| store.contains_key(id));
+    }
+
     /// How many live ids the list holds.
     pub(crate) fn live_len(&self) -> usize {
         self.ids.len() - self.dead
+    }
+
+    /// The first id greater than `after` whose tuple is live and satisfies `found`.
+    pub(crate) fn first_match<'a>(
+        &self,
+        after: TupleId,
+        store: &'a Store,
+        mut found: impl FnMut(&Tuple) -> bool,
+    ) -> Option<(TupleId, &'a Tuple)> {
+        let start = self.ids.partition_point(|&id| id <= after);
+        self.ids.range(start..).find_map(|&id| {
+            store
+                .get(&id)
+                .filter(|t| found(t))
+                .map(|t| (id, t))
+        })
     }
 
     /// Ids greater than `after` and less than `before`, ascending (may include dead ids).
@@ -93,10 +136,11 @@ struct ArityIndex {
     by_first: HashMap<Value, Posting>,
 }
 
-/// The space's index: arity, and (arity, first field).
+/// The space's index: arity, and (arity, first field). (A BTreeMap for arities: a space holds
+/// few distinct arities, and a short ordered search beats hashing a usize.)
 #[derive(Default, Debug)]
 pub(crate) struct Index {
-    arities: HashMap<usize, ArityIndex>,
+    arities: BTreeMap<usize, ArityIndex>,
 }
 
 impl Index {
@@ -115,20 +159,15 @@ impl Index {
         }
     }
 
-    pub(crate) fn remove(
-        &mut self,
-        id: TupleId,
-        fields: &[Value],
-        is_live: impl Fn(TupleId) -> bool + Copy,
-    ) {
+    pub(crate) fn remove(&mut self, id: TupleId, fields: &[Value], store: &Store) {
         let Some(arity) = self.arities.get_mut(&fields.len()) else {
             return;
         };
-        arity.all.remove(id, is_live);
+        arity.all.remove(id, store);
         if let Some(first) = fields.first()
             && let Some(posting) = arity.by_first.get_mut(first)
         {
-            posting.remove(id, is_live);
+            posting.remove(id, store);
             if posting.live_len() == 0 {
                 arity.by_first.remove(first);
             }

@@ -1,8 +1,8 @@
 //! The space: tuples with ids, the index, waiters and expiry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
-use crate::index::{Index, Posting};
+use crate::index::{Index, Posting, Store};
 use crate::waiters::{Served, WaitKind, Waiter, Waiters};
 use crate::{Millis, Template, Tuple, TupleId, WaiterId};
 
@@ -76,8 +76,8 @@ impl Query {
 /// [`Space::advance`] moves (and never backwards).
 #[derive(Debug)]
 pub struct Space {
-    /// Resident tuples by id: ordered, so "oldest" is the lowest id.
-    pub(crate) tuples: BTreeMap<TupleId, Tuple>,
+    /// Resident tuples by id ("oldest" is the lowest id; the posting lists keep the order).
+    pub(crate) tuples: Store,
     /// Arity and (arity, first field) postings over `tuples`.
     index: Index,
     /// Tuples with a time to live, by expiry time.
@@ -104,7 +104,7 @@ impl Space {
     /// An empty space at clock 0.
     pub fn new() -> Space {
         Space {
-            tuples: BTreeMap::new(),
+            tuples: Store::default(),
             index: Index::default(),
             expiries: BTreeSet::new(),
             expiry_of: HashMap::new(),
@@ -140,9 +140,12 @@ impl Space {
         self.expiry_of.get(&id).copied()
     }
 
-    /// Every resident tuple, oldest first.
+    /// Every resident tuple, oldest first (sorts the ids: for snapshots and checks, not hot
+    /// paths).
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (TupleId, &Tuple)> {
-        self.tuples.iter().map(|(&id, t)| (id, t))
+        let mut ids: Vec<TupleId> = self.tuples.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.tuples.get(&id).map(|t| (id, t)))
     }
 
     /// Adds a tuple, which expires `ttl` after the current clock if given. If a blocked `in`
@@ -177,10 +180,10 @@ impl Space {
 
     fn remove(&mut self, id: TupleId) -> Option<Tuple> {
         let tuple = self.tuples.remove(&id)?;
-        let tuples = &self.tuples;
-        self.index
-            .remove(id, &tuple, |live| tuples.contains_key(&live));
-        if let Some(at) = self.expiry_of.remove(&id) {
+        self.index.remove(id, &tuple, &self.tuples);
+        if !self.expiry_of.is_empty()
+            && let Some(at) = self.expiry_of.remove(&id)
+        {
             self.expiries.remove(&(at, id));
         }
         Some(tuple)
@@ -212,7 +215,9 @@ impl Space {
 
     /// The oldest matching tuple with an id greater than `after`, left in place.
     pub fn rdp(&self, template: &Template, after: TupleId) -> Option<(TupleId, &Tuple)> {
-        self.matches(template, after, TupleId::MAX, false).next()
+        self.index
+            .candidates(template)?
+            .first_match(after, &self.tuples, |t| template.matches(t))
     }
 
     /// Removes and returns the oldest matching tuple.
@@ -272,6 +277,11 @@ impl Space {
     /// Puts back a waiter under its old id (used when decoding a snapshot).
     pub(crate) fn restore_waiter(&mut self, id: WaiterId, waiter: Waiter) {
         self.waiters.insert(id, waiter);
+    }
+
+    /// Makes room for `n` more tuples (used when decoding a snapshot).
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.tuples.reserve(n);
     }
 
     /// Restores a tuple under its old id (used when decoding a snapshot).

@@ -25,7 +25,8 @@ enum Command {
     ///   raftnode run --join --id 4 --raft tcp://127.0.0.1:7104 --client tcp://127.0.0.1:7204 --data-dir data/node4
     #[command(verbatim_doc_comment)]
     Run {
-        /// The cluster file (with --join: only its [raft] settings are used).
+        /// The cluster file (with --join: its [raft] settings, and its nodes' addresses to dial
+        /// them at; they are not taken as founding members).
         #[arg(long, default_value = "configs/local-3.toml")]
         cluster: PathBuf,
         /// This node's id.
@@ -85,11 +86,24 @@ fn main() -> ExitCode {
                 data_dir,
             } => {
                 let launch = if join {
-                    let settings = if cluster.exists() {
-                        raftnode::config::ClusterConfig::load(&cluster)?.raft
+                    let file = if cluster.exists() {
+                        Some(raftnode::config::ClusterConfig::load(&cluster)?)
                     } else {
-                        raftnode::config::RaftSettings::default()
+                        None
                     };
+                    let settings = file.as_ref().map(|f| f.raft.clone()).unwrap_or_default();
+                    let peers = file
+                        .iter()
+                        .flat_map(|f| &f.nodes)
+                        .filter(|n| n.id != id)
+                        .map(|n| {
+                            let addr = raftnode::node::Address {
+                                raft: n.raft.clone(),
+                                client: n.client.clone(),
+                            };
+                            (n.id, addr)
+                        })
+                        .collect();
                     let (Some(raft), Some(client), Some(data_dir)) = (raft, client, data_dir)
                     else {
                         anyhow::bail!("--join needs --raft, --client and --data-dir");
@@ -102,7 +116,7 @@ fn main() -> ExitCode {
                     }
                     let data_dir = std::env::current_dir()?.join(data_dir);
                     let me = raftnode::node::Address { raft, client };
-                    raftnode::launch::NodeLaunch::joining(id, me, data_dir, settings)
+                    raftnode::launch::NodeLaunch::joining(id, me, data_dir, settings, peers)
                 } else {
                     let config = raftnode::config::ClusterConfig::load(&cluster)?;
                     raftnode::launch::NodeLaunch::from_cluster(&config, &cluster, id)?
