@@ -211,7 +211,7 @@ Example:
     /// Raw tuple operations in the text syntax, e.g. ("job", 1, "payload") and ("job", ?int, _).
     #[command(subcommand)]
     Tuple(TupleCommand),
-    /// Start a local cluster, or show each node's state.
+    /// Start a local cluster, show each node's state, or change the membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Print a shell completion script.
@@ -312,8 +312,7 @@ Example:
     },
 }
 
-/// `cluster ...`. (Membership changes — add, remove, promote — join this list with the
-/// membership work.)
+/// `cluster ...`: start a local cluster, show its state, change its membership.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Start every node of the cluster file (raftnode up); Ctrl-C stops them all.
@@ -322,12 +321,95 @@ Example:
   microblog cluster up                                       # configs/local-3.toml
   microblog cluster up --cluster configs/local-5.toml")]
     Up,
-    /// Each node's id, role, leader, term, commit and applied index, and members.
+    /// Each node's id, role, leader, term, commit and applied index, and members; then the
+    /// leader's view: every member's role and lag (entries behind the leader's log).
     #[command(after_help = "\
 Example:
   microblog cluster status
-  microblog --json cluster status --endpoints tcp://127.0.0.1:7201")]
+  microblog --json cluster status --endpoints tcp://127.0.0.1:7201
+
+LAG is the leader's last log index minus the highest index it knows replicated on the member
+(\"-\": not known yet). With --json each member has \"matched\" and \"lag\" (null: unknown).")]
     Status,
+    /// Add a node: as a learner first, then (once it has caught up) as a voter.
+    #[command(after_help = "\
+Example:
+  raftnode run --join --id 4 --raft tcp://127.0.0.1:7104 --client tcp://127.0.0.1:7204 --data-dir data/node4
+  microblog cluster add 4 tcp://127.0.0.1:7104 tcp://127.0.0.1:7204
+  microblog cluster add 4 tcp://10.0.0.4:7104 tcp://10.0.0.4:7204 --catch-up 5m --max-lag 10
+
+Start the new node first (it waits, empty, to be added); if it is not up yet the command says how
+to start it and waits up to --catch-up for it. Progress goes to stderr; the new membership to
+stdout. Running it again after a failure is safe: a node that is already a learner is only
+caught up and promoted, one that is already a voter is left alone.")]
+    Add {
+        /// The new node's id (a positive number no member uses).
+        #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+        /// Its raft (peer) endpoint, as the other nodes reach it: tcp://host:port.
+        #[arg(value_name = "RAFT_URL", value_parser = crate::commands::cluster::parse_endpoint)]
+        raft: String,
+        /// Its client endpoint, as clients reach it: tcp://host:port.
+        #[arg(value_name = "CLIENT_URL", value_parser = crate::commands::cluster::parse_endpoint)]
+        client: String,
+        /// How long to wait for the node to catch up before promoting it: 30s, 5m.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "60s")]
+        catch_up: Duration,
+        /// Caught up means at most this many entries behind the leader's commit index.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        max_lag: u64,
+    },
+    /// Make a learner a voter.
+    #[command(after_help = "\
+Example:
+  microblog cluster promote 4
+
+`cluster add` promotes by itself; this finishes an add that stopped after the learner step
+(e.g. its catch-up timed out), or promotes a learner added with `cluster change`.")]
+    Promote {
+        /// The learner's id.
+        #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+    },
+    /// Remove a node (voter or learner); it stops by itself. Removing the leader works: it hands
+    /// leadership over first.
+    #[command(after_help = "\
+Example:
+  microblog cluster remove 3
+  microblog cluster remove 4 --endpoints tcp://127.0.0.1:7201,tcp://127.0.0.1:7202")]
+    Remove {
+        /// The member's id.
+        #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+    },
+    /// Several membership changes in one step (through joint consensus).
+    #[command(
+        group(
+            clap::ArgGroup::new("changes")
+                .args(["add_learner", "add_voter", "remove"])
+                .required(true)
+                .multiple(true)
+        ),
+        after_help = "\
+Example:
+  microblog cluster change --add-voter 4=tcp://127.0.0.1:7104,tcp://127.0.0.1:7204 \\
+                           --add-voter 5=tcp://127.0.0.1:7105,tcp://127.0.0.1:7205 --remove 3
+  microblog cluster change --add-learner 6=tcp://10.0.0.6:7104,tcp://10.0.0.6:7204
+  microblog cluster change --add-voter 6 --remove 2      # promote learner 6, remove 2
+
+A new voter counts towards the quorum at once: prefer `cluster add` (learner first) for a node
+that has a lot to catch up.")]
+    Change {
+        /// Add a node as a learner (receives the log, does not vote). Repeatable.
+        #[arg(long = "add-learner", value_name = "ID=RAFT_URL,CLIENT_URL", value_parser = crate::commands::cluster::parse_new_member)]
+        add_learner: Vec<crate::commands::cluster::MemberSpec>,
+        /// Make a member a voter, or add a new node as a voter (with its endpoints). Repeatable.
+        #[arg(long = "add-voter", value_name = "ID[=RAFT_URL,CLIENT_URL]", value_parser = crate::commands::cluster::parse_voter)]
+        add_voter: Vec<crate::commands::cluster::MemberSpec>,
+        /// Remove a member. Repeatable.
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        remove: Vec<u64>,
+    },
 }
 
 impl Command {

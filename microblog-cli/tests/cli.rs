@@ -77,6 +77,10 @@ fn every_command_has_help_with_an_example() {
         &["tuple", "cas"],
         &["cluster", "up"],
         &["cluster", "status"],
+        &["cluster", "add"],
+        &["cluster", "promote"],
+        &["cluster", "remove"],
+        &["cluster", "change"],
         &["completions"],
     ];
     for cmd in commands {

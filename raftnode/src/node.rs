@@ -556,31 +556,40 @@ impl Node {
         Ok(true)
     }
 
-    /// A peer we have no address for (we just joined) told us where it is.
+    /// A peer sent us raft messages: make sure we can answer it. A node that has just joined
+    /// knows no members yet; it dials the sender at the address its cluster file gives, or else
+    /// at the one the sender named. Peers this node has removed are not dialled again.
     fn learn_peer(&mut self, from: u64, from_url: String) {
-        if from == 0 || from == self.id || from_url.is_empty() {
+        if from == 0 || from == self.id {
             return;
         }
-        if self.addresses.contains_key(&from) {
+        if self
+            .removed_peers
+            .lock()
+            .map(|removed| removed.contains(&from))
+            .unwrap_or(false)
+        {
             return;
         }
-        if crate::config::check_endpoint(&from_url).is_err() {
-            return;
-        }
-        info!(self.logger, "learned a peer's address"; "peer" => from, "raft" => &from_url);
-        let client = self
-            .addresses
-            .get(&from)
-            .map(|a| a.client.clone())
-            .unwrap_or_default();
-        self.addresses.insert(
-            from,
-            Address {
-                raft: from_url.clone(),
-                client,
-            },
-        );
-        self.transport.add_peer(from, from_url);
+        let raft = match self.addresses.get(&from) {
+            Some(known) => known.raft.clone(),
+            None => {
+                if from_url.is_empty() || crate::config::check_endpoint(&from_url).is_err() {
+                    return;
+                }
+                info!(self.logger, "learned a peer's address"; "peer" => from, "raft" => &from_url);
+                self.addresses.insert(
+                    from,
+                    Address {
+                        raft: from_url.clone(),
+                        client: String::new(),
+                    },
+                );
+                from_url
+            }
+        };
+        // Does nothing when the transport already sends to it at that address.
+        self.transport.add_peer(from, raft);
     }
 
     fn stamp(&mut self) -> u64 {

@@ -1,23 +1,45 @@
-//! `cluster up` and `cluster status`. (Membership changes — add, remove, promote — will be more
-//! arms of [`run`].)
+//! `cluster up`, `cluster status`, and the membership changes: `cluster add` (learner, catch
+//! up, voter), `cluster promote`, `cluster remove` and `cluster change` (several changes in one
+//! step, through joint consensus).
+//!
+//! Membership errors say what to do: another change in progress (retry), an unknown node (add it
+//! first), a node that did not catch up (start it with `raftnode run --join`). Exit codes as
+//! everywhere: 1 failed or refused, 2 usage (a bad URL or id, found before anything is sent),
+//! 3 timed out (a catch-up or a change that did not finish in time).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use raftnode::client::{Client, ClientError, ClientOptions};
+use raftnode::client::{Client, ClientError, ClientOptions, MemberChange};
+use raftnode::config::check_endpoint;
 use raftnode::proto;
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 use super::Context;
 use crate::cli::ClusterCommand;
 use crate::connect;
-use crate::error::{Error, Result};
+use crate::duration;
+use crate::error::{Error, Kind, Result};
 
 /// Runs one `cluster` command.
 pub async fn run(ctx: &mut Context, cmd: ClusterCommand) -> Result<()> {
     match cmd {
         ClusterCommand::Up => up(ctx),
         ClusterCommand::Status => status(ctx).await,
+        ClusterCommand::Add {
+            id,
+            raft,
+            client,
+            catch_up,
+            max_lag,
+        } => add(ctx, id, &raft, &client, catch_up, max_lag).await,
+        ClusterCommand::Promote { id } => promote(ctx, id).await,
+        ClusterCommand::Remove { id } => remove(ctx, id).await,
+        ClusterCommand::Change {
+            add_learner,
+            add_voter,
+            remove,
+        } => change(ctx, add_learner, add_voter, remove).await,
     }
 }
 
@@ -87,7 +109,8 @@ fn raftnode_bin() -> Option<PathBuf> {
     })
 }
 
-/// `cluster status`: asks every endpoint for its node's own view; exit 1 only if none answers.
+/// `cluster status`: asks every endpoint for its node's own view, and the leader for its view of
+/// every member (role, replicated index, lag); exit 1 only if no node answers.
 async fn status(ctx: &mut Context) -> Result<()> {
     let endpoints = ctx.endpoints()?;
     let patience = ctx.timeout.min(Duration::from_secs(2));
@@ -96,6 +119,14 @@ async fn status(ctx: &mut Context) -> Result<()> {
         connect_timeout: patience.min(Duration::from_millis(500)),
         retry_window: patience,
         follow_leader: false,
+    };
+    let leader_view = {
+        let options = ClientOptions {
+            follow_leader: true,
+            ..options.clone()
+        };
+        let mut client = Client::with_options(endpoints.clone(), options);
+        tokio::spawn(async move { client.leader_status().await })
     };
     let mut asks = tokio::task::JoinSet::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
@@ -122,12 +153,19 @@ async fn status(ctx: &mut Context) -> Result<()> {
             (e, a)
         })
         .collect();
-    print_status(ctx, &answers)?;
+    let leader = leader_view.await.ok().and_then(|answer| answer.ok());
+    print_status(ctx, &answers, leader.as_ref())?;
     if answers.iter().all(|(_, a)| a.is_err()) {
         return Err(
             Error::failed(format!("no node answered (tried {})", endpoints.join(", "))).hint(
                 "start the cluster (`microblog cluster up`), or check --endpoints / --cluster",
             ),
+        );
+    }
+    if leader.is_none() {
+        eprintln!(
+            "microblog: no leader answered within {}: the leader's view (roles, lag) is not shown",
+            duration::show(patience)
         );
     }
     Ok(())
@@ -140,8 +178,16 @@ fn reason(err: ClientError) -> String {
     }
 }
 
+/// `why` without a leading `endpoint: ` (the message names the endpoint already).
+fn without_endpoint<'a>(why: &'a str, endpoint: &str) -> &'a str {
+    why.strip_prefix(endpoint)
+        .map_or(why, |rest| rest.trim_start_matches(": "))
+}
+
 fn members_text(s: &proto::Status) -> String {
-    s.members
+    let mut members: Vec<&proto::Member> = s.members.iter().collect();
+    members.sort_by_key(|m| m.id);
+    members
         .iter()
         .map(|m| {
             if m.role == "voter" || m.role.is_empty() {
@@ -157,6 +203,7 @@ fn members_text(s: &proto::Status) -> String {
 fn print_status(
     ctx: &mut Context,
     answers: &[(String, std::result::Result<proto::Status, String>)],
+    leader: Option<&proto::Status>,
 ) -> Result<()> {
     if ctx.out.json {
         for (endpoint, answer) in answers {
@@ -177,6 +224,8 @@ fn print_status(
                         "role": m.role,
                         "raft": m.raft_url,
                         "client": m.client_url,
+                        "matched": leader.and_then(|l| matched(l, m.id)),
+                        "lag": leader.and_then(|l| lag(l, m.id)),
                     })).collect::<Vec<_>>(),
                 }),
                 Err(why) => json!({ "endpoint": endpoint, "error": why }),
@@ -216,13 +265,823 @@ fn print_status(
         ],
         &rows,
     )?;
+    if let Some(leader) = leader {
+        ctx.out.line("")?;
+        print_membership(ctx, leader)?;
+    }
     for (endpoint, answer) in answers {
         if let Err(why) = answer {
-            let why = why
-                .strip_prefix(endpoint.as_str())
-                .map_or(why.as_str(), |rest| rest.trim_start_matches(": "));
+            let why = without_endpoint(why, endpoint);
             eprintln!("microblog: {endpoint} did not answer: {why}");
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The leader's view of the membership: every member's role, replicated index and lag.
+
+/// The highest index the leader knows replicated on member `id` (`None`: not known yet).
+fn matched(leader: &proto::Status, id: u64) -> Option<u64> {
+    leader
+        .members
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.matched)
+        .filter(|&m| m > 0)
+}
+
+/// How many entries member `id` is behind the leader's log (`None`: not known yet).
+fn lag(leader: &proto::Status, id: u64) -> Option<u64> {
+    matched(leader, id).map(|m| leader.last_index.saturating_sub(m))
+}
+
+fn opt_text(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The leader's view as one JSON object.
+fn membership_json(s: &proto::Status) -> Json {
+    let mut members: Vec<&proto::Member> = s.members.iter().collect();
+    members.sort_by_key(|m| m.id);
+    json!({
+        "leader": if s.role == "leader" { s.id } else { s.leader_id },
+        "term": s.term,
+        "commit": s.commit,
+        "applied": s.applied,
+        "first_index": s.first_index,
+        "last_index": s.last_index,
+        "members": members.iter().map(|m| json!({
+            "id": m.id,
+            "role": m.role,
+            "raft": m.raft_url,
+            "client": m.client_url,
+            "matched": matched(s, m.id),
+            "lag": lag(s, m.id),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The leader's view: a summary line and a table of members, or one JSON object.
+fn print_membership(ctx: &mut Context, s: &proto::Status) -> Result<()> {
+    if ctx.out.json {
+        ctx.out.json_line(&membership_json(s))?;
+        return Ok(());
+    }
+    let leader = if s.role == "leader" {
+        s.id
+    } else {
+        s.leader_id
+    };
+    ctx.out.line(&format!(
+        "leader {leader}, term {}, commit {}, applied {}, last index {}",
+        s.term, s.commit, s.applied, s.last_index
+    ))?;
+    let mut members: Vec<&proto::Member> = s.members.iter().collect();
+    members.sort_by_key(|m| m.id);
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                if m.id == leader {
+                    format!("{} (leader)", m.role)
+                } else {
+                    m.role.clone()
+                },
+                m.raft_url.clone(),
+                m.client_url.clone(),
+                opt_text(matched(s, m.id)),
+                opt_text(lag(s, m.id)),
+            ]
+        })
+        .collect();
+    ctx.out.table(
+        &["MEMBER", "ROLE", "RAFT", "CLIENT", "MATCHED", "LAG"],
+        &rows,
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Membership changes.
+
+/// One node in `cluster change`: its id, and its endpoints when the cluster does not know it yet
+/// (empty: known).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberSpec {
+    /// Its id.
+    pub id: u64,
+    /// Its raft endpoint, or empty.
+    pub raft: String,
+    /// Its client endpoint, or empty.
+    pub client: String,
+}
+
+const ENDPOINT_EXAMPLE: &str = "e.g. tcp://127.0.0.1:7104";
+const SPEC_EXAMPLE: &str = "e.g. 4=tcp://127.0.0.1:7104,tcp://127.0.0.1:7204";
+
+/// A node endpoint on the command line: `tcp://host:port`, a host others can connect to.
+pub fn parse_endpoint(text: &str) -> std::result::Result<String, String> {
+    let t = text.trim();
+    check_endpoint(t).map_err(|why| format!("{why} ({ENDPOINT_EXAMPLE})"))?;
+    if t.starts_with("tcp://*:") {
+        return Err(format!(
+            "{t:?} is a bind address: give the address other nodes and clients connect to \
+             ({ENDPOINT_EXAMPLE})"
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// `ID=RAFT_URL,CLIENT_URL` (`--add-learner`).
+pub fn parse_new_member(text: &str) -> std::result::Result<MemberSpec, String> {
+    parse_spec(text, true)
+}
+
+/// `ID` or `ID=RAFT_URL,CLIENT_URL` (`--add-voter`).
+pub fn parse_voter(text: &str) -> std::result::Result<MemberSpec, String> {
+    parse_spec(text, false)
+}
+
+fn parse_spec(text: &str, need_endpoints: bool) -> std::result::Result<MemberSpec, String> {
+    let (id, endpoints) = match text.split_once('=') {
+        Some((id, endpoints)) => (id.trim(), Some(endpoints)),
+        None => (text.trim(), None),
+    };
+    let id: u64 = id.parse().ok().filter(|&i| i > 0).ok_or_else(|| {
+        format!("{id:?} is not a node id (a positive number); write ID=RAFT_URL,CLIENT_URL, {SPEC_EXAMPLE}")
+    })?;
+    match endpoints {
+        None if need_endpoints => Err(format!(
+            "node {id} needs its endpoints: {id}=RAFT_URL,CLIENT_URL, {SPEC_EXAMPLE}"
+        )),
+        None => Ok(MemberSpec {
+            id,
+            raft: String::new(),
+            client: String::new(),
+        }),
+        Some(endpoints) => {
+            let (raft, client) = endpoints.split_once(',').ok_or_else(|| {
+                format!("node {id}: give both endpoints, RAFT_URL,CLIENT_URL ({SPEC_EXAMPLE})")
+            })?;
+            Ok(MemberSpec {
+                id,
+                raft: parse_endpoint(raft)?,
+                client: parse_endpoint(client)?,
+            })
+        }
+    }
+}
+
+/// A progress line on stderr (a JSON object with --json; `id` 0: about several nodes).
+fn progress(ctx: &Context, step: &str, id: u64, text: &str) {
+    if ctx.out.json {
+        let mut line = json!({ "progress": step, "message": text });
+        if id != 0 {
+            line["id"] = json!(id);
+        }
+        eprintln!("{line}");
+    } else {
+        eprintln!("microblog: {text}");
+    }
+}
+
+/// Member `id` in the leader's view.
+fn member(s: &proto::Status, id: u64) -> Option<&proto::Member> {
+    s.members.iter().find(|m| m.id == id)
+}
+
+/// `1 (voter), 2 (voter), 4 (learner)`.
+fn member_list(s: &proto::Status) -> String {
+    let mut members: Vec<&proto::Member> = s.members.iter().collect();
+    members.sort_by_key(|m| m.id);
+    members
+        .iter()
+        .map(|m| format!("{} ({})", m.id, m.role))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn not_a_member(id: u64, s: &proto::Status) -> Error {
+    Error::failed(format!(
+        "node {id} is not a member of the cluster (members: {})",
+        member_list(s)
+    ))
+}
+
+/// The hint for a node that does not run yet.
+fn join_hint(id: u64, raft: &str, client: &str) -> String {
+    format!(
+        "start it with `raftnode run --join --id {id} --raft {raft} --client {client} --data-dir DIR` \
+         (add --cluster FILE for the cluster's [raft] settings)"
+    )
+}
+
+/// A failed membership request, with what to do about it.
+fn membership_error(e: ClientError) -> Error {
+    match e {
+        ClientError::NoLeader { last, .. }
+            if last.contains("another membership change is in progress") =>
+        {
+            Error::failed("another membership change is in progress; retry when it is done").hint(
+                "`microblog cluster status` shows it (an \"outgoing voter\" means a joint change \
+                 is finishing); run the command again in a few seconds",
+            )
+        }
+        ClientError::NoLeader { last, .. } if last.contains("leadership is being handed") => {
+            Error::new(
+                Kind::TimedOut,
+                format!("leadership was being handed over, and no new leader took the change in time ({last})"),
+            )
+            .hint("run the command again (a longer --timeout helps); nothing was removed yet")
+        }
+        ClientError::NoLeader { last, .. } if last.contains("not applied in time") => Error::new(
+            Kind::TimedOut,
+            "the membership change was not applied in time (a leader change?)",
+        )
+        .hint(
+            "check `microblog cluster status`, then run the command again: a change already in \
+             effect is not made twice",
+        ),
+        ClientError::NoLeader { last, .. } if last.contains("joint configuration") => Error::new(
+            Kind::TimedOut,
+            "the change was applied, but the cluster has not left its joint configuration yet",
+        )
+        .hint("the leader finishes it by itself; check `microblog cluster status`"),
+        ClientError::Invalid(m) if m.contains("needs valid tcp://host:port") => {
+            Error::failed(format!("the cluster does not know this node: {m}")).hint(
+                "add it with its endpoints: `microblog cluster add ID RAFT_URL CLIENT_URL`, or \
+                 --add-learner/--add-voter ID=RAFT_URL,CLIENT_URL",
+            )
+        }
+        ClientError::Invalid(m) if m.contains("only voter") => {
+            Error::failed(format!("refused: {m}")).hint("add another voter first")
+        }
+        ClientError::Invalid(m) => {
+            let m = m.strip_prefix("membership change refused: ").unwrap_or(&m);
+            Error::failed(format!("the cluster refused the membership change: {m}"))
+                .hint("`microblog cluster status` shows the current members and roles")
+        }
+        other => Error::from(other),
+    }
+}
+
+/// The leader's status, for the checks before a change.
+async fn leader_view(client: &mut Client) -> Result<proto::Status> {
+    client.leader_status().await.map_err(membership_error)
+}
+
+/// `cluster add`: learner, catch up, voter (what [`Client::add_node`] does, step by step so that
+/// each step is reported as it happens).
+async fn add(
+    ctx: &mut Context,
+    id: u64,
+    raft: &str,
+    client_url: &str,
+    catch_up: Duration,
+    max_lag: u64,
+) -> Result<()> {
+    let mut client = ctx.client()?;
+    // Does the node run? Not running yet is fine (the catch-up waits for it), but say how.
+    let probe = ClientOptions {
+        request_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_millis(500),
+        retry_window: Duration::from_secs(1),
+        follow_leader: false,
+    };
+    match Client::status_of(client_url, &probe).await {
+        Ok(s) if s.id != id => {
+            return Err(Error::failed(format!(
+                "{client_url} answers as node {}, not node {id}",
+                s.id
+            ))
+            .hint("check the id and the endpoints"));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let hint = join_hint(id, raft, client_url);
+            progress(
+                ctx,
+                "not-running",
+                id,
+                &format!(
+                    "node {id} does not answer on {client_url} ({}): {hint}; adding it anyway, \
+                     the catch-up waits up to {} for it",
+                    without_endpoint(&reason(e), client_url),
+                    duration::show(catch_up)
+                ),
+            );
+        }
+    }
+    let view = leader_view(&mut client).await?;
+    for m in &view.members {
+        if m.id == id {
+            continue;
+        }
+        for (what, url, theirs) in [
+            ("raft", raft, &m.raft_url),
+            ("client", client_url, &m.client_url),
+        ] {
+            if url == theirs {
+                return Err(Error::failed(format!(
+                    "{url} is already node {}'s {what} endpoint",
+                    m.id
+                ))
+                .hint("give the new node its own endpoints"));
+            }
+        }
+    }
+    match member(&view, id).map(|m| m.role.as_str()) {
+        Some("voter") => {
+            progress(
+                ctx,
+                "voter",
+                id,
+                &format!("node {id} is already a voter: nothing to do"),
+            );
+            return print_membership(ctx, &view);
+        }
+        Some("learner") => progress(
+            ctx,
+            "learner",
+            id,
+            &format!("node {id} is already a learner; waiting for it to catch up"),
+        ),
+        Some(role) => {
+            return Err(Error::failed(format!(
+                "node {id} is an {role}: a joint change that removes it is finishing"
+            ))
+            .hint("wait until `microblog cluster status` shows it gone, then add it again"));
+        }
+        None => {
+            client
+                .change_membership(&[MemberChange::AddLearner {
+                    id,
+                    raft: raft.to_string(),
+                    client: client_url.to_string(),
+                }])
+                .await
+                .map_err(membership_error)?;
+            progress(
+                ctx,
+                "learner",
+                id,
+                &format!("added node {id} as a learner; waiting for it to catch up"),
+            );
+        }
+    }
+    wait_caught_up(ctx, &mut client, id, raft, client_url, catch_up, max_lag).await?;
+    progress(
+        ctx,
+        "caught-up",
+        id,
+        &format!("node {id} has caught up (within {max_lag} entries of the commit index)"),
+    );
+    let status = client
+        .change_membership(&[MemberChange::AddVoter {
+            id,
+            raft: String::new(),
+            client: String::new(),
+        }])
+        .await
+        .map_err(|e| {
+            let e = membership_error(e);
+            let hint = format!(
+                "node {id} is a learner; finish with `microblog cluster promote {id}`{}",
+                e.hint
+                    .as_deref()
+                    .map_or(String::new(), |h| format!("; {h}"))
+            );
+            e.hint(hint)
+        })?;
+    progress(ctx, "voter", id, &format!("promoted node {id} to voter"));
+    print_membership(ctx, &status)
+}
+
+/// Waits for node `id` to catch up, saying every few seconds how far it is.
+async fn wait_caught_up(
+    ctx: &Context,
+    client: &mut Client,
+    id: u64,
+    raft: &str,
+    client_url: &str,
+    catch_up: Duration,
+    max_lag: u64,
+) -> Result<()> {
+    let deadline = Instant::now() + catch_up;
+    loop {
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(5));
+        match client.wait_caught_up(id, slice, max_lag).await {
+            Ok(()) => return Ok(()),
+            Err(ClientError::NoLeader { last, .. }) if last.contains("did not catch up") => {
+                let how_far = last
+                    .rfind('(')
+                    .map_or("", |i| &last[i..])
+                    .trim_matches(|c| c == '(' || c == ')')
+                    .to_string();
+                if Instant::now() >= deadline {
+                    return Err(Error::new(
+                        Kind::TimedOut,
+                        format!(
+                            "node {id} did not catch up within {} ({how_far}); it stays a learner \
+                             (it does not vote)",
+                            duration::show(catch_up)
+                        ),
+                    )
+                    .hint(format!(
+                        "is it running? {}; then finish with `microblog cluster promote {id}` (or \
+                         run cluster add again, with a longer --catch-up), or take it out with \
+                         `microblog cluster remove {id}`",
+                        join_hint(id, raft, client_url)
+                    )));
+                }
+                progress(
+                    ctx,
+                    "catching-up",
+                    id,
+                    &format!("node {id} is catching up ({how_far})"),
+                );
+            }
+            Err(ClientError::Invalid(m)) if m.contains("not a member") => {
+                return Err(
+                    Error::failed(format!("node {id} was removed while it caught up"))
+                        .hint("another change removed it; check `microblog cluster status`"),
+                );
+            }
+            Err(e) => return Err(membership_error(e)),
+        }
+    }
+}
+
+/// `cluster promote`: learner to voter.
+async fn promote(ctx: &mut Context, id: u64) -> Result<()> {
+    let mut client = ctx.client()?;
+    let view = leader_view(&mut client).await?;
+    let Some(m) = member(&view, id) else {
+        return Err(not_a_member(id, &view).hint(format!(
+            "add it first: `microblog cluster add {id} RAFT_URL CLIENT_URL` (it adds a learner and \
+             promotes it)"
+        )));
+    };
+    if m.role == "voter" {
+        progress(
+            ctx,
+            "voter",
+            id,
+            &format!("node {id} is already a voter: nothing to do"),
+        );
+        return print_membership(ctx, &view);
+    }
+    match lag(&view, id) {
+        None => progress(
+            ctx,
+            "warning",
+            id,
+            &format!(
+                "warning: node {id} has not replicated anything yet (is it running?); as a voter \
+                 it counts towards the quorum at once"
+            ),
+        ),
+        Some(behind) if behind > 1_000 => progress(
+            ctx,
+            "warning",
+            id,
+            &format!("warning: node {id} is {behind} entries behind the leader"),
+        ),
+        Some(_) => {}
+    }
+    let status = client
+        .change_membership(&[MemberChange::AddVoter {
+            id,
+            raft: String::new(),
+            client: String::new(),
+        }])
+        .await
+        .map_err(membership_error)?;
+    progress(ctx, "voter", id, &format!("promoted node {id} to voter"));
+    print_membership(ctx, &status)
+}
+
+/// `cluster remove`.
+async fn remove(ctx: &mut Context, id: u64) -> Result<()> {
+    let mut client = ctx.client()?;
+    let view = leader_view(&mut client).await?;
+    if member(&view, id).is_none() {
+        return Err(not_a_member(id, &view).hint("nothing was removed"));
+    }
+    if view.id == id {
+        progress(
+            ctx,
+            "hand-over",
+            id,
+            &format!("node {id} is the leader: it hands leadership over first"),
+        );
+    }
+    let status = client
+        .change_membership(&[MemberChange::Remove { id }])
+        .await
+        .map_err(membership_error)?;
+    progress(
+        ctx,
+        "removed",
+        id,
+        &format!("removed node {id}; it stops by itself"),
+    );
+    print_membership(ctx, &status)
+}
+
+/// `cluster change`: several changes in one step.
+async fn change(
+    ctx: &mut Context,
+    add_learner: Vec<MemberSpec>,
+    add_voter: Vec<MemberSpec>,
+    remove: Vec<u64>,
+) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for id in add_learner
+        .iter()
+        .map(|s| s.id)
+        .chain(add_voter.iter().map(|s| s.id))
+        .chain(remove.iter().copied())
+    {
+        if !seen.insert(id) {
+            return Err(
+                Error::usage(format!("node {id} appears in more than one change"))
+                    .hint("give each node one change per step"),
+            );
+        }
+    }
+    if seen.is_empty() {
+        return Err(Error::usage("no changes given")
+            .hint("give --add-learner, --add-voter or --remove (each repeatable)"));
+    }
+    let mut client = ctx.client()?;
+    let view = leader_view(&mut client).await?;
+    for spec in &add_voter {
+        if spec.raft.is_empty() && member(&view, spec.id).is_none() {
+            return Err(not_a_member(spec.id, &view).hint(format!(
+                "give its endpoints: --add-voter {}=RAFT_URL,CLIENT_URL",
+                spec.id
+            )));
+        }
+    }
+    for &id in &remove {
+        if member(&view, id).is_none() {
+            return Err(not_a_member(id, &view).hint("nothing was changed"));
+        }
+    }
+    let mut changes = Vec::new();
+    for s in add_learner {
+        changes.push(MemberChange::AddLearner {
+            id: s.id,
+            raft: s.raft,
+            client: s.client,
+        });
+    }
+    for s in add_voter {
+        changes.push(MemberChange::AddVoter {
+            id: s.id,
+            raft: s.raft,
+            client: s.client,
+        });
+    }
+    for &id in &remove {
+        changes.push(MemberChange::Remove { id });
+    }
+    if remove.contains(&view.id) {
+        progress(
+            ctx,
+            "hand-over",
+            view.id,
+            &format!(
+                "node {} is the leader: it hands leadership over first",
+                view.id
+            ),
+        );
+    }
+    let n = changes.len();
+    let status = client
+        .change_membership(&changes)
+        .await
+        .map_err(membership_error)?;
+    let how = if n > 1 {
+        "in one step, through joint consensus"
+    } else {
+        "in one step"
+    };
+    progress(
+        ctx,
+        "changed",
+        0,
+        &format!(
+            "applied {n} membership change{} {how}",
+            if n > 1 { "s" } else { "" }
+        ),
+    );
+    if !remove.is_empty() {
+        let gone: Vec<String> = remove.iter().map(u64::to_string).collect();
+        progress(
+            ctx,
+            "removed",
+            0,
+            &format!(
+                "removed node(s) {}: they stop by themselves",
+                gone.join(", ")
+            ),
+        );
+    }
+    print_membership(ctx, &status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(last_index: u64, members: &[(u64, &str, u64)]) -> proto::Status {
+        proto::Status {
+            id: 1,
+            role: "leader".into(),
+            leader_id: 1,
+            last_index,
+            members: members
+                .iter()
+                .map(|&(id, role, matched)| proto::Member {
+                    id,
+                    role: role.into(),
+                    matched,
+                    raft_url: format!("tcp://127.0.0.1:{}", 7100 + id),
+                    client_url: format!("tcp://127.0.0.1:{}", 7200 + id),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lag_is_the_leaders_last_index_minus_matched() {
+        let s = status(
+            120,
+            &[(1, "voter", 120), (2, "voter", 100), (4, "learner", 0)],
+        );
+        assert_eq!(lag(&s, 1), Some(0));
+        assert_eq!(lag(&s, 2), Some(20));
+        assert_eq!(lag(&s, 4), None, "nothing replicated yet: unknown");
+        assert_eq!(lag(&s, 9), None, "not a member");
+        let j = membership_json(&s);
+        assert_eq!(j["leader"], 1);
+        assert_eq!(j["members"][1]["lag"], 20);
+        assert!(j["members"][2]["lag"].is_null());
+        assert_eq!(j["members"][2]["role"], "learner");
+    }
+
+    #[test]
+    fn endpoints_and_member_specs() {
+        assert_eq!(
+            parse_endpoint(" tcp://127.0.0.1:7104 ").unwrap(),
+            "tcp://127.0.0.1:7104"
+        );
+        for bad in [
+            "127.0.0.1:7104",
+            "tcp://127.0.0.1",
+            "tcp://:1",
+            "tcp://h:0",
+            "tcp://*:7104",
+        ] {
+            let e = parse_endpoint(bad).unwrap_err();
+            assert!(e.contains("tcp://127.0.0.1:7104"), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_new_member("4=tcp://127.0.0.1:7104,tcp://127.0.0.1:7204").unwrap(),
+            MemberSpec {
+                id: 4,
+                raft: "tcp://127.0.0.1:7104".into(),
+                client: "tcp://127.0.0.1:7204".into()
+            }
+        );
+        assert!(
+            parse_new_member("4")
+                .unwrap_err()
+                .contains("needs its endpoints")
+        );
+        assert!(
+            parse_new_member("4=tcp://127.0.0.1:7104")
+                .unwrap_err()
+                .contains("both endpoints")
+        );
+        assert!(
+            parse_new_member("x=tcp://a:1,tcp://a:2")
+                .unwrap_err()
+                .contains("not a node id")
+        );
+        assert!(parse_voter("0").unwrap_err().contains("not a node id"));
+        assert_eq!(parse_voter("5").unwrap().raft, "");
+        assert!(
+            parse_voter("5=tcp://a:1,b:2")
+                .unwrap_err()
+                .contains("tcp://")
+        );
+    }
+
+    #[test]
+    fn membership_errors_say_what_to_do() {
+        let busy = membership_error(ClientError::NoLeader {
+            tried: vec!["tcp://127.0.0.1:1".into()],
+            last: "tcp://127.0.0.1:1: another membership change is in progress; retry when it is \
+                   done"
+                .into(),
+        });
+        assert_eq!(busy.exit_code(), 1);
+        assert!(busy.message.contains("retry"), "{busy}");
+        let unknown = membership_error(ClientError::Invalid(
+            "node 9 needs valid tcp://host:port raft and client endpoints".into(),
+        ));
+        assert_eq!(unknown.exit_code(), 1);
+        assert!(unknown.to_string().contains("cluster add"), "{unknown}");
+        let late = membership_error(ClientError::NoLeader {
+            tried: vec![],
+            last: "the membership change was not applied in time (leader change?)".into(),
+        });
+        assert_eq!(late.exit_code(), 3);
+        let refused = membership_error(ClientError::Invalid(
+            "membership change refused: removed all voters".into(),
+        ));
+        assert_eq!(
+            refused.message,
+            "the cluster refused the membership change: removed all voters"
+        );
+        // Anything else reads as before.
+        let down = membership_error(ClientError::NoLeader {
+            tried: vec!["tcp://127.0.0.1:1".into()],
+            last: "connect failed".into(),
+        });
+        assert!(down.message.contains("no cluster node answered"), "{down}");
+    }
+
+    #[test]
+    fn the_command_line_parses_membership_commands() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "microblog",
+            "cluster",
+            "add",
+            "4",
+            "tcp://127.0.0.1:7104",
+            "tcp://127.0.0.1:7204",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Cluster(ClusterCommand::Add {
+                id,
+                catch_up,
+                max_lag,
+                ..
+            }) => assert_eq!((id, catch_up, max_lag), (4, Duration::from_secs(60), 100)),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "microblog",
+            "cluster",
+            "change",
+            "--add-voter",
+            "4=tcp://127.0.0.1:7104,tcp://127.0.0.1:7204",
+            "--add-voter",
+            "5",
+            "--remove",
+            "3",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Cluster(ClusterCommand::Change {
+                add_learner,
+                add_voter,
+                remove,
+            }) => {
+                assert!(add_learner.is_empty());
+                assert_eq!(add_voter.len(), 2);
+                assert_eq!(remove, vec![3]);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            vec!["microblog", "cluster", "change"],
+            vec![
+                "microblog",
+                "cluster",
+                "add",
+                "4",
+                "localhost:1",
+                "tcp://a:2",
+            ],
+            vec!["microblog", "cluster", "add", "0", "tcp://a:1", "tcp://a:2"],
+            vec!["microblog", "cluster", "promote", "x"],
+            vec!["microblog", "cluster", "change", "--add-learner", "4"],
+        ] {
+            let e = Cli::try_parse_from(&bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
 }

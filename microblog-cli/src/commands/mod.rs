@@ -4,7 +4,8 @@
 //!   topics, delete.
 //! - [`tail`]: the live stream.
 //! - [`tuple`]: raw tuple operations in the text syntax.
-//! - [`cluster`]: `cluster up` and `cluster status`.
+//! - [`cluster`]: `cluster up`, `status`, and the membership changes `add`, `promote`,
+//!   `remove`, `change`.
 //! - `completions`: here, it is three lines.
 
 pub mod cluster;
