@@ -91,12 +91,9 @@ impl Posting {
         mut found: impl FnMut(&Tuple) -> bool,
     ) -> Option<(TupleId, &'a Tuple)> {
         let start = self.ids.partition_point(|&id| id <= after);
-        self.ids.range(start..).find_map(|&id| {
-            store
-                .get(&id)
-                .filter(|t| found(t))
-                .map(|t| (id, t))
-        })
+        self.ids
+            .range(start..)
+            .find_map(|&id| store.get(&id).filter(|t| found(t)).map(|t| (id, t)))
     }
 
     /// Ids greater than `after` and less than `before`, ascending (may include dead ids).

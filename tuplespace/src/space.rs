@@ -145,7 +145,8 @@ impl Space {
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (TupleId, &Tuple)> {
         let mut ids: Vec<TupleId> = self.tuples.keys().copied().collect();
         ids.sort_unstable();
-        ids.into_iter().filter_map(|id| self.tuples.get(&id).map(|t| (id, t)))
+        ids.into_iter()
+            .filter_map(|id| self.tuples.get(&id).map(|t| (id, t)))
     }
 
     /// Adds a tuple, which expires `ttl` after the current clock if given. If a blocked `in`
