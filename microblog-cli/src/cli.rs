@@ -214,6 +214,10 @@ Example:
     /// Start a local cluster, show each node's state, or change the membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Measure the cluster: throughput and latency under C clients, leader failover, or how
+    /// fast a new node catches up.
+    #[command(after_help = crate::commands::bench::HELP, args_conflicts_with_subcommands = true)]
+    Bench(BenchArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
 Example:
@@ -409,6 +413,119 @@ that has a lot to catch up.")]
         /// Remove a member. Repeatable.
         #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
         remove: Vec<u64>,
+    },
+}
+
+/// `bench`: a load against a cluster, or (with a subcommand) a failover or catch-up measurement.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// `failover` or `catchup`; without one, a throughput and latency run.
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    /// The load's settings.
+    #[command(flatten)]
+    pub load: BenchLoad,
+}
+
+/// What a throughput and latency run does.
+#[derive(Debug, Args)]
+pub struct BenchLoad {
+    /// Start a throwaway local cluster (raftnode processes on loopback, in a temp dir) instead of
+    /// using --endpoints / --cluster; it is stopped at the end.
+    #[arg(long)]
+    pub start_cluster: bool,
+    /// With --start-cluster: how many nodes.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "start_cluster", value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Concurrent clients, each with its own connection and session.
+    #[arg(long, value_name = "C", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub clients: u64,
+    /// How long to measure, after the warmup (default 10s unless --ops is given).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, conflicts_with = "ops")]
+    pub duration: Option<Duration>,
+    /// Measure this many operations (after the warmup) instead of a duration.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ops: Option<u64>,
+    /// Run the load this long before measuring (0 for none).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::commands::bench::parse_warmup)]
+    pub warmup: Duration,
+    /// The operation: out, in, rd, rdp, or mix (microblog post 20% / read 60% / timeline 20%).
+    #[arg(long, value_enum, default_value_t = BenchOp::Out)]
+    pub op: BenchOp,
+    /// The encoded size of each tuple in bytes (mix: the post text's size).
+    #[arg(long, value_name = "BYTES", default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub size: u64,
+    /// Tuples (posts for mix) written before the run: for in, how many there are to take
+    /// (default: enough for the run); for rd/rdp, the set read at random (default 10000); for
+    /// mix, the posts already there (default 2000).
+    #[arg(long, value_name = "N")]
+    pub preload: Option<u64>,
+}
+
+/// The operation a throughput run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchOp {
+    /// Add tuples.
+    Out,
+    /// Take preloaded tuples (blocking in with a short timeout).
+    In,
+    /// Read preloaded tuples (blocking rd).
+    Rd,
+    /// Read preloaded tuples (rdp, no waiting).
+    Rdp,
+    /// The microblog: post 20%, read 60%, timeline 20%.
+    Mix,
+}
+
+/// `bench failover` and `bench catchup`: each starts its own cluster.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Kill the leader (SIGKILL) under a sequential writer, time until the next acknowledged
+    /// write, restart it, wait until it has caught up; repeat.
+    #[command(after_help = "\
+Example:
+  microblog bench failover --trials 10
+  microblog --json bench failover --trials 5 --nodes 5
+
+Always starts its own cluster. A trial's time runs from the kill to the first write that was sent
+after the kill and acknowledged (so it includes the writer noticing the dead leader, the election
+and one write).")]
+    Failover {
+        /// How many leaders to kill, one after the other.
+        #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        trials: u64,
+        /// Cluster size.
+        #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=9))]
+        nodes: u64,
+        /// The writer's wait for one answer before it tries another node.
+        #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration::parse)]
+        request_timeout: Duration,
+    },
+    /// Load N tuples into a 3-node cluster, then time a new empty node from `add` (learner) until
+    /// it has caught up, and check its tuple count.
+    #[command(after_help = "\
+Example:
+  microblog bench catchup --tuples 1000000
+  microblog --json bench catchup --tuples 100000 --size 128 --clients 32
+
+Always starts its own cluster (default raft settings: a snapshot every 10,000 entries, so the new
+node catches up from a snapshot and the log tail).")]
+    Catchup {
+        /// How many tuples to load first.
+        #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        tuples: u64,
+        /// Each tuple's encoded size in bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+        size: u64,
+        /// Concurrent clients loading the tuples.
+        #[arg(long, value_name = "C", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        clients: u64,
+        /// Caught up means at most this many entries behind the leader's commit index.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        max_lag: u64,
+        /// Give up on the catch-up after this long.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration::parse)]
+        catch_up_timeout: Duration,
     },
 }
 

@@ -136,8 +136,8 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            request_timeout: Duration::from_secs(7),
-            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(250),
             retry_window: Duration::from_secs(30),
             follow_leader: true,
         }
@@ -610,7 +610,7 @@ impl Client {
                 return Err(ClientError::NoLeader { tried, last });
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(Duration::from_millis(200));
         }
     }
 

@@ -623,7 +623,12 @@ impl Node {
         self.next_read_ctx += 1;
         let reads = std::mem::take(&mut self.unsent_reads);
         self.reads_in_flight.insert(ctx, (Instant::now(), reads));
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        // The leader keeps pending ReadIndex requests by context and ignores a context it already
+        // holds, so contexts must be unique across the cluster: this node's id, then its counter.
+        let mut bytes = Vec::with_capacity(16);
+        bytes.extend_from_slice(&self.id.to_le_bytes());
+        bytes.extend_from_slice(&ctx.to_le_bytes());
+        self.raw.read_index(bytes);
     }
 
     /// Timer work: leader ticks for deadlines, timeouts of reads and local readers, cleanup.
@@ -736,12 +741,34 @@ impl Node {
             info!(self.logger, "leader changed";
                 "leader" => leader, "role" => ?role, "term" => self.raw.raft.term);
         }
+        if leader != self.known_leader && self.known_leader != 0 {
+            self.fail_pending_writes();
+        }
         self.known_leader = leader;
         self.known_role = role;
     }
 
     /// Installs a snapshot from the leader: its file is written (and synced) first, then the log
     /// is replaced, then the machine.
+    /// The leader changed: proposals this node forwarded to the old leader may be lost, so the
+    /// clients waiting on them are told to retry now rather than after the commit timeout. A
+    /// retry carries the same (session, seq), so one that did commit is not applied twice.
+    fn fail_pending_writes(&mut self) {
+        let pending = std::mem::take(&mut self.pending_writes);
+        if pending.is_empty() {
+            return;
+        }
+        let resp = self.with_hint(response(error(
+            Code::Unavailable,
+            "the leader changed while this request was in flight; retry (it is applied once)",
+        )));
+        for replies in pending.into_values() {
+            for reply in replies {
+                let _ = reply.send(resp.clone());
+            }
+        }
+    }
+
     fn apply_snapshot(&mut self, snap: Snapshot) -> Result<(), NodeError> {
         let meta = snap.get_metadata().clone();
         let machine = match Machine::decode(snap.get_data()) {
@@ -1130,7 +1157,14 @@ impl Node {
         let applied = self.machine.applied_index();
         let last = self.kept_snapshots.last().copied().unwrap_or(0);
         let wanted = self.raw.store().take_snapshot_wanted() && applied > last;
-        if self.snapshotting || (applied < last + self.settings.snapshot_entries && !wanted) {
+        // Encoding costs time in proportion to the state, so a large state is snapshotted less
+        // often: after at least as many entries as it holds tuples. The encode cost per applied
+        // entry stays bounded, and so does the log (by the larger of the two).
+        let interval = self
+            .settings
+            .snapshot_entries
+            .max(self.machine.space().len() as u64);
+        if self.snapshotting || (applied < last + interval && !wanted) {
             return;
         }
         self.snapshotting = true;
@@ -1251,7 +1285,14 @@ impl Node {
     }
 
     fn read_confirmed(&mut self, index: u64, ctx: &[u8]) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+        let Ok(bytes) = <[u8; 16]>::try_from(ctx) else {
+            return;
+        };
+        let (node, counter) = bytes.split_at(8);
+        if node != self.id.to_le_bytes() {
+            return;
+        }
+        let Ok(bytes) = <[u8; 8]>::try_from(counter) else {
             return;
         };
         if let Some((_, reads)) = self.reads_in_flight.remove(&u64::from_le_bytes(bytes)) {

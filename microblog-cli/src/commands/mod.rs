@@ -8,6 +8,7 @@
 //!   `remove`, `change`.
 //! - `completions`: here, it is three lines.
 
+pub mod bench;
 pub mod cluster;
 pub mod social;
 pub mod tail;
@@ -118,6 +119,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => tail::run(&mut ctx, user, topic, last.map(|n| n as usize), after).await,
         Command::Tuple(cmd) => tuple::run(&mut ctx, cmd).await,
         Command::Cluster(cmd) => cluster::run(&mut ctx, cmd).await,
+        Command::Bench(args) => bench::run(&mut ctx, args).await,
         Command::Completions { shell } => {
             let mut stdout = std::io::stdout();
             clap_complete::generate(shell, &mut Cli::command(), "microblog", &mut stdout);
