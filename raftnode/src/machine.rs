@@ -93,6 +93,9 @@ pub struct Machine {
     applied_term: u64,
     /// Members and their addresses as the log last set them (membership changes keep this).
     members: Vec<proto::Member>,
+    /// Every node id the log has removed. Ids are never reused: a node wiped and added again
+    /// under its old id has forgotten its vote, and could vote twice in one term.
+    removed_ids: BTreeSet<u64>,
 }
 
 /// An error response.
@@ -172,6 +175,16 @@ impl Machine {
     /// Members and their addresses as the log last set them.
     pub fn members(&self) -> &[proto::Member] {
         &self.members
+    }
+
+    /// Records node ids that a membership change entry removes.
+    pub fn note_removed(&mut self, ids: impl IntoIterator<Item = u64>) {
+        self.removed_ids.extend(ids);
+    }
+
+    /// Whether the log has ever removed node `id`.
+    pub fn was_removed(&self, id: u64) -> bool {
+        self.removed_ids.contains(&id)
     }
 
     /// Replaces the member list (applied from a membership change).
@@ -459,6 +472,7 @@ impl Machine {
             space: self.space.encode(),
             sessions,
             members: self.members.clone(),
+            removed_ids: self.removed_ids.iter().copied().collect(),
         }
         .encode_to_vec()
     }
@@ -473,6 +487,7 @@ impl Machine {
             applied_index: state.applied_index,
             applied_term: state.applied_term,
             members: state.members,
+            removed_ids: state.removed_ids.into_iter().collect(),
             ..Machine::default()
         };
         for s in state.sessions {

@@ -883,6 +883,13 @@ impl Node {
                 }
             }
         }
+        // Removed ids come from the entry itself, so every replica (and a replay) records them.
+        self.machine.note_removed(
+            cc.changes
+                .iter()
+                .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
+                .map(|c| c.node_id),
+        );
         if entry.index <= self.raw.store().conf_index() {
             // Replaying the log after a restart: the stored conf state already holds this change.
             slog::debug!(self.logger, "membership change already applied"; "index" => entry.index);
@@ -1083,6 +1090,17 @@ impl Node {
                 Kind::AddVoter => ConfChangeType::AddNode,
                 Kind::Remove => ConfChangeType::RemoveNode,
             };
+            if kind != Kind::Remove && self.machine.was_removed(c.id) {
+                return Err((
+                    Code::Invalid,
+                    format!(
+                        "node id {} was removed from this cluster and ids are never reused (a \
+                         node wiped and added again under its old id could vote twice in one \
+                         term); start the node with a new id",
+                        c.id
+                    ),
+                ));
+            }
             if kind != Kind::Remove {
                 let valid = crate::config::check_endpoint(&c.raft_url).is_ok()
                     && crate::config::check_endpoint(&c.client_url).is_ok();
@@ -1158,12 +1176,12 @@ impl Node {
         let last = self.kept_snapshots.last().copied().unwrap_or(0);
         let wanted = self.raw.store().take_snapshot_wanted() && applied > last;
         // Encoding costs time in proportion to the state, so a large state is snapshotted less
-        // often: after at least as many entries as it holds tuples. The encode cost per applied
-        // entry stays bounded, and so does the log (by the larger of the two).
+        // often: after at least a quarter as many entries as it holds tuples. The encode cost per
+        // applied entry stays bounded (about four tuples' worth), and so does the log.
         let interval = self
             .settings
             .snapshot_entries
-            .max(self.machine.space().len() as u64);
+            .max(self.machine.space().len() as u64 / 4);
         if self.snapshotting || (applied < last + interval && !wanted) {
             return;
         }

@@ -17,6 +17,10 @@ use nix::unistd::Pid;
 use raftnode::client::{Client, ClientOptions};
 use raftnode::proto;
 
+pub mod chaos;
+pub mod checker;
+pub mod history;
+
 /// Cluster tests share two cores: they run one at a time. (An async mutex: each test holds it
 /// across its awaits, on its own runtime.)
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -56,6 +60,48 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// The kernel's ephemeral port range (where `connect` picks local ports).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(|w| w.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 *outside* the kernel's ephemeral range, never the
+/// same port twice in this process. A node that is down for a while gets its ports back when it
+/// restarts: no outgoing connection (a client's, a proxy's) can have taken one meanwhile, as
+/// `connect` only picks ephemeral ports.
+pub fn quiet_ports(n: usize) -> Vec<u16> {
+    use rand::Rng as _;
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let (low, high) = ephemeral_ports();
+    let range = if low > 12_000 {
+        10_000..low
+    } else {
+        high.saturating_add(1).max(1024)..u16::MAX
+    };
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = rand::thread_rng();
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..200_000 {
+        if ports.len() == n {
+            break;
+        }
+        let port = rng.gen_range(range.clone());
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), n, "not enough free ports in {range:?}");
+    ports
+}
+
 struct Proc {
     child: Child,
     frozen: bool,
@@ -81,6 +127,13 @@ pub struct Cluster {
     nodes: BTreeMap<u64, NodeSpec>,
     procs: BTreeMap<u64, Proc>,
     bin: PathBuf,
+    /// The `[raft]` section every cluster file gets.
+    raft_section: String,
+    /// Nodes started with their own cluster file instead of the shared one (chaos tests: each
+    /// node dials its peers through its own proxies).
+    node_configs: BTreeMap<u64, PathBuf>,
+    /// New nodes get [`quiet_ports`] too.
+    quiet: bool,
 }
 
 impl Cluster {
@@ -100,15 +153,28 @@ impl Cluster {
 
     /// Writes a cluster file for `n` nodes (with extra `[raft]` settings) without starting them.
     pub fn configure(n: usize, raft_settings: &str) -> Cluster {
+        Cluster::configure_on(n, raft_settings, raftnode_bin(), free_ports(2 * n))
+    }
+
+    /// Like [`Cluster::configure`], running the given `raftnode` binary (the chaos binary finds
+    /// its own beside itself), with every node on [`quiet_ports`] (also the nodes
+    /// [`Cluster::new_node`] adds later): for clusters whose nodes go down and come back often.
+    pub fn configure_with_bin(n: usize, raft_settings: &str, bin: PathBuf) -> Cluster {
+        let mut cluster = Cluster::configure_on(n, raft_settings, bin, quiet_ports(2 * n));
+        cluster.quiet = true;
+        cluster
+    }
+
+    fn configure_on(n: usize, raft_settings: &str, bin: PathBuf, ports: Vec<u16>) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("raftnode-test-")
             .tempdir()
             .expect("a temp dir");
-        let ports = free_ports(2 * n);
         let mut nodes = BTreeMap::new();
-        let mut text = format!(
+        let raft_section = format!(
             "[raft]\ntick_ms = 50\nelection_ticks = 10\nheartbeat_ticks = 2\n{raft_settings}\n"
         );
+        let mut text = raft_section.clone();
         for i in 0..n {
             let id = i as u64 + 1;
             let spec = NodeSpec {
@@ -132,8 +198,45 @@ impl Cluster {
             config_path,
             nodes,
             procs: BTreeMap::new(),
-            bin: raftnode_bin(),
+            bin,
+            raft_section,
+            node_configs: BTreeMap::new(),
+            quiet: false,
         }
+    }
+
+    /// The `[raft]` section of the cluster file (for writing other cluster files alike).
+    pub fn raft_section(&self) -> &str {
+        &self.raft_section
+    }
+
+    /// Gives node `id` its own cluster file: from its next start it runs with `path` instead of
+    /// the shared file (a node dials its peers at the addresses its own file gives).
+    pub fn set_node_config(&mut self, id: u64, path: PathBuf) {
+        self.node_configs.insert(id, path);
+    }
+
+    /// The cluster file node `id` starts with: its own, or the shared one.
+    pub fn node_config_path(&self, id: u64) -> &Path {
+        self.node_configs
+            .get(&id)
+            .map_or(self.config_path.as_path(), PathBuf::as_path)
+    }
+
+    /// Keeps the temporary directory (data dirs, logs, cluster files) after the cluster is
+    /// dropped, for a post-mortem.
+    pub fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
+    }
+
+    /// Whether node `id` is frozen (SIGSTOPped).
+    pub fn is_frozen(&self, id: u64) -> bool {
+        self.procs.get(&id).is_some_and(|p| p.frozen)
+    }
+
+    /// The ids of the nodes that have a process.
+    pub fn running(&self) -> Vec<u64> {
+        self.procs.keys().copied().collect()
     }
 
     /// The cluster file.
@@ -174,7 +277,7 @@ impl Cluster {
         let child = Command::new(&self.bin)
             .arg("run")
             .arg("--cluster")
-            .arg(&self.config_path)
+            .arg(self.node_config_path(id))
             .arg("--id")
             .arg(id.to_string())
             .arg("--log-level")
@@ -195,7 +298,11 @@ impl Cluster {
 
     /// Adds a spec for a new node `id` (fresh ports, its own data dir), not in the cluster file.
     pub fn new_node(&mut self, id: u64) -> NodeSpec {
-        let ports = free_ports(2);
+        let ports = if self.quiet {
+            quiet_ports(2)
+        } else {
+            free_ports(2)
+        };
         let spec = NodeSpec {
             id,
             raft: format!("tcp://127.0.0.1:{}", ports[0]),
@@ -224,7 +331,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .arg("--cluster")
-            .arg(&self.config_path)
+            .arg(self.node_config_path(id))
             .arg("--log-level")
             .arg(std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
@@ -254,6 +361,7 @@ impl Cluster {
     pub fn forget(&mut self, id: u64) {
         self.kill(id);
         self.nodes.remove(&id);
+        self.node_configs.remove(&id);
     }
 
     /// Waits for node `id`'s process to exit by itself; its exit code, or `None` on timeout.

@@ -123,6 +123,21 @@ async fn grow_to_five_and_shrink_to_three_while_writing() {
             assert_eq!(code, Some(0), "removed node {gone} stops by itself");
             assert!(cluster.log(gone).contains("removed from the cluster"));
         }
+        // A removed id is never added again (a wiped node under its old id could vote twice).
+        let spec = cluster.node(leader).clone();
+        let refused = admin
+            .change_membership(&[MemberChange::AddLearner {
+                id: leader,
+                raft: spec.raft.clone(),
+                client: spec.client.clone(),
+            }])
+            .await;
+        match refused {
+            Err(raftnode::client::ClientError::Invalid(msg)) => {
+                assert!(msg.contains("never reused"), "{msg}")
+            }
+            other => panic!("re-adding removed node {leader} must be refused: {other:?}"),
+        }
         stop.store(true, Ordering::Relaxed);
         writer.await.expect("the writer never failed");
         let acked = acked.lock().await.clone();

@@ -160,7 +160,7 @@ fn main() {
         PAYLOAD
     );
     println!(
-        "    ids, BTreeMap, index         {:>12} B  {:>31.1} B/tuple",
+        "    id store + index             {:>12} B  {:>31.1} B/tuple",
         heap.saturating_sub(data * n as u64),
         per(heap.saturating_sub(data * n as u64))
     );

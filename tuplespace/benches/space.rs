@@ -211,7 +211,7 @@ fn bench_snapshot(c: &mut Criterion) {
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_secs(2));
-    group.measurement_time(Duration::from_secs(8));
+    group.measurement_time(Duration::from_secs(12));
     group.bench_function("encode", |b| {
         let (space, _) = built(&mut state);
         b.iter_batched(|| (), |()| space.encode(), BatchSize::PerIteration);
