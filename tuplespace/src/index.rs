@@ -62,8 +62,19 @@ impl Posting {
         } else {
             self.dead += 1;
         }
-        // Dead ids (left by removals from the middle) are skipped by readers and dropped in one
-        // pass once they outnumber the live ones, so each removal is amortised O(1).
+        // Dead ids at the front would make every scan from the start walk them: pop them now
+        // (a hash lookup each, and each dead id is popped once).
+        while self.dead > 0 {
+            match self.ids.front() {
+                Some(front) if !store.contains_key(front) => {
+                    self.ids.pop_front();
+                    self.dead -= 1;
+                }
+                _ => break,
+            }
+        }
+        // Dead ids elsewhere (left by removals from the middle) are skipped by readers and dropped
+        // in one pass once they outnumber the live ones, so each removal is amortised O(1).
         if self.dead > 0 && self.dead * 2 > self.ids.len() {
             self.compact(store);
             self.dead = 0;

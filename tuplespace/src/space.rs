@@ -143,10 +143,9 @@ impl Space {
     /// Every resident tuple, oldest first (sorts the ids: for snapshots and checks, not hot
     /// paths).
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (TupleId, &Tuple)> {
-        let mut ids: Vec<TupleId> = self.tuples.keys().copied().collect();
-        ids.sort_unstable();
-        ids.into_iter()
-            .filter_map(|id| self.tuples.get(&id).map(|t| (id, t)))
+        let mut all: Vec<(TupleId, &Tuple)> = self.tuples.iter().map(|(&id, t)| (id, t)).collect();
+        all.sort_unstable_by_key(|&(id, _)| id);
+        all.into_iter()
     }
 
     /// Adds a tuple, which expires `ttl` after the current clock if given. If a blocked `in`

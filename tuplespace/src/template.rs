@@ -116,7 +116,10 @@ impl Field {
             Field::Literal(l) => l == v,
             Field::Formal(k) => v.kind() == *k,
             Field::Range(r) => r.contains(v),
-            Field::Prefix(p) => v.as_str().is_some_and(|s| s.starts_with(p.as_str())),
+            Field::Prefix(p) => match v {
+                Value::Str(s) => s.as_bytes().starts_with(p.as_bytes()),
+                _ => false,
+            },
             Field::Nested(t) => v.as_tuple().is_some_and(|inner| t.matches(inner)),
         }
     }

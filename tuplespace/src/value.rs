@@ -172,7 +172,7 @@ impl Ord for Value {
         match (self, other) {
             (Value::Int(a), Value::Int(b)) => a.cmp(b),
             (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
-            (Value::Str(a), Value::Str(b)) => a.as_str().cmp(b.as_str()),
+            (Value::Str(a), Value::Str(b)) => a.cmp(b),
             (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
             (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
             (Value::Tuple(a), Value::Tuple(b)) => a.cmp(b),
@@ -187,7 +187,7 @@ impl Hash for Value {
         match self {
             Value::Int(i) => i.hash(state),
             Value::Float(x) => x.to_bits().hash(state),
-            Value::Str(s) => s.as_str().hash(state),
+            Value::Str(s) => s.hash(state),
             Value::Bool(b) => b.hash(state),
             Value::Bytes(b) => b.hash(state),
             Value::Tuple(t) => t.hash(state),
@@ -284,6 +284,14 @@ impl Text {
     /// The longest string (in bytes) that is stored without a heap allocation.
     pub const INLINE_CAPACITY: usize = 22;
 
+    /// The string's UTF-8 bytes (no validation: comparison and hashing use these).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            TextRepr::Inline { len, buf } => &buf[..usize::from(*len)],
+            TextRepr::Heap(s) => s.as_bytes(),
+        }
+    }
+
     /// The string.
     pub fn as_str(&self) -> &str {
         match &self.0 {
@@ -342,9 +350,12 @@ impl Borrow<str> for Text {
     }
 }
 
+// Comparison and hashing work on the bytes: UTF-8 orders like its code points, and hashing the
+// bytes followed by 0xff is exactly what `str` does (so `Borrow<str>` stays consistent), without
+// checking the inline bytes' UTF-8 again on every lookup.
 impl PartialEq for Text {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -370,13 +381,14 @@ impl PartialOrd for Text {
 
 impl Ord for Text {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl Hash for Text {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
@@ -477,6 +489,17 @@ mod tests {
         let edge = "é".repeat(11); // 22 bytes: still inline
         assert_eq!(Text::from(edge.as_str()).as_str(), edge);
         assert_eq!(Text::from(String::from("abc")), Text::from("abc"));
+    }
+
+    #[test]
+    fn text_hashes_and_orders_like_str() {
+        use std::hash::BuildHasher;
+        let h = std::collections::hash_map::RandomState::new();
+        for s in ["", "a", "topic-0417", "é", &"x".repeat(40)] {
+            assert_eq!(h.hash_one(Text::from(s)), h.hash_one(s));
+        }
+        assert!(Text::from("é") > Text::from("z"), "code point order");
+        assert!(Text::from("ab") < Text::from("abc"));
     }
 
     #[test]
