@@ -20,6 +20,7 @@ use raftnode::proto;
 pub mod chaos;
 pub mod checker;
 pub mod history;
+pub mod microblog;
 
 /// Cluster tests share two cores: they run one at a time. (An async mutex: each test holds it
 /// across its awaits, on its own runtime.)
@@ -32,7 +33,12 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// The `raftnode` binary: `RAFTNODE_BIN`, or the one cargo built beside this test.
 pub fn raftnode_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("RAFTNODE_BIN") {
+    sibling_bin("raftnode", "RAFTNODE_BIN", "cargo build -p raftnode")
+}
+
+/// A workspace binary: the path in `env_var`, or `target/<profile>/<name>` beside this test.
+pub fn sibling_bin(name: &str, env_var: &str, build: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("the test's own path");
@@ -40,10 +46,10 @@ pub fn raftnode_bin() -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>");
-    let bin = dir.join("raftnode");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: `cargo test --workspace` builds it (or run `cargo build -p raftnode`)",
+        "{} is missing: `cargo test --workspace` builds it (or run `{build}`)",
         bin.display()
     );
     bin

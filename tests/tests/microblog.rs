@@ -4,7 +4,6 @@
 //! Each scenario takes the harness's serial lock and a hard time limit; every process it starts is
 //! killed (by pid) when it ends.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,96 +11,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value as Json;
+use tests::microblog::{command, finish, mb};
 use tests::{Cluster, bounded, serial};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(150);
 const LEADER: Duration = Duration::from_secs(20);
-/// One command's limit (a command waits at most its --timeout, plus retries).
-const COMMAND: Duration = Duration::from_secs(60);
-
-/// The `microblog` binary: `MICROBLOG_BIN`, or the one cargo built beside this test.
-fn microblog_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("MICROBLOG_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = dir.join("microblog");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test --workspace` builds it (or run `cargo build -p microblog-cli`)",
-        bin.display()
-    );
-    bin
-}
-
-/// What one run of the program did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Stdout, after checking the command succeeded.
-    fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "expected success: {self:?}");
-        &self.stdout
-    }
-
-    /// Stdout's JSON lines, after checking the command succeeded.
-    fn json(&self) -> Vec<Json> {
-        self.ok()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-            .collect()
-    }
-
-    /// Checks the exit code and that stderr mentions `needle`.
-    fn fails(&self, code: i32, needle: &str) {
-        assert_eq!(self.code, code, "expected exit {code}: {self:?}");
-        assert!(
-            self.stderr.contains(needle),
-            "{needle:?} not in stderr: {self:?}"
-        );
-    }
-}
-
-/// A `microblog` command line with the cluster's endpoints set.
-fn command(endpoints: &str, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(microblog_bin());
-    if !endpoints.is_empty() {
-        cmd.arg("--endpoints").arg(endpoints);
-    }
-    cmd.args(args)
-        .env_remove("MICROBLOG_ENDPOINTS")
-        .env_remove("MICROBLOG_USER")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-async fn finish(mut cmd: tokio::process::Command) -> Run {
-    let out = tokio::time::timeout(COMMAND, cmd.output())
-        .await
-        .expect("the command finished in time")
-        .expect("run microblog");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Runs `microblog --endpoints <endpoints> args...`.
-async fn mb(endpoints: &str, args: &[&str]) -> Run {
-    finish(command(endpoints, args)).await
-}
 
 fn ids(lines: &[Json]) -> Vec<u64> {
     lines
