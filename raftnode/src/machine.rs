@@ -57,8 +57,11 @@ pub struct Completion {
 pub struct Applied {
     /// Responses now known, for whichever node holds the client's request.
     pub completions: Vec<Completion>,
-    /// Tuples written by this entry (stored or handed straight to a waiter), for blocked `rd`s.
+    /// Tuples written by this entry (stored or handed straight to a waiter), for blocked `rd`s;
+    /// collected only when asked for (copying every tuple on every replica would be waste).
     pub outs: Vec<(TupleId, Tuple)>,
+    /// Whether to fill `outs`.
+    collect_outs: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -199,14 +202,25 @@ impl Machine {
     }
 
     /// Applies one committed command. Undecodable data is skipped the same way on every replica.
-    pub fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Applied, String> {
+    /// With `collect_outs`, the tuples it writes come back in [`Applied::outs`] (for blocked
+    /// `rd`s waiting on this node).
+    pub fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+        collect_outs: bool,
+    ) -> Result<Applied, String> {
         self.mark_applied(index, term);
         let cmd = Command::decode(data).map_err(|e| format!("undecodable command: {e}"))?;
-        Ok(self.apply_command(cmd))
+        Ok(self.apply_command(cmd, collect_outs))
     }
 
-    fn apply_command(&mut self, cmd: Command) -> Applied {
-        let mut applied = Applied::default();
+    fn apply_command(&mut self, cmd: Command, collect_outs: bool) -> Applied {
+        let mut applied = Applied {
+            collect_outs,
+            ..Applied::default()
+        };
         self.advance(cmd.stamp_ms, &mut applied);
         let Some(op) = cmd.op else {
             return applied;
@@ -405,11 +419,14 @@ impl Machine {
 
     /// `out`, handing the tuple to the oldest blocked `in` if one matches.
     fn out(&mut self, tuple: Tuple, ttl: Option<Millis>, applied: &mut Applied) -> TupleId {
-        let outcome = self.space.out(tuple.clone(), ttl);
+        // A copy is needed only if a blocked `in` may take the tuple (its answer carries it) or
+        // blocked `rd`s on this node want to see it.
+        let keep = (applied.collect_outs || self.space.waiter_count() > 0).then(|| tuple.clone());
+        let outcome = self.space.out(tuple, ttl);
         if let Some(waiter) = outcome.taken_by
             && let Some((session, seq)) = self.waiter_owner.remove(&waiter)
         {
-            let result = found(Some((outcome.id, tuple.clone())));
+            let result = found(keep.clone().map(|t| (outcome.id, t)));
             self.finish(session, seq, result.clone());
             applied.completions.push(Completion {
                 session,
@@ -417,7 +434,11 @@ impl Machine {
                 result,
             });
         }
-        applied.outs.push((outcome.id, tuple));
+        if applied.collect_outs
+            && let Some(t) = keep
+        {
+            applied.outs.push((outcome.id, t));
+        }
         outcome.id
     }
 
@@ -557,7 +578,7 @@ mod tests {
                 op: Some(op),
             };
             self.machine
-                .apply(self.index, 1, &cmd.encode_to_vec())
+                .apply(self.index, 1, &cmd.encode_to_vec(), true)
                 .unwrap()
         }
     }
@@ -670,7 +691,7 @@ mod tests {
             Some(response::Result::Error(e)) => assert_eq!(e.code, Code::Invalid as i32),
             other => panic!("{other:?}"),
         }
-        assert!(log.machine.apply(99, 1, b"\xff\xff\xff").is_err());
+        assert!(log.machine.apply(99, 1, b"\xff\xff\xff", true).is_err());
     }
 
     #[test]
@@ -710,7 +731,7 @@ mod tests {
             ack: 0,
             op: Some(out(tuple!["b"])),
         };
-        let applied = back.apply(10, 1, &cmd.encode_to_vec()).unwrap();
+        let applied = back.apply(10, 1, &cmd.encode_to_vec(), false).unwrap();
         assert!(matches!(
             result(&applied, 2, 1),
             Some(response::Result::Found(_))

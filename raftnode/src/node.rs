@@ -828,7 +828,11 @@ impl Node {
                     self.machine.mark_applied(entry.index, entry.term);
                 }
                 EntryType::EntryNormal => {
-                    match self.machine.apply(entry.index, entry.term, &entry.data) {
+                    let collect_outs = !self.readers.is_empty();
+                    match self
+                        .machine
+                        .apply(entry.index, entry.term, &entry.data, collect_outs)
+                    {
                         Ok(applied) => self.deliver(applied),
                         Err(e) => error!(self.logger, "skipped an undecodable entry";
                             "index" => entry.index, "err" => e),

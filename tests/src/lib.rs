@@ -275,17 +275,25 @@ impl Cluster {
             !self.procs.contains_key(&id),
             "node {id} is already running"
         );
+        let args = vec![
+            "run".into(),
+            "--cluster".into(),
+            self.node_config_path(id).as_os_str().to_owned(),
+            "--id".into(),
+            id.to_string().into(),
+        ];
+        self.start_process(id, args);
+    }
+
+    /// Starts `raftnode <args> --log-level L` for node `id`, its output appended to the node's log.
+    fn start_process(&mut self, id: u64, args: Vec<std::ffi::OsString>) {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path(id))
             .expect("open the node log");
         let child = Command::new(&self.bin)
-            .arg("run")
-            .arg("--cluster")
-            .arg(self.node_config_path(id))
-            .arg("--id")
-            .arg(id.to_string())
+            .args(args)
             .arg("--log-level")
             .arg(std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
@@ -326,32 +334,21 @@ impl Cluster {
             "node {id} is already running"
         );
         let spec = self.nodes[&id].clone();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))
-            .expect("open the node log");
-        let child = Command::new(&self.bin)
-            .args(["run", "--join", "--id", &id.to_string()])
-            .args(["--raft", &spec.raft, "--client", &spec.client])
-            .arg("--data-dir")
-            .arg(&spec.data_dir)
-            .arg("--cluster")
-            .arg(self.node_config_path(id))
-            .arg("--log-level")
-            .arg(std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup the log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
-        self.procs.insert(
-            id,
-            Proc {
-                child,
-                frozen: false,
-            },
-        );
+        let args = vec![
+            "run".into(),
+            "--join".into(),
+            "--id".into(),
+            id.to_string().into(),
+            "--raft".into(),
+            spec.raft.into(),
+            "--client".into(),
+            spec.client.into(),
+            "--data-dir".into(),
+            spec.data_dir.into_os_string(),
+            "--cluster".into(),
+            self.node_config_path(id).as_os_str().to_owned(),
+        ];
+        self.start_process(id, args);
     }
 
     /// Deletes node `id`'s data dir (the node must not be running).
