@@ -3,6 +3,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/raftnode.proto");
     let descriptors = protox::compile(["proto/raftnode.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    prost_build::Config::new()
+        .btree_map(["."])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -374,6 +374,10 @@ Example:
         /// The learner's id.
         #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
         id: u64,
+        /// Promote even if the learner has not caught up or the cluster could not reach quorum
+        /// with the nodes answering now (the leader refuses both otherwise).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a node (voter or learner); it stops by itself. Removing the leader works: it hands
     /// leadership over first.
@@ -401,8 +405,9 @@ Example:
   microblog cluster change --add-learner 6=tcp://10.0.0.6:7104,tcp://10.0.0.6:7204
   microblog cluster change --add-voter 6 --remove 2      # promote learner 6, remove 2
 
-A new voter counts towards the quorum at once: prefer `cluster add` (learner first) for a node
-that has a lot to catch up.")]
+The leader refuses a new voter that is not a learner that has caught up (so add new nodes with
+`cluster add`, or as learners first), and a change that would leave a configuration unable to
+reach quorum with the nodes answering now; --force skips both checks. At most 8 changes at once.")]
     Change {
         /// Add a node as a learner (receives the log, does not vote). Repeatable.
         #[arg(long = "add-learner", value_name = "ID=RAFT_URL,CLIENT_URL", value_parser = crate::commands::cluster::parse_new_member)]
@@ -413,6 +418,11 @@ that has a lot to catch up.")]
         /// Remove a member. Repeatable.
         #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
         remove: Vec<u64>,
+        /// Skip the leader's safety checks: that every new voter is a caught-up learner, and that
+        /// the new configuration can reach quorum with the nodes answering now. A forced change
+        /// can leave the cluster unable to commit anything.
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -412,8 +412,21 @@ impl Client {
         &mut self,
         changes: &[MemberChange],
     ) -> Result<proto::Status, ClientError> {
+        self.change_membership_with(changes, false).await
+    }
+
+    /// [`Client::change_membership`], optionally skipping the checks the leader makes for the
+    /// cluster's safety (`force`): that a new voter is a learner that has caught up, and that the
+    /// new configuration can reach quorum with the nodes that answer now. Forcing can leave the
+    /// cluster unable to commit anything; it is for an admin who knows why.
+    pub async fn change_membership_with(
+        &mut self,
+        changes: &[MemberChange],
+        force: bool,
+    ) -> Result<proto::Status, ClientError> {
         let op = Op::ConfChange(proto::ConfChangeRequest {
             changes: changes.iter().map(MemberChange::to_proto).collect(),
+            force,
         });
         let status = match self.call(op, false, Duration::ZERO, false).await? {
             response::Result::Status(s) => s,

@@ -1,6 +1,8 @@
 //! Cluster files: which nodes exist, where they listen, and the raft settings they share.
 //!
 //! ```toml
+//! key_file = "data/cluster.key"
+//!
 //! [raft]
 //! tick_ms = 50
 //! election_ticks = 10
@@ -143,6 +145,9 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// The cluster key file: the cluster id and the keys that authenticate peer batches
+    /// ([`crate::keys`]).
+    pub key_file: PathBuf,
     /// Shared raft settings.
     #[serde(default)]
     pub raft: RaftSettings,
@@ -167,6 +172,9 @@ impl ClusterConfig {
             if node.data_dir.is_relative() {
                 node.data_dir = cwd.join(&node.data_dir);
             }
+        }
+        if config.key_file.is_relative() {
+            config.key_file = cwd.join(&config.key_file);
         }
         Ok(config)
     }
@@ -206,6 +214,9 @@ impl ClusterConfig {
         }
         if self.nodes.is_empty() {
             return Err("no [[node]] entries".into());
+        }
+        if self.key_file.as_os_str().is_empty() {
+            return Err("key_file is empty: every cluster needs a key file".into());
         }
         let mut ids = HashSet::new();
         let mut endpoints = HashSet::new();
@@ -277,6 +288,7 @@ mod tests {
     use super::*;
 
     const GOOD: &str = r#"
+        key_file = "data/k.key"
         [raft]
         tick_ms = 20
         [[node]]
@@ -333,7 +345,8 @@ mod tests {
                 GOOD.replace("tick_ms = 20", "election_ticks = 2"),
                 "election_ticks",
             ),
-            ("[raft]\n".to_string(), "node"),
+            ("key_file = \"k\"\n[raft]\n".to_string(), "node"),
+            (GOOD.replace("key_file = \"data/k.key\"", ""), "key_file"),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -15,8 +15,11 @@ use raft::Storage as _;
 use slog::warn;
 
 use crate::config::{ClusterConfig, RaftSettings};
+use crate::keys::{KeyRing, Keys};
 use crate::machine::Machine;
 use crate::node::{Address, Exit, Node, NodeHandle, NodeMsg, NodeSetup};
+use crate::peer_auth::PeerAuth;
+use crate::refusals::{Refusals, Refuser};
 use crate::snapshot::SnapshotStore;
 use crate::storage::RaftStorage;
 use crate::transport::{self, Report, Transport};
@@ -42,6 +45,8 @@ pub struct NodeLaunch {
     /// The founding members, whose membership a fresh node writes as its first log entries
     /// (empty for a node that joins a running cluster).
     pub voters: Vec<u64>,
+    /// The cluster key file (re-read on SIGHUP).
+    pub key_file: PathBuf,
 }
 
 impl NodeLaunch {
@@ -77,6 +82,7 @@ impl NodeLaunch {
             settings: cluster.raft.clone(),
             peers,
             voters,
+            key_file: cluster.key_file.clone(),
         })
     }
 
@@ -89,6 +95,7 @@ impl NodeLaunch {
         data_dir: PathBuf,
         settings: RaftSettings,
         peers: HashMap<u64, Address>,
+        key_file: PathBuf,
     ) -> NodeLaunch {
         NodeLaunch {
             id,
@@ -97,6 +104,7 @@ impl NodeLaunch {
             settings,
             peers,
             voters: Vec::new(),
+            key_file,
         }
     }
 }
@@ -166,14 +174,31 @@ pub async fn run_node(
         settings,
         peers,
         voters,
+        key_file,
     } = launch;
     let logger = logger.new(slog::o!("node" => id));
+    let keys = Keys::load(&key_file)?;
+    let cluster = keys.cluster;
     let mut storage = RaftStorage::open(&data_dir, &voters, logger.clone())
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    let incarnation = storage.begin_incarnation(cluster.0)?;
     // A founding member writes the initial membership as the log's first entries.
-    storage.bootstrap(&voters)?;
+    storage.bootstrap(&voters, cluster.0)?;
     let snapshots = SnapshotStore::open(&data_dir, logger.clone())?;
     let (machine, kept_snapshots) = restore(&snapshots, &mut storage, &logger)?;
+    if machine.cluster_id() != 0 && machine.cluster_id() != cluster.0 {
+        bail!(
+            "the snapshot in {} is of cluster {:016x}, but the key file {} is for cluster \
+             {cluster}",
+            data_dir.display(),
+            machine.cluster_id(),
+            key_file.display()
+        );
+    }
+    info!(logger, "cluster identity"; "cluster" => %cluster, "incarnation" => incarnation,
+        "signing_key" => keys.signing().fingerprint(), "keys" => keys.all().len());
+    let auth = PeerAuth::new(KeyRing::new(keys), id, incarnation);
+    let refusals = Arc::new(Refusals::new());
 
     let (tx, rx) = std::sync::mpsc::channel();
     let reports_tx = tx.clone();
@@ -181,7 +206,7 @@ pub async fn run_node(
         let _ = reports_tx.send(NodeMsg::Report(r));
     });
     let transport = Transport::new(
-        id,
+        Arc::clone(&auth),
         tokio::runtime::Handle::current(),
         reports,
         crate::MAX_PEER_FRAME,
@@ -201,6 +226,8 @@ pub async fn run_node(
         removed_peers: removed_peers.clone(),
         inbox: rx,
         inbox_tx: tx.clone(),
+        refusals: Arc::clone(&refusals),
+        cluster,
         logger: logger.clone(),
     })?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -213,27 +240,27 @@ pub async fn run_node(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let deliver_tx = tx.clone();
-    let deliver: crate::transport::Deliver = Arc::new(move |from, from_url: &str, msgs| {
+    let deliver: crate::transport::Deliver = Arc::new(move |delivery| {
         let removed = removed_peers
             .lock()
-            .map(|set| set.contains(&from))
+            .map(|set| set.contains(&delivery.from))
             .unwrap_or(false);
         if !removed {
-            let _ = deliver_tx.send(NodeMsg::Raft {
-                from,
-                from_url: from_url.to_string(),
-                msgs,
-            });
+            let _ = deliver_tx.send(NodeMsg::Raft(delivery));
         }
         removed
     });
     let peer_server = tokio::spawn({
         let (raft_url, logger, stop) = (me.raft.clone(), logger.clone(), stop_rx.clone());
+        let refuser = Arc::new(Refuser::new(Arc::clone(&refusals)));
+        let auth = Arc::clone(&auth);
         async move {
             transport::serve(
                 &raft_url,
                 crate::MAX_PEER_FRAME,
+                auth,
                 deliver,
+                refuser,
                 logger,
                 stopped(stop),
             )
@@ -243,8 +270,14 @@ pub async fn run_node(
     let clients = tokio::spawn({
         let (client_url, logger, stop) = (me.client.clone(), logger.clone(), stop_rx.clone());
         let handle = NodeHandle::new(tx.clone());
-        async move { crate::server::serve(&client_url, handle, logger, stopped(stop)).await }
+        let refuser = Arc::new(Refuser::new(Arc::clone(&refusals)));
+        async move { crate::server::serve(&client_url, handle, refuser, logger, stopped(stop)).await }
     });
+    let reload = tokio::spawn(reload_keys_on_hangup(
+        key_file.clone(),
+        Arc::clone(&auth),
+        logger.clone(),
+    ));
     info!(logger, "node running"; "raft" => &me.raft, "client" => &me.client,
         "data_dir" => %data_dir.display());
 
@@ -266,6 +299,7 @@ pub async fn run_node(
         },
     };
     let _ = stop_tx.send(true);
+    reload.abort();
     let _ = tx.send(NodeMsg::Shutdown);
     match &outcome {
         Err(e) => error!(logger, "node failed"; "err" => format!("{e:#}")),
@@ -275,6 +309,34 @@ pub async fn run_node(
     // Let the async log drain flush before the process exits.
     tokio::time::sleep(Duration::from_millis(50)).await;
     outcome
+}
+
+/// Re-reads the key file on every SIGHUP and puts its keys in force (a key rotation without a
+/// restart); a file that does not load, or names another cluster, is refused and the keys in
+/// force stay.
+async fn reload_keys_on_hangup(key_file: PathBuf, auth: Arc<PeerAuth>, logger: Logger) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        warn!(
+            logger,
+            "cannot listen for SIGHUP; key changes need a restart"
+        );
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let loaded = Keys::load(&key_file)
+            .map_err(|e| e.to_string())
+            .and_then(|keys| {
+                let summary = (keys.signing().fingerprint(), keys.all().len());
+                auth.key_ring().replace(keys).map(|()| summary)
+            });
+        match loaded {
+            Ok((signing, count)) => info!(logger, "reloaded the cluster key file";
+                "file" => %key_file.display(), "signing_key" => signing, "keys" => count),
+            Err(e) => error!(logger, "kept the keys in force: cannot reload the key file";
+                "file" => %key_file.display(), "err" => e),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -300,6 +362,17 @@ pub async fn up(
     cluster_path: &Path,
     log_level: &str,
 ) -> anyhow::Result<()> {
+    if !cluster.key_file.exists() {
+        let keys = Keys::generate();
+        keys.create(&cluster.key_file)?;
+        println!(
+            "created the cluster key file {} (cluster {}; mode 0600: keep it secret)",
+            cluster.key_file.display(),
+            keys.cluster
+        );
+    }
+    // Refuse a bad key file here, once, rather than in every node.
+    Keys::load(&cluster.key_file)?;
     let mut children = Vec::new();
     for n in &cluster.nodes {
         let child = tokio::process::Command::new(&exe)

@@ -12,6 +12,12 @@
 //! - [`snapshot`]: snapshot files (`<data_dir>/snapshots/`): atomic save, checked load with
 //!   fallback to the older kept snapshot, pruning.
 //! - [`transport`]: ZeroMQ peer transport, one long-lived REQ per peer into each peer's ROUTER.
+//! - [`keys`]: the cluster key file (cluster id, the keys that authenticate peers, rotation).
+//! - [`peer_auth`]: authenticated peer frames (MAC, cluster id, sender, receiver, replay numbers).
+//! - [`raft_check`]: checks on peer raft messages before raft-rs sees them.
+//! - [`guard`]: the frame guard in front of every listener (frame limits before allocation,
+//!   connection caps, handshake timeouts).
+//! - [`refusals`]: counters and sampled logging of everything refused.
 //! - [`machine`]: the state machine: the space, exactly-once client sessions, the applied index.
 //! - [`node`]: the one task that owns raft's `RawNode` and runs the ready loop.
 //! - [`server`]: the client endpoint, a ZeroMQ ROUTER speaking [`proto::Request`].
@@ -22,10 +28,15 @@
 
 pub mod client;
 pub mod config;
+pub mod guard;
+pub mod keys;
 pub mod launch;
 pub mod logging;
 pub mod machine;
 pub mod node;
+pub mod peer_auth;
+pub mod raft_check;
+pub mod refusals;
 pub mod server;
 pub mod snapshot;
 pub mod storage;

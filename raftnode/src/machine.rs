@@ -99,6 +99,8 @@ pub struct Machine {
     /// Every node id the log has removed. Ids are never reused: a node wiped and added again
     /// under its old id has forgotten its vote, and could vote twice in one term.
     removed_ids: BTreeSet<u64>,
+    /// The cluster this state belongs to, as the founding entries name it (0: not seen yet).
+    cluster_id: u64,
 }
 
 /// An error response.
@@ -178,6 +180,16 @@ impl Machine {
     /// Members and their addresses as the log last set them.
     pub fn members(&self) -> &[proto::Member] {
         &self.members
+    }
+
+    /// The cluster id the founding entries named (0: not known).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// Records the cluster id the founding entries name.
+    pub fn set_cluster_id(&mut self, id: u64) {
+        self.cluster_id = id;
     }
 
     /// Records node ids that a membership change entry removes.
@@ -494,6 +506,7 @@ impl Machine {
             sessions,
             members: self.members.clone(),
             removed_ids: self.removed_ids.iter().copied().collect(),
+            cluster_id: self.cluster_id,
         }
         .encode_to_vec()
     }
@@ -509,6 +522,7 @@ impl Machine {
             applied_term: state.applied_term,
             members: state.members,
             removed_ids: state.removed_ids.into_iter().collect(),
+            cluster_id: state.cluster_id,
             ..Machine::default()
         };
         for s in state.sessions {

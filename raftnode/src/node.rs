@@ -25,23 +25,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
-use protobuf::Message as _;
-use raft::eraftpb::{
-    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
-};
+use raft::eraftpb::{Entry, EntryType, Snapshot};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage as _};
 use slog::{Logger, error, info, warn};
 use tokio::sync::oneshot;
 use tuplespace::{Query, Template, TupleId};
 
+mod admission;
+mod membership;
+
 use crate::config::RaftSettings;
+use crate::keys::ClusterId;
 use crate::machine::{Applied, Completion, Machine, error};
-use crate::proto::{
-    self, Command, Found, IdTuple, TupleList, error::Code, member_change::Kind, response,
-};
+use crate::proto::{self, Command, Found, IdTuple, TupleList, error::Code, response};
+use crate::refusals::{Refusals, Refuser};
 use crate::snapshot::SnapshotStore;
 use crate::storage::{RaftStorage, StorageError};
-use crate::transport::{Report, Transport};
+use crate::transport::{Delivery, Report, Transport};
 
 /// Where a node's peers and clients reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,15 +81,8 @@ pub enum ReadOp {
 
 /// What the node's inbox carries.
 pub enum NodeMsg {
-    /// Raft messages from a peer, with the peer's id and raft endpoint (if it said).
-    Raft {
-        /// The sender.
-        from: u64,
-        /// Its raft endpoint, or empty.
-        from_url: String,
-        /// The messages.
-        msgs: Vec<Message>,
-    },
+    /// Raft messages from an authenticated peer, checked as far as the peer endpoint can.
+    Raft(Delivery),
     /// A failed (or finished snapshot) send, from the transport.
     Report(Report),
     /// A client write to propose; answered when this node applies it.
@@ -112,6 +105,8 @@ pub enum NodeMsg {
     ConfChange {
         /// The changes, applied in one step.
         changes: Vec<proto::MemberChange>,
+        /// Skip the checks an admin may override (caught-up learner, reachable quorum).
+        force: bool,
         /// Where the answer goes.
         reply: oneshot::Sender<proto::Response>,
     },
@@ -138,6 +133,15 @@ pub enum NodeError {
     /// A snapshot received from the leader could not be written to disk.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// Raft restored a snapshot whose state does not decode (the peer endpoint checks every
+    /// snapshot before raft sees it, so this is a bug, not an attack).
+    #[error("raft restored snapshot {index}, whose state does not decode: {detail}")]
+    BadSnapshot {
+        /// Its index.
+        index: u64,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// Why the node's loop ended without an error.
@@ -206,10 +210,18 @@ impl NodeHandle {
     pub async fn conf_change(
         &self,
         changes: Vec<proto::MemberChange>,
+        force: bool,
         timeout: Duration,
     ) -> proto::Response {
-        self.ask(|reply| NodeMsg::ConfChange { changes, reply }, timeout)
-            .await
+        self.ask(
+            |reply| NodeMsg::ConfChange {
+                changes,
+                force,
+                reply,
+            },
+            timeout,
+        )
+        .await
     }
 
     /// The node's status (with the space's digest if asked), or `None` if it has stopped.
@@ -258,14 +270,6 @@ const MAX_INBOX_BATCH: usize = 4096;
 /// How long a membership change may wait to be applied before its client is told to retry.
 const CONF_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a membership request comes to on the leader.
-enum ConfPlan {
-    /// Propose this change with this context (the added nodes' addresses).
-    Propose(ConfChangeV2, Vec<u8>),
-    /// The leader itself is being removed: hand leadership over first.
-    HandOver,
-}
-
 /// Everything a node starts from.
 pub struct NodeSetup {
     /// This node's id.
@@ -293,6 +297,10 @@ pub struct NodeSetup {
     pub inbox: Receiver<NodeMsg>,
     /// A sender into the inbox.
     pub inbox_tx: Sender<NodeMsg>,
+    /// What the node's parts refused, by kind (reported in the status).
+    pub refusals: Arc<Refusals>,
+    /// The cluster this node belongs to (from its key file).
+    pub cluster: ClusterId,
     /// The logger.
     pub logger: Logger,
 }
@@ -347,6 +355,14 @@ pub struct Node {
     /// Leader and role as last logged.
     known_leader: u64,
     known_role: StateRole,
+    /// Counts and logs the peer messages and requests this node refuses.
+    refuser: Refuser,
+    /// The cluster this node belongs to.
+    cluster: ClusterId,
+    /// A snapshot's state decoded by the peer endpoint, for the snapshot raft is restoring.
+    received_snapshot: Option<Box<Machine>>,
+    /// When each peer was last heard from (an admitted batch): who "answers now".
+    last_heard: HashMap<u64, Instant>,
     logger: Logger,
 }
 
@@ -366,6 +382,8 @@ impl Node {
             removed_peers,
             inbox,
             inbox_tx,
+            refusals,
+            cluster,
             logger,
         } = setup;
         let config = raft::Config {
@@ -427,6 +445,10 @@ impl Node {
             removed: false,
             known_leader: 0,
             known_role: StateRole::Follower,
+            refuser: Refuser::new(refusals),
+            cluster,
+            received_snapshot: None,
+            last_heard: HashMap::new(),
             logger,
         };
         let members = node.members();
@@ -512,19 +534,7 @@ impl Node {
     /// Handles one inbox message; false means stop.
     fn handle(&mut self, msg: NodeMsg) -> Result<bool, NodeError> {
         match msg {
-            NodeMsg::Raft {
-                from,
-                from_url,
-                msgs,
-            } => {
-                self.learn_peer(from, from_url);
-                for m in msgs {
-                    if let Err(e) = self.raw.step(m) {
-                        // Messages from removed or unknown peers, stale terms: raft says why.
-                        slog::debug!(self.logger, "raft refused a message"; "err" => %e);
-                    }
-                }
-            }
+            NodeMsg::Raft(delivery) => self.step_peer_messages(delivery),
             NodeMsg::Report(Report::Unreachable(peer)) => self.raw.report_unreachable(peer),
             NodeMsg::Report(Report::RemovedBy(peer)) => {
                 if self.was_member && !self.removed {
@@ -549,47 +559,15 @@ impl Node {
                 }
                 let _ = reply.send(status);
             }
-            NodeMsg::ConfChange { changes, reply } => self.propose_conf_change(changes, reply),
+            NodeMsg::ConfChange {
+                changes,
+                force,
+                reply,
+            } => self.propose_conf_change(changes, force, reply),
             NodeMsg::SnapshotSaved { snapshot, error } => self.snapshot_saved(*snapshot, error)?,
             NodeMsg::Shutdown => return Ok(false),
         }
         Ok(true)
-    }
-
-    /// A peer sent us raft messages: make sure we can answer it. A node that has just joined
-    /// knows no members yet; it dials the sender at the address its cluster file gives, or else
-    /// at the one the sender named. Peers this node has removed are not dialled again.
-    fn learn_peer(&mut self, from: u64, from_url: String) {
-        if from == 0 || from == self.id {
-            return;
-        }
-        if self
-            .removed_peers
-            .lock()
-            .map(|removed| removed.contains(&from))
-            .unwrap_or(false)
-        {
-            return;
-        }
-        let raft = match self.addresses.get(&from) {
-            Some(known) => known.raft.clone(),
-            None => {
-                if from_url.is_empty() || crate::config::check_endpoint(&from_url).is_err() {
-                    return;
-                }
-                info!(self.logger, "learned a peer's address"; "peer" => from, "raft" => &from_url);
-                self.addresses.insert(
-                    from,
-                    Address {
-                        raft: from_url.clone(),
-                        client: String::new(),
-                    },
-                );
-                from_url
-            }
-        };
-        // Does nothing when the transport already sends to it at that address.
-        self.transport.add_peer(from, raft);
     }
 
     fn stamp(&mut self) -> u64 {
@@ -771,14 +749,14 @@ impl Node {
 
     fn apply_snapshot(&mut self, snap: Snapshot) -> Result<(), NodeError> {
         let meta = snap.get_metadata().clone();
-        let machine = match Machine::decode(snap.get_data()) {
-            Ok(machine) => machine,
-            Err(e) => {
-                // A snapshot that does not decode is refused; raft will send another.
-                error!(self.logger, "refusing a snapshot from the leader that does not decode";
-                    "index" => meta.index, "err" => e);
-                return Ok(());
-            }
+        // The peer endpoint decoded and checked the state before raft saw the snapshot; a
+        // snapshot raft restored that was not checked there cannot be trusted.
+        let machine = match self.received_snapshot.take() {
+            Some(m) if m.applied_index() == meta.index && m.applied_term() == meta.term => *m,
+            _ => Machine::decode(snap.get_data()).map_err(|e| NodeError::BadSnapshot {
+                index: meta.index,
+                detail: e,
+            })?,
         };
         let started = Instant::now();
         let path = self.snapshots.save(
@@ -797,25 +775,6 @@ impl Node {
             "tuples" => self.machine.space().len(), "file" => %path.display(),
             "ms" => started.elapsed().as_millis() as u64);
         Ok(())
-    }
-
-    /// Takes the member addresses the machine holds (from a snapshot) into the address book and
-    /// the transport.
-    fn adopt_members(&mut self) {
-        for m in self.machine.members().to_vec() {
-            if m.id == 0 || m.id == self.id || m.raft_url.is_empty() || self.pinned.contains(&m.id)
-            {
-                continue;
-            }
-            self.addresses.insert(
-                m.id,
-                Address {
-                    raft: m.raft_url.clone(),
-                    client: m.client_url.clone(),
-                },
-            );
-            self.transport.add_peer(m.id, m.raft_url.clone());
-        }
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
@@ -845,332 +804,6 @@ impl Node {
             }
         }
         Ok(())
-    }
-
-    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), NodeError> {
-        let (cc, context) = if entry.get_entry_type() == EntryType::EntryConfChange {
-            let mut cc = ConfChange::default();
-            cc.merge_from_bytes(&entry.data)
-                .map_err(raft::Error::CodecError)?;
-            let context = cc.context.to_vec();
-            // A v1 change is one single change; carry it as v2.
-            let mut single = ConfChangeSingle::default();
-            single.set_change_type(cc.get_change_type());
-            single.node_id = cc.node_id;
-            let mut v2 = ConfChangeV2::default();
-            v2.set_changes(vec![single].into());
-            (v2, context)
-        } else {
-            let mut cc = ConfChangeV2::default();
-            cc.merge_from_bytes(&entry.data)
-                .map_err(raft::Error::CodecError)?;
-            let context = cc.context.to_vec();
-            (cc, context)
-        };
-        // raft-rs puts `propose_conf_change`'s context on the entry; older changes may carry it
-        // inside the change itself.
-        let context = if entry.context.is_empty() {
-            context
-        } else {
-            entry.context.to_vec()
-        };
-        if let Ok(added) = proto::Members::decode(context.as_slice()) {
-            for m in added.members {
-                if m.id != 0 && !m.raft_url.is_empty() && !self.pinned.contains(&m.id) {
-                    self.addresses.insert(
-                        m.id,
-                        Address {
-                            raft: m.raft_url,
-                            client: m.client_url,
-                        },
-                    );
-                }
-            }
-        }
-        // Removed ids come from the entry itself, so every replica (and a replay) records them.
-        self.machine.note_removed(
-            cc.changes
-                .iter()
-                .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
-                .map(|c| c.node_id),
-        );
-        if entry.index <= self.raw.store().conf_index() {
-            // Replaying the log after a restart: the stored conf state already holds this change.
-            slog::debug!(self.logger, "membership change already applied"; "index" => entry.index);
-            self.sync_members();
-            return Ok(());
-        }
-        let outcome = match self.raw.apply_conf_change(&cc) {
-            Ok(cs) => {
-                info!(self.logger, "membership changed";
-                    "index" => entry.index, "voters" => ?cs.voters, "learners" => ?cs.learners,
-                    "outgoing" => ?cs.voters_outgoing, "joint" => !cs.voters_outgoing.is_empty());
-                self.raw.mut_store().set_conf_state(&cs, entry.index)?;
-                self.sync_members();
-                None
-            }
-            Err(e) => {
-                error!(self.logger, "membership change refused"; "index" => entry.index, "err" => %e);
-                Some(e.to_string())
-            }
-        };
-        // The empty change that leaves a joint state answers nobody; the change this node proposed
-        // is the first conf entry applied after it.
-        if !cc.changes.is_empty()
-            && let Some((_, reply)) = self.pending_conf.take()
-        {
-            let resp = match outcome {
-                None => response(response::Result::Status(self.status())),
-                Some(e) => response(error(
-                    Code::Invalid,
-                    format!("membership change refused: {e}"),
-                )),
-            };
-            let _ = reply.send(self.with_hint(resp));
-        }
-        Ok(())
-    }
-
-    /// Brings the transport, the address book and the machine's member list in line with the
-    /// current configuration; notices when this node is no longer in it.
-    fn sync_members(&mut self) {
-        let members = self.members();
-        let mut list = Vec::new();
-        for &id in &members {
-            if let Some(addr) = self.addresses.get(&id).cloned() {
-                if id != self.id {
-                    self.transport.add_peer(id, addr.raft.clone());
-                }
-                list.push(proto::Member {
-                    id,
-                    raft_url: addr.raft,
-                    client_url: addr.client,
-                    ..Default::default()
-                });
-            }
-        }
-        // Removed: members of the previous configuration that are not in this one. (Peers this
-        // node only learned of, such as the leader of a cluster it is joining, are left alone.)
-        let gone: Vec<u64> = self.last_members.difference(&members).copied().collect();
-        let mut removed = self
-            .removed_peers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for &peer in &gone {
-            if peer != self.id {
-                self.transport.remove_peer(peer);
-                if members.contains(&self.id) {
-                    removed.insert(peer);
-                }
-            }
-        }
-        removed.retain(|id| !members.contains(id));
-        drop(removed);
-        self.last_members = members.clone();
-        self.machine.set_members(list);
-        // Only a node that was a member can be removed: a joining node replays configurations
-        // from before it was added.
-        if members.contains(&self.id) {
-            self.was_member = true;
-        } else if self.was_member {
-            self.removed = true;
-        }
-    }
-
-    /// A leader whose configuration is still joint (its predecessor left it so) proposes leaving.
-    fn leave_joint_if_stuck(&mut self, now: Instant) {
-        if self.raw.raft.state != StateRole::Leader
-            || self
-                .raw
-                .raft
-                .prs()
-                .conf()
-                .to_conf_state()
-                .voters_outgoing
-                .is_empty()
-            || self.raw.raft.has_pending_conf()
-            || self
-                .leave_proposed
-                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(2))
-        {
-            return;
-        }
-        info!(self.logger, "leaving the joint configuration");
-        if let Err(e) = self
-            .raw
-            .propose_conf_change(vec![], ConfChangeV2::default())
-        {
-            warn!(self.logger, "could not propose leaving the joint configuration"; "err" => %e);
-        }
-        self.leave_proposed = Some(now);
-    }
-
-    /// Proposes a membership change from a client; only the leader does.
-    fn propose_conf_change(
-        &mut self,
-        changes: Vec<proto::MemberChange>,
-        reply: oneshot::Sender<proto::Response>,
-    ) {
-        if self.raw.raft.state == StateRole::Leader && self.already_in_effect(&changes) {
-            // A retry of a change that was applied: answer, do not change anything.
-            let _ = reply.send(self.with_hint(response(response::Result::Status(self.status()))));
-            return;
-        }
-        let (cc, context) = match self.check_conf_change(&changes) {
-            Ok(ConfPlan::Propose(cc, context)) => (cc, context),
-            Ok(ConfPlan::HandOver) => return self.hand_over_leadership(reply, &changes),
-            Err((code, msg)) => {
-                let _ = reply.send(self.with_hint(response(error(code, msg))));
-                return;
-            }
-        };
-        match self.raw.propose_conf_change(context, cc) {
-            Ok(()) => {
-                info!(self.logger, "proposed a membership change"; "changes" => ?changes);
-                self.pending_conf = Some((Instant::now(), reply));
-            }
-            Err(e) => {
-                let resp = error(Code::Invalid, format!("membership change refused: {e}"));
-                let _ = reply.send(self.with_hint(response(resp)));
-            }
-        }
-    }
-
-    /// Whether the configuration already is what `changes` ask for (and is not joint).
-    fn already_in_effect(&self, changes: &[proto::MemberChange]) -> bool {
-        let cs = self.raw.raft.prs().conf().to_conf_state();
-        if !cs.voters_outgoing.is_empty() || changes.is_empty() {
-            return false;
-        }
-        changes.iter().all(|c| match Kind::try_from(c.kind) {
-            Ok(Kind::AddLearner) => cs.learners.contains(&c.id),
-            Ok(Kind::AddVoter) => cs.voters.contains(&c.id),
-            Ok(Kind::Remove) => !cs.voters.contains(&c.id) && !cs.learners.contains(&c.id),
-            Err(_) => false,
-        })
-    }
-
-    /// The change to propose and its context; `None` when the leader itself is being removed
-    /// (it hands leadership over first).
-    fn check_conf_change(
-        &self,
-        changes: &[proto::MemberChange],
-    ) -> Result<ConfPlan, (Code, String)> {
-        if self.raw.raft.state != StateRole::Leader {
-            return Err((Code::Unavailable, "not the leader; ask the leader".into()));
-        }
-        if changes.is_empty() {
-            return Err((Code::Invalid, "no changes given".into()));
-        }
-        if self.pending_conf.is_some()
-            || self.raw.raft.has_pending_conf()
-            || !self
-                .raw
-                .raft
-                .prs()
-                .conf()
-                .to_conf_state()
-                .voters_outgoing
-                .is_empty()
-        {
-            return Err((
-                Code::Unavailable,
-                "another membership change is in progress; retry when it is done".into(),
-            ));
-        }
-        let mut singles = Vec::new();
-        let mut added = Vec::new();
-        for c in changes {
-            if c.id == 0 {
-                return Err((Code::Invalid, "node id 0 is reserved".into()));
-            }
-            let kind = Kind::try_from(c.kind)
-                .map_err(|_| (Code::Invalid, format!("unknown change kind {}", c.kind)))?;
-            if kind == Kind::Remove && c.id == self.id {
-                return Ok(ConfPlan::HandOver);
-            }
-            let change_type = match kind {
-                Kind::AddLearner => ConfChangeType::AddLearnerNode,
-                Kind::AddVoter => ConfChangeType::AddNode,
-                Kind::Remove => ConfChangeType::RemoveNode,
-            };
-            if kind != Kind::Remove && self.machine.was_removed(c.id) {
-                return Err((
-                    Code::Invalid,
-                    format!(
-                        "node id {} was removed from this cluster and ids are never reused (a \
-                         node wiped and added again under its old id could vote twice in one \
-                         term); start the node with a new id",
-                        c.id
-                    ),
-                ));
-            }
-            if kind != Kind::Remove {
-                let valid = crate::config::check_endpoint(&c.raft_url).is_ok()
-                    && crate::config::check_endpoint(&c.client_url).is_ok();
-                if valid {
-                    added.push(proto::Member {
-                        id: c.id,
-                        raft_url: c.raft_url.clone(),
-                        client_url: c.client_url.clone(),
-                        ..Default::default()
-                    });
-                } else if !self.addresses.contains_key(&c.id) {
-                    return Err((
-                        Code::Invalid,
-                        format!(
-                            "node {} needs valid tcp://host:port raft and client endpoints",
-                            c.id
-                        ),
-                    ));
-                }
-            }
-            let mut single = ConfChangeSingle::default();
-            single.set_change_type(change_type);
-            single.node_id = c.id;
-            singles.push(single);
-        }
-        let mut cc = ConfChangeV2::default();
-        cc.set_changes(singles.into());
-        Ok(ConfPlan::Propose(
-            cc,
-            proto::Members { members: added }.encode_to_vec(),
-        ))
-    }
-
-    /// Removing the leader: hand leadership to the most caught-up other voter first; the client
-    /// retries at the new leader.
-    fn hand_over_leadership(
-        &mut self,
-        reply: oneshot::Sender<proto::Response>,
-        changes: &[proto::MemberChange],
-    ) {
-        let removing: BTreeSet<u64> = changes
-            .iter()
-            .filter(|c| c.kind == Kind::Remove as i32)
-            .map(|c| c.id)
-            .collect();
-        let cs = self.raw.raft.prs().conf().to_conf_state();
-        let target = cs
-            .voters
-            .iter()
-            .filter(|id| !removing.contains(id) && **id != self.id)
-            .max_by_key(|id| self.raw.raft.prs().get(**id).map_or(0, |p| p.matched))
-            .copied();
-        let msg = match target {
-            Some(to) => {
-                info!(self.logger, "handing leadership over before removing this node"; "to" => to);
-                self.raw.transfer_leader(to);
-                format!("this node is the leader; leadership is being handed to node {to}; retry")
-            }
-            None => "cannot remove the only voter".to_string(),
-        };
-        let code = if target.is_some() {
-            Code::Unavailable
-        } else {
-            Code::Invalid
-        };
-        let _ = reply.send(self.with_hint(response(error(code, msg))));
     }
 
     /// After applying: write a snapshot every `snapshot_entries` applied entries, or at once when
@@ -1423,6 +1056,8 @@ impl Node {
             first_index: store.first_index().unwrap_or(0),
             last_index: store.last_index().unwrap_or(0),
             digest: 0,
+            refused: self.refuser.counts.snapshot(),
+            cluster_id: self.cluster.0,
         }
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! One task receives frames; each request runs in its own task, so a blocking `in` never holds up
 //! anybody else, and answers go back through the ROUTER's send half by the client's identity.
-//! Every frame is size-checked and decoded defensively: a malformed request gets an `INVALID`
-//! answer, an oversized one `TOO_LARGE`, and neither ever stops the node. At most
-//! [`MAX_IN_FLIGHT`] requests run at once; beyond that clients are told `OVERLOADED`.
+//! The ROUTER listens behind the frame guard ([`crate::guard`]): a frame over
+//! [`crate::MAX_CLIENT_FRAME`] closes its connection before anything is allocated for it, and
+//! the identity a reply is routed by is the guard's tag for the connection, never the client's
+//! choice. Every frame is decoded defensively: a malformed request gets an `INVALID` answer and
+//! never stops the node. At most [`MAX_IN_FLIGHT`] requests run at once; beyond that clients are
+//! told `OVERLOADED`.
 
 // The error side of these results is the answer sent to the client, built once and moved along;
 // boxing it would only add an allocation to the error path.
@@ -12,12 +15,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
 use slog::{Logger, debug, info, warn};
+
+use crate::guard::{self, GuardConfig, Limits};
+use crate::refusals::Refuser;
 use tokio::sync::Semaphore;
 use tuplespace::{Query, TupleId};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -38,32 +43,61 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sending an answer to one client may take before it is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Client connections one node keeps (beyond it, the idlest is closed).
+pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
+
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind the client endpoint {endpoint}: {source}")]
+#[error("cannot bind the client endpoint {endpoint}: {reason}")]
 pub struct BindError {
     /// The endpoint.
     pub endpoint: String,
-    /// What zmq said.
-    pub source: zeromq::ZmqError,
+    /// Why.
+    pub reason: String,
+}
+
+/// What the guard in front of the client endpoint lets through.
+pub fn guard_config() -> GuardConfig {
+    let max_frame = crate::MAX_CLIENT_FRAME as u64;
+    GuardConfig {
+        name: "client",
+        limits: Limits {
+            max_frame,
+            // [empty delimiter, request] from a REQ; a DEALER may add its own delimiters.
+            max_message: max_frame + 1024,
+            max_frames_per_message: 4,
+            socket_types: &["REQ", "DEALER"],
+        },
+        max_connections: MAX_CLIENT_CONNECTIONS,
+        // Sixteen largest frames at once; small requests need none of it.
+        budget: 16 * max_frame,
+    }
 }
 
 /// Serves clients on `endpoint` until `shutdown` resolves.
 pub async fn serve(
     endpoint: &str,
     node: NodeHandle,
+    refuser: Arc<Refuser>,
     logger: Logger,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BindError> {
     let mut socket = zeromq::RouterSocket::new();
-    socket.bind(endpoint).await.map_err(|source| BindError {
+    let guarded = guard::bind_guarded(
+        &mut socket,
+        endpoint,
+        guard_config(),
+        Arc::clone(&refuser),
+        logger.clone(),
+    )
+    .await
+    .map_err(|reason| BindError {
         endpoint: endpoint.to_string(),
-        source,
+        reason,
     })?;
-    info!(logger, "serving clients"; "endpoint" => endpoint);
+    info!(logger, "serving clients"; "endpoint" => &guarded.endpoint);
     let (send, mut recv) = socket.split();
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let garbage = Arc::new(AtomicU64::new(0));
     tokio::pin!(shutdown);
     loop {
         let frames = tokio::select! {
@@ -79,9 +113,18 @@ pub async fn serve(
         // [identity, (empty delimiter,) payload]: everything before the payload is the envelope
         // the answer must carry back.
         if frames.len() < 2 {
-            log_garbage(&logger, &garbage, "a frame without an envelope");
+            let source = frames
+                .first()
+                .map_or_else(String::new, |id| guard::source_of(id));
+            refuser.refuse(
+                &logger,
+                "client.no_envelope",
+                &source,
+                "a frame without an envelope",
+            );
             continue;
         }
+        let source = guard::source_of(&frames[0]);
         let mut envelope = frames;
         let payload = envelope.pop().unwrap_or_default();
         let mut reply_to = Replier {
@@ -90,7 +133,7 @@ pub async fn serve(
             logger: logger.clone(),
         };
         if payload.len() > crate::MAX_CLIENT_FRAME {
-            log_garbage(&logger, &garbage, "an oversized frame");
+            refuser.refuse(&logger, "client.too_large", &source, "an oversized frame");
             let msg = format!(
                 "frame of {} bytes exceeds the limit of {} bytes",
                 payload.len(),
@@ -102,13 +145,19 @@ pub async fn serve(
         let request = match proto::Request::decode(payload) {
             Ok(r) => r,
             Err(e) => {
-                log_garbage(&logger, &garbage, "an undecodable request");
                 let msg = format!("undecodable request: {e}");
+                refuser.refuse(&logger, "client.undecodable", &source, &msg);
                 tokio::spawn(async move { reply_to.send(answer(error(Code::Invalid, msg))).await });
                 continue;
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuser.refuse(
+                &logger,
+                "client.overloaded",
+                &source,
+                "all request slots taken",
+            );
             tokio::spawn(async move {
                 reply_to
                     .send(answer(error(
@@ -126,18 +175,9 @@ pub async fn serve(
             drop(permit);
         });
     }
-    info!(logger, "client endpoint stopped"; "endpoint" => endpoint);
+    info!(logger, "client endpoint stopped"; "endpoint" => &guarded.endpoint);
+    drop(guarded);
     Ok(())
-}
-
-fn log_garbage(logger: &Logger, count: &AtomicU64, what: &str) {
-    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-    // The first few at warn, then every thousandth, so a flood cannot flood the log.
-    if n <= 10 || n.is_multiple_of(1000) {
-        warn!(logger, "refused a malformed client frame"; "what" => what, "total" => n);
-    } else {
-        debug!(logger, "refused a malformed client frame"; "what" => what, "total" => n);
-    }
 }
 
 struct Replier {
@@ -185,7 +225,9 @@ pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response 
     match plan(req) {
         Ok(Plan::Write(cmd, extra)) => node.write(cmd, COMMIT_TIMEOUT + extra).await,
         Ok(Plan::Read(op, extra)) => node.read(op, READ_TIMEOUT + extra).await,
-        Ok(Plan::ConfChange(changes)) => node.conf_change(changes, CONF_CHANGE_WAIT).await,
+        Ok(Plan::ConfChange(changes, force)) => {
+            node.conf_change(changes, force, CONF_CHANGE_WAIT).await
+        }
         Ok(Plan::Status(digest)) => match node.status(digest).await {
             Some(status) => answer(response::Result::Status(status)),
             None => answer(error(Code::Unavailable, "the node is shutting down")),
@@ -197,7 +239,7 @@ pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response 
 enum Plan {
     Write(Command, Duration),
     Read(ReadOp, Duration),
-    ConfChange(Vec<proto::MemberChange>),
+    ConfChange(Vec<proto::MemberChange>, bool),
     Status(bool),
 }
 
@@ -287,6 +329,6 @@ fn plan(req: proto::Request) -> Result<Plan, response::Result> {
             Duration::ZERO,
         )),
         Op::Status(s) => Ok(Plan::Status(s.digest)),
-        Op::ConfChange(cc) => Ok(Plan::ConfChange(cc.changes)),
+        Op::ConfChange(cc) => Ok(Plan::ConfChange(cc.changes, cc.force)),
     }
 }

@@ -19,6 +19,7 @@
 //! | `ConfState` | key `conf_state` (absent = empty: a node waiting for a snapshot) | `set_conf_state`, `apply_snapshot`, first open |
 //! | log boundary | key `log_boundary`: `SnapshotMetadata { index, term }` of the entry just before the first stored entry | `compact`, `apply_snapshot` |
 //! | latest snapshot | key `snapshot_meta`: the `SnapshotMetadata` (index, term, conf state) of the newest snapshot this node knows | `set_snapshot`, `apply_snapshot` |
+//! | identity | key `identity`: the cluster id this data dir belongs to and its incarnation (raised at every start) | [`RaftStorage::begin_incarnation`] |
 //!
 //! The log covers `(boundary.index, last_index]`: `first_index = boundary.index + 1` and
 //! `term(boundary.index) = boundary.term`, exactly as `MemStorage` treats its snapshot metadata,
@@ -77,6 +78,8 @@ const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 /// The log index of the entry that last set the conf state (in a SnapshotMetadata's `index`), so
 /// that a restart replaying the log does not apply a membership change twice.
 const KEY_CONF_INDEX: &[u8] = b"conf_index";
+/// The data dir's cluster id and incarnation: 16 bytes, two little-endian `u64`s.
+const KEY_IDENTITY: &[u8] = b"identity";
 
 /// Entries read per call while scanning the log on open.
 const SCAN_CHUNK: u64 = 1024;
@@ -142,6 +145,20 @@ pub enum StorageError {
         index: u64,
         /// The index just before the first entry of the log.
         boundary: u64,
+    },
+    /// The data dir belongs to another cluster than the key file names.
+    #[error(
+        "data dir {} belongs to cluster {stored:016x}, but the key file is for cluster {given:016x}: \
+         wrong key file or wrong data dir?",
+        dir.display()
+    )]
+    WrongCluster {
+        /// The data dir.
+        dir: PathBuf,
+        /// The cluster it recorded on its first start.
+        stored: u64,
+        /// The cluster of the key file given now.
+        given: u64,
     },
     /// A call that would break raft's invariants (a hole in the log, compacting uncommitted
     /// entries, ...). Nothing was written.
@@ -602,7 +619,7 @@ impl RaftStorage {
     /// that joins later and replays the log from the start sees the same configurations.
     ///
     /// Does nothing unless the storage is fresh (no term, no entries) and `voters` is non-empty.
-    pub fn bootstrap(&mut self, voters: &[u64]) -> Result<(), StorageError> {
+    pub fn bootstrap(&mut self, voters: &[u64], cluster_id: u64) -> Result<(), StorageError> {
         if voters.is_empty() || self.state.hard_state.term != 0 || self.last() != 0 {
             return Ok(());
         }
@@ -614,6 +631,12 @@ impl RaftStorage {
             let mut cc = raft::eraftpb::ConfChange::default();
             cc.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
             cc.node_id = id;
+            // The founding entries name the cluster, so the log itself says whose it is.
+            cc.context = prost::Message::encode_to_vec(&crate::proto::Members {
+                members: Vec::new(),
+                cluster_id,
+            })
+            .into();
             let data =
                 protobuf::Message::write_to_bytes(&cc).map_err(|e| StorageError::Corrupt {
                     path: self.data_dir.clone(),
@@ -640,6 +663,47 @@ impl RaftStorage {
         };
         self.set_conf_state(&cs, last)?;
         Ok(())
+    }
+
+    /// Records on first start that this data dir belongs to `cluster`, refuses (`WrongCluster`)
+    /// a data dir of another cluster, and raises the dir's incarnation: a number that grows at
+    /// every start (synced), so the batches a node sends after a restart are numbered after
+    /// every batch it sent before, and peers can refuse replayed ones.
+    pub fn begin_incarnation(&mut self, cluster: u64) -> Result<u64, StorageError> {
+        let stored = self.engine.get(REGION_ID, KEY_IDENTITY);
+        let previous = match stored.as_deref() {
+            None => 0,
+            Some(bytes) if bytes.len() == 16 => {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(&bytes[..8]);
+                let stored = u64::from_le_bytes(le);
+                if stored != cluster {
+                    return Err(self.fail(StorageError::WrongCluster {
+                        dir: self.data_dir.clone(),
+                        stored,
+                        given: cluster,
+                    }));
+                }
+                le.copy_from_slice(&bytes[8..]);
+                u64::from_le_bytes(le)
+            }
+            Some(bytes) => {
+                return Err(self.invalid(format!(
+                    "the stored identity is {} bytes, not 16",
+                    bytes.len()
+                )));
+            }
+        };
+        let incarnation = previous + 1;
+        let mut value = Vec::with_capacity(16);
+        value.extend_from_slice(&cluster.to_le_bytes());
+        value.extend_from_slice(&incarnation.to_le_bytes());
+        let mut batch = LogBatch::default();
+        batch
+            .put(REGION_ID, KEY_IDENTITY.to_vec(), value)
+            .map_err(|e| self.engine_err("cannot record the identity", e))?;
+        self.write(&mut batch, "cannot record the identity")?;
+        Ok(incarnation)
     }
 
     // ---- getters ----
@@ -870,6 +934,11 @@ impl RaftStorage {
         // Clean drops the whole raft group (entries and keys); everything is put back after it,
         // in the same batch.
         batch.add_command(REGION_ID, Command::Clean);
+        if let Some(identity) = self.engine.get(REGION_ID, KEY_IDENTITY) {
+            batch
+                .put(REGION_ID, KEY_IDENTITY.to_vec(), identity)
+                .map_err(|e| self.engine_err("cannot keep the identity", e))?;
+        }
         self.put(
             &mut batch,
             KEY_HARD_STATE,
@@ -1207,7 +1276,7 @@ mod tests {
     fn bootstrap_puts_the_founding_membership_in_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RaftStorage::open(dir.path(), &[3, 1, 2], logger()).unwrap();
-        s.bootstrap(&[3, 1, 2]).unwrap();
+        s.bootstrap(&[3, 1, 2], 7).unwrap();
         assert_eq!(s.last_index().unwrap(), 3);
         assert_eq!(s.hard_state().commit, 3);
         assert_eq!(s.hard_state().term, 1);
@@ -1232,9 +1301,29 @@ mod tests {
         // A second bootstrap (a restart) changes nothing.
         drop(s);
         let mut s = RaftStorage::open(dir.path(), &[1, 2, 3], logger()).unwrap();
-        s.bootstrap(&[1, 2, 3]).unwrap();
+        s.bootstrap(&[1, 2, 3], 7).unwrap();
         assert_eq!(s.last_index().unwrap(), 3);
         assert_eq!(s.conf_index(), 3);
+    }
+
+    #[test]
+    fn identity_is_recorded_raised_and_kept_through_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RaftStorage::open(dir.path(), &[1], logger()).unwrap();
+        assert_eq!(s.begin_incarnation(0xabc).unwrap(), 1);
+        drop(s);
+        let mut s = RaftStorage::open(dir.path(), &[1], logger()).unwrap();
+        assert_eq!(s.begin_incarnation(0xabc).unwrap(), 2);
+        let err = s.begin_incarnation(0xdef).unwrap_err().to_string();
+        assert!(
+            err.contains("0000000000000abc") && err.contains("0000000000000def"),
+            "{err}"
+        );
+        s.apply_snapshot(&snap(10, 2, vec![1], b"state")).unwrap();
+        drop(s);
+        let mut s = RaftStorage::open(dir.path(), &[1], logger()).unwrap();
+        assert_eq!(s.begin_incarnation(0xabc).unwrap(), 3, "kept through Clean");
+        assert!(s.begin_incarnation(0xdef).is_err());
     }
 
     /// A logger that keeps the messages, to check what an operator would see.

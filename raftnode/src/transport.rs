@@ -39,7 +39,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -49,7 +49,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use zeromq::{ReqSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
+use crate::guard::{self, GuardConfig, GuardHandle, Guarded, Limits};
+use crate::machine::Machine;
+use crate::peer_auth::{self, Header, PeerAuth, ReplayGuard};
 use crate::proto::{RaftAck, RaftBatch};
+use crate::raft_check;
+use crate::refusals::Refuser;
 
 /// How long zmq.rs may spend connecting (TCP and ZMTP handshake). A frozen peer completes the
 /// TCP handshake through the kernel but never the ZMTP one; the default of 30 s would stall the
@@ -70,11 +75,11 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A peer that disconnected must not hold up the server loop.
 const REPLY_TIMEOUT: Duration = Duration::from_millis(500);
-/// A `RaftAck` is a few bytes; anything larger is not one.
-const MAX_ACK_FRAME: usize = 64;
-/// How many malformed frames per window are logged at warning level; the rest go to debug.
-const GARBAGE_WARNINGS_PER_WINDOW: u32 = 5;
-const GARBAGE_WINDOW: Duration = Duration::from_secs(10);
+/// A `RaftAck` is a few bytes after its authenticated header; anything larger is not one.
+const MAX_ACK_FRAME: usize = peer_auth::HEADER_LEN + 64;
+/// Connections the raft endpoint keeps (a handful of peers; the rest are strays or attackers,
+/// the idlest of which make room).
+const MAX_PEER_CONNECTIONS: usize = 64;
 
 /// What the transport tells raft about messages it could not deliver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,22 +102,34 @@ pub enum Report {
 /// (forward into the node's inbox).
 pub type ReportSink = Arc<dyn Fn(Report) + Send + Sync>;
 
-/// Receives the decoded raft messages of one batch with the batch's sender id and the sender's
-/// raft endpoint (empty if it did not say), and answers whether that sender has been removed from
-/// the cluster (the acknowledgement tells it). Called from the server loop: it must not block
-/// (forward into the node's inbox).
-pub type Deliver = Arc<dyn Fn(u64, &str, Vec<Message>) -> bool + Send + Sync>;
+/// The checked raft messages of one authenticated batch.
+pub struct Delivery {
+    /// The authenticated sender.
+    pub from: u64,
+    /// The sender's raft endpoint as it says (empty if it did not).
+    pub from_url: String,
+    /// The messages, each checked by [`raft_check::check_envelope`].
+    pub msgs: Vec<Message>,
+    /// The decoded state of a `MsgSnapshot` among them (checked by
+    /// [`raft_check::check_snapshot`]), so the node need not decode it again.
+    pub snapshot: Option<Box<Machine>>,
+}
+
+/// Receives each [`Delivery`] and answers whether its sender has been removed from the cluster
+/// (the acknowledgement tells it). Called from the server loop: it must not block (forward into
+/// the node's inbox).
+pub type Deliver = Arc<dyn Fn(Delivery) -> bool + Send + Sync>;
 
 /// Why the transport failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The raft endpoint could not be bound (malformed URL, address in use, no permission).
-    #[error("cannot bind the raft endpoint {endpoint}: {source}")]
+    #[error("cannot bind the raft endpoint {endpoint}: {reason}")]
     Bind {
         /// The endpoint asked for.
         endpoint: String,
-        /// What zmq.rs said.
-        source: zeromq::ZmqError,
+        /// Why.
+        reason: String,
     },
     /// A peer's endpoint could not be connected.
     #[error("cannot connect to peer endpoint {endpoint}: {source}")]
@@ -168,6 +185,8 @@ struct PeerHandle {
 /// raft loop. Dropping the transport stops every peer task.
 pub struct Transport {
     self_id: u64,
+    /// Seals every batch.
+    auth: Arc<PeerAuth>,
     /// This node's own raft endpoint, sent in every batch so new nodes can answer.
     self_url: String,
     runtime: tokio::runtime::Handle,
@@ -178,17 +197,18 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A transport for node `self_id` with no peers yet. Batches are kept within `max_frame`
-    /// encoded bytes (the receiving [`Server`] must accept at least that much).
+    /// A transport for the node `auth` speaks for, with no peers yet. Batches are kept within
+    /// `max_frame` bytes (the receiving [`Server`] must accept at least that much).
     pub fn new(
-        self_id: u64,
+        auth: Arc<PeerAuth>,
         runtime: tokio::runtime::Handle,
         reports: ReportSink,
         max_frame: usize,
         logger: Logger,
     ) -> Self {
         Transport {
-            self_id,
+            self_id: auth.me(),
+            auth,
             self_url: String::new(),
             runtime,
             reports,
@@ -222,7 +242,7 @@ impl Transport {
         }
         let (queue, rx) = mpsc::unbounded_channel();
         let task = PeerTask {
-            self_id: self.self_id,
+            auth: Arc::clone(&self.auth),
             self_url: self.self_url.clone(),
             peer: id,
             url: raft_url.clone(),
@@ -308,19 +328,15 @@ fn field_len(len: usize) -> usize {
     1 + prost::encoding::encoded_len_varint(len as u64) + len
 }
 
-/// The encoded size of a `RaftBatch`'s `from` field (absent when 0, as proto3 omits defaults).
-fn header_len(from: u64, from_url: &str) -> usize {
-    let id = if from == 0 {
-        0
-    } else {
-        1 + prost::encoding::encoded_len_varint(from)
-    };
+/// The size of a frame before its messages: the authenticated header and the `RaftBatch`'s
+/// `from_url` field (absent when empty, as proto3 omits defaults).
+fn header_len(from_url: &str) -> usize {
     let url = if from_url.is_empty() {
         0
     } else {
         field_len(from_url.len())
     };
-    id + url
+    peer_auth::HEADER_LEN + url
 }
 
 /// Timeouts grow with the batch so that a large snapshot is not taken for a dead peer.
@@ -329,7 +345,7 @@ fn scaled(base: Duration, bytes: usize) -> Duration {
 }
 
 struct PeerTask {
-    self_id: u64,
+    auth: Arc<PeerAuth>,
     self_url: String,
     peer: u64,
     url: String,
@@ -400,13 +416,13 @@ impl PeerTask {
             let sent = batch.messages.len();
             let snapshots = batch.snapshots;
             let payload = RaftBatch {
-                from: self.self_id,
                 messages: batch.messages,
                 from_url: self.self_url.clone(),
             }
             .encode_to_vec();
+            let (frame, header) = self.auth.seal_batch(self.peer, &payload);
 
-            match exchange(&mut live, &self.url, payload).await {
+            match exchange(&mut live, &self.url, frame, &header, &self.auth).await {
                 Ok(RaftAck {
                     accepted,
                     sender_removed,
@@ -452,7 +468,7 @@ impl PeerTask {
                 return None;
             }
         };
-        if header_len(self.self_id, &self.self_url) + field_len(bytes.len()) > self.max_frame {
+        if header_len(&self.self_url) + field_len(bytes.len()) > self.max_frame {
             error!(self.logger, "raft message larger than the frame limit; dropping it";
                 "type" => ?msg.get_msg_type(), "bytes" => bytes.len(), "max_frame" => self.max_frame);
             self.report_dropped(snapshot);
@@ -478,7 +494,7 @@ impl PeerTask {
     /// Adds what is queued to `first` while it fits in a frame; returns the batch and the first
     /// message that did not fit.
     fn fill(&mut self, first: Outgoing) -> (Batch, Option<Outgoing>) {
-        let mut size = header_len(self.self_id, &self.self_url) + field_len(first.bytes.len());
+        let mut size = header_len(&self.self_url) + field_len(first.bytes.len());
         let mut batch = Batch::of(first);
         while let Ok(msg) = self.rx.try_recv() {
             let Some(next) = self.encode(msg) else {
@@ -554,11 +570,13 @@ async fn connect(url: &str) -> Result<ReqSocket, TransportError> {
     }
 }
 
-/// One request and its acknowledgement.
+/// One request and its acknowledgement (which must authenticate as the answer to `request`).
 async fn exchange(
     socket: &mut ReqSocket,
     url: &str,
     payload: Vec<u8>,
+    request: &Header,
+    auth: &PeerAuth,
 ) -> Result<RaftAck, TransportError> {
     let len = payload.len();
     let send_timeout = scaled(SEND_TIMEOUT, len);
@@ -608,91 +626,89 @@ async fn exchange(
     if frame.len() > MAX_ACK_FRAME {
         return Err(bad(format!("{} bytes", frame.len())));
     }
-    RaftAck::decode(frame).map_err(|err| bad(err.to_string()))
+    let ack = auth
+        .open_ack(request, frame)
+        .map_err(|err| bad(err.to_string()))?;
+    RaftAck::decode(ack).map_err(|err| bad(err.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Receiving side.
 
-/// Lets the first few malformed frames of each window through at warning level, so a confused or
-/// hostile sender cannot flood the log.
-struct Throttle {
-    window_start: Instant,
-    warned: u32,
-    suppressed: u64,
-}
-
-impl Throttle {
-    fn new() -> Self {
-        Throttle {
-            window_start: Instant::now(),
-            warned: 0,
-            suppressed: 0,
-        }
-    }
-
-    fn warn(&mut self, logger: &Logger, what: &str, detail: &str) {
-        if self.window_start.elapsed() >= GARBAGE_WINDOW {
-            if self.suppressed > 0 {
-                warn!(logger, "more malformed raft frames were logged at debug level";
-                    "count" => self.suppressed);
-            }
-            self.window_start = Instant::now();
-            self.warned = 0;
-            self.suppressed = 0;
-        }
-        if self.warned < GARBAGE_WARNINGS_PER_WINDOW {
-            self.warned += 1;
-            warn!(logger, "malformed raft frame"; "problem" => what, "detail" => detail);
-        } else {
-            self.suppressed += 1;
-            debug!(logger, "malformed raft frame"; "problem" => what, "detail" => detail);
-        }
-    }
-}
-
-/// The receiving side of the peer transport: a bound ROUTER.
+/// The receiving side of the peer transport: a ROUTER behind the frame guard.
 pub struct Server {
     socket: RouterSocket,
-    endpoint: String,
-    max_frame: usize,
+    guarded: Guarded,
+    auth: Arc<PeerAuth>,
+    replays: ReplayGuard,
     deliver: Deliver,
+    refuser: Arc<Refuser>,
     logger: Logger,
-    garbage: Throttle,
+}
+
+/// What the guard in front of the raft endpoint lets through.
+pub fn guard_config(max_frame: usize) -> GuardConfig {
+    let max_frame = max_frame as u64;
+    GuardConfig {
+        name: "raft",
+        limits: Limits {
+            max_frame,
+            // A REQ sends an empty delimiter and one payload frame.
+            max_message: max_frame,
+            max_frames_per_message: 2,
+            socket_types: &["REQ"],
+        },
+        max_connections: MAX_PEER_CONNECTIONS,
+        // One frame of the largest size and some room for the others.
+        budget: max_frame + (32 << 20),
+    }
 }
 
 impl Server {
-    /// Binds a ROUTER on `bind_url`. Frames larger than `max_frame` are refused; decoded batches
-    /// go to `deliver`.
+    /// Binds `bind_url` behind a frame guard (frames larger than `max_frame` close their
+    /// connection before anything is allocated for them). Authenticated batches go to
+    /// `deliver`; everything else is refused, counted and logged.
     pub async fn bind(
         bind_url: &str,
         max_frame: usize,
+        auth: Arc<PeerAuth>,
         deliver: Deliver,
+        refuser: Arc<Refuser>,
         logger: Logger,
     ) -> Result<Server, TransportError> {
         let mut socket = RouterSocket::new();
-        let bound = socket
-            .bind(bind_url)
-            .await
-            .map_err(|source| TransportError::Bind {
-                endpoint: bind_url.to_owned(),
-                source,
-            })?;
-        let endpoint = bound.to_string();
-        let logger = logger.new(o!("raft_endpoint" => endpoint.clone()));
+        let guarded = guard::bind_guarded(
+            &mut socket,
+            bind_url,
+            guard_config(max_frame),
+            Arc::clone(&refuser),
+            logger.clone(),
+        )
+        .await
+        .map_err(|reason| TransportError::Bind {
+            endpoint: bind_url.to_owned(),
+            reason,
+        })?;
+        let logger = logger.new(o!("raft_endpoint" => guarded.endpoint.clone()));
         Ok(Server {
             socket,
-            endpoint,
-            max_frame,
+            guarded,
+            auth,
+            replays: ReplayGuard::new(),
             deliver,
+            refuser,
             logger,
-            garbage: Throttle::new(),
         })
     }
 
     /// The endpoint actually bound (with the port resolved when asked for port 0).
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.guarded.endpoint
+    }
+
+    /// For closing connections (tests, and the node when a peer is removed).
+    pub fn guard(&self) -> GuardHandle {
+        self.guarded.handle.clone()
     }
 
     /// Serves until `shutdown` completes, then unbinds.
@@ -715,14 +731,9 @@ impl Server {
                     continue;
                 }
             };
-            let Some((identity, accepted, sender_removed)) = self.handle(request) else {
+            let Some((identity, ack)) = self.handle(request).await else {
                 continue;
             };
-            let ack = RaftAck {
-                accepted,
-                sender_removed,
-            }
-            .encode_to_vec();
             let reply = ZmqMessage::try_from(vec![identity, Bytes::new(), Bytes::from(ack)]);
             let Ok(reply) = reply else {
                 continue;
@@ -738,80 +749,141 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.close()).await;
     }
 
-    /// Checks and decodes one request. Returns whom to reply to and how many messages were
-    /// delivered, or `None` when the envelope is not one a REQ would send (no reply possible).
-    fn handle(&mut self, request: ZmqMessage) -> Option<(Bytes, u32, bool)> {
+    /// Counts, logs and refuses what came from `identity`, and closes its connection: a peer
+    /// that sends something unauthenticated is not a peer.
+    fn refuse(&self, identity: &[u8], kind: &'static str, detail: &str) {
+        self.refuser
+            .refuse(&self.logger, kind, &guard::source_of(identity), detail);
+        self.guarded.handle.close(identity);
+    }
+
+    /// Authenticates, decodes and checks one request; returns whom to answer and the sealed
+    /// acknowledgement, or `None` when nothing may be answered (the connection is then closed).
+    async fn handle(&mut self, request: ZmqMessage) -> Option<(Bytes, Vec<u8>)> {
         let mut frames = request.into_vecdeque();
         let identity = frames.pop_front()?;
-        match frames.pop_front() {
-            Some(delimiter) if delimiter.is_empty() => {}
-            _ => {
-                self.garbage.warn(
-                    &self.logger,
-                    "envelope without the REQ delimiter; dropped unanswered",
-                    &format!("{} frames", frames.len() + 2),
-                );
+        let delimiter = frames.pop_front();
+        let payload = frames.pop_front();
+        let (Some(delimiter), Some(payload), None) = (delimiter, payload, frames.pop_front())
+        else {
+            self.refuse(&identity, "peer.bad_envelope", "not [delimiter, batch]");
+            return None;
+        };
+        if !delimiter.is_empty() {
+            self.refuse(&identity, "peer.bad_envelope", "no empty REQ delimiter");
+            return None;
+        }
+        let (header, body) = match self.auth.open_batch(&payload) {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                self.refuse(&identity, refusal.kind(), &refusal.to_string());
                 return None;
             }
+        };
+        if let Err(refusal) = self.replays.admit(&header) {
+            self.refuse(&identity, refusal.kind(), &refusal.to_string());
+            return None;
         }
-        if frames.len() != 1 {
-            let detail = format!("{} payload frames, expected 1", frames.len());
-            self.garbage
-                .warn(&self.logger, "wrong frame count", &detail);
-            return Some((identity, 0, false));
-        }
-        let payload = frames.pop_front().unwrap_or_default();
-        if payload.len() > self.max_frame {
-            let detail = format!("{} bytes > {}", payload.len(), self.max_frame);
-            self.garbage.warn(&self.logger, "frame too large", &detail);
-            return Some((identity, 0, false));
-        }
-        let batch = match RaftBatch::decode(payload.as_ref()) {
+        let batch = match RaftBatch::decode(body) {
             Ok(batch) => batch,
             Err(err) => {
-                self.garbage
-                    .warn(&self.logger, "undecodable RaftBatch", &err.to_string());
-                return Some((identity, 0, false));
+                let detail = format!("undecodable RaftBatch from node {}: {err}", header.from);
+                self.refuse(&identity, "peer.bad_batch", &detail);
+                return None;
             }
         };
-        if batch.from == 0 {
-            self.garbage
-                .warn(&self.logger, "RaftBatch without a sender id", "from = 0");
-            return Some((identity, 0, false));
+        let delivery = self.check(&header, batch).await;
+        let accepted = u32::try_from(delivery.msgs.len()).unwrap_or(u32::MAX);
+        let removed = !delivery.msgs.is_empty() && (self.deliver)(delivery);
+        let ack = RaftAck {
+            accepted,
+            sender_removed: removed,
         }
-        let mut good = Vec::with_capacity(batch.messages.len());
-        let mut skipped = 0usize;
-        let mut last_error = None;
+        .encode_to_vec();
+        Some((identity, self.auth.seal_ack(&header, &ack)))
+    }
+
+    /// Decodes every message of an authenticated batch and keeps those that pass the checks
+    /// that need no raft state; a snapshot's data is decoded and checked on a blocking thread.
+    async fn check(&self, header: &Header, batch: RaftBatch) -> Delivery {
+        let from = header.from;
+        let source = format!("node {from}");
+        let mut msgs = Vec::with_capacity(batch.messages.len());
+        let mut snapshot = None;
         for bytes in &batch.messages {
-            match <Message as protobuf::Message>::parse_from_bytes(bytes) {
-                Ok(msg) => good.push(msg),
+            let msg = match <Message as protobuf::Message>::parse_from_bytes(bytes) {
+                Ok(msg) => msg,
                 Err(err) => {
-                    skipped += 1;
-                    last_error = Some(err);
+                    self.refuser.refuse(
+                        &self.logger,
+                        "raft.undecodable",
+                        &source,
+                        &err.to_string(),
+                    );
+                    continue;
                 }
+            };
+            if let Err(refusal) = raft_check::check_envelope(&msg, from, self.auth.me()) {
+                self.refuser
+                    .refuse(&self.logger, refusal.kind(), &source, &refusal.to_string());
+                continue;
             }
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                if snapshot.is_some() {
+                    self.refuser.refuse(
+                        &self.logger,
+                        "raft.invariant",
+                        &source,
+                        "a second snapshot in one batch",
+                    );
+                    continue;
+                }
+                let cluster = self.auth.keys().cluster;
+                let (checked, msg) = tokio::task::spawn_blocking(move || {
+                    (raft_check::check_snapshot(&msg, cluster), msg)
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    (
+                        Err(format!("snapshot check failed: {e}")),
+                        Message::default(),
+                    )
+                });
+                match checked {
+                    Ok(machine) => {
+                        snapshot = Some(Box::new(machine));
+                        msgs.push(msg);
+                    }
+                    Err(why) => {
+                        self.refuser
+                            .refuse(&self.logger, "raft.bad_snapshot", &source, &why);
+                    }
+                }
+                continue;
+            }
+            msgs.push(msg);
         }
-        if let Some(err) = last_error {
-            let detail = format!("{skipped} from node {}, last: {err}", batch.from);
-            self.garbage
-                .warn(&self.logger, "undecodable raft messages skipped", &detail);
+        Delivery {
+            from,
+            from_url: batch.from_url,
+            msgs,
+            snapshot,
         }
-        let accepted = u32::try_from(good.len()).unwrap_or(u32::MAX);
-        let removed = !good.is_empty() && (self.deliver)(batch.from, &batch.from_url, good);
-        Some((identity, accepted, removed))
     }
 }
 
-/// Binds a ROUTER on `bind_url` and hands every well-formed batch of raft messages to `deliver`
-/// until `shutdown` completes. Fails only if the endpoint cannot be bound.
+/// Binds a guarded ROUTER on `bind_url` and hands every authenticated, checked batch of raft
+/// messages to `deliver` until `shutdown` completes. Fails only if the endpoint cannot be bound.
 pub async fn serve(
     bind_url: &str,
     max_frame: usize,
+    auth: Arc<PeerAuth>,
     deliver: Deliver,
+    refuser: Arc<Refuser>,
     logger: Logger,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TransportError> {
-    let server = Server::bind(bind_url, max_frame, deliver, logger).await?;
+    let server = Server::bind(bind_url, max_frame, auth, deliver, refuser, logger).await?;
     server.run(shutdown).await;
     Ok(())
 }
@@ -819,11 +891,35 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{KeyRing, Keys};
+    use crate::refusals::Refusals;
+    use std::time::Instant;
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-    use zeromq::DealerSocket;
 
     const MAX: usize = 1 << 20;
     const LIMIT: Duration = Duration::from_secs(30);
+
+    /// One cluster key for every test here.
+    fn keys() -> Keys {
+        static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+        KEYS.get_or_init(Keys::generate).clone()
+    }
+
+    fn auth(id: u64) -> Arc<PeerAuth> {
+        PeerAuth::new(KeyRing::new(keys()), id, 1)
+    }
+
+    /// Node 1's transport, in a later incarnation than `auth(1)` (whose batches tests send by
+    /// hand), as after a restart.
+    fn transport(sink: ReportSink, max_frame: usize) -> Transport {
+        Transport::new(
+            PeerAuth::new(KeyRing::new(keys()), 1, 2),
+            tokio::runtime::Handle::current(),
+            sink,
+            max_frame,
+            logger(),
+        )
+    }
 
     fn logger() -> Logger {
         crate::logging::discard()
@@ -836,6 +932,16 @@ mod tests {
         m.to = to;
         m.term = 3;
         m.index = index;
+        m
+    }
+
+    /// A snapshot whose state decodes (the receiver checks it).
+    fn valid_snapshot_msg(to: u64) -> Message {
+        let mut m = snapshot_msg(to, 0);
+        let mut machine = Machine::new();
+        machine.mark_applied(42, 3);
+        m.mut_snapshot().set_data(machine.encode().into());
+        m.mut_snapshot().mut_metadata().term = 3;
         m
     }
 
@@ -861,27 +967,49 @@ mod tests {
 
     fn deliverer() -> (Deliver, Delivered) {
         let (tx, rx) = unbounded_channel();
-        let deliver: Deliver = Arc::new(move |from, _url: &str, msgs| {
-            let _ = tx.send((from, msgs));
+        let deliver: Deliver = Arc::new(move |d: Delivery| {
+            let _ = tx.send((d.from, d.msgs));
             false
         });
         (deliver, rx)
     }
 
-    /// A server on a fresh port, running until the returned sender is dropped or fired.
+    /// Node 2's server on a fresh port, running until the returned sender is dropped or fired.
     async fn start_server(
         max_frame: usize,
     ) -> (String, Delivered, tokio::sync::oneshot::Sender<()>) {
+        let (url, delivered, stop, _) = start_counting_server(max_frame).await;
+        (url, delivered, stop)
+    }
+
+    /// [`start_server`], also returning what it refused.
+    async fn start_counting_server(
+        max_frame: usize,
+    ) -> (
+        String,
+        Delivered,
+        tokio::sync::oneshot::Sender<()>,
+        Arc<Refusals>,
+    ) {
         let (deliver, delivered) = deliverer();
-        let server = Server::bind("tcp://127.0.0.1:0", max_frame, deliver, logger())
-            .await
-            .expect("bind");
+        let refusals = Arc::new(Refusals::new());
+        let refuser = Arc::new(Refuser::new(Arc::clone(&refusals)));
+        let server = Server::bind(
+            "tcp://127.0.0.1:0",
+            max_frame,
+            auth(2),
+            deliver,
+            refuser,
+            logger(),
+        )
+        .await
+        .expect("bind");
         let url = server.endpoint().to_owned();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        (url, delivered, stop)
+        (url, delivered, stop, refusals)
     }
 
     fn free_port_url() -> String {
@@ -901,42 +1029,56 @@ mod tests {
         batches
     }
 
-    async fn raw_request(url: &str, frames: Vec<Bytes>) -> ZmqMessage {
+    /// Sends one request and returns its reply, or `None` if the server answered nothing within
+    /// a second (it closes the connection of whatever it refuses).
+    async fn raw_request(url: &str, frames: Vec<Bytes>) -> Option<ZmqMessage> {
         let mut req = ReqSocket::new();
         req.connect(url).await.expect("connect");
         req.send(ZmqMessage::try_from(frames).expect("frames"))
             .await
             .expect("send");
-        tokio::time::timeout(Duration::from_secs(5), req.recv())
+        tokio::time::timeout(Duration::from_secs(1), req.recv())
             .await
-            .expect("reply in time")
-            .expect("reply")
+            .ok()?
+            .ok()
     }
 
-    fn ack_of(reply: &ZmqMessage) -> u32 {
+    /// A batch from `from` to node 2, sealed with `sealer`'s keys.
+    fn sealed(sealer: &PeerAuth, messages: Vec<Message>) -> (Bytes, Header) {
+        let payload = RaftBatch {
+            messages: messages
+                .iter()
+                .map(|m| protobuf::Message::write_to_bytes(m).unwrap())
+                .collect(),
+            from_url: String::new(),
+        }
+        .encode_to_vec();
+        let (frame, header) = sealer.seal_batch(2, &payload);
+        (Bytes::from(frame), header)
+    }
+
+    fn ack_of(sealer: &PeerAuth, request: &Header, reply: &ZmqMessage) -> u32 {
         assert_eq!(reply.len(), 1);
-        RaftAck::decode(reply.get(0).expect("frame").as_ref())
-            .expect("ack")
-            .accepted
+        let body = sealer
+            .open_ack(request, reply.get(0).expect("frame").as_ref())
+            .expect("an authentic ack");
+        RaftAck::decode(body).expect("ack").accepted
     }
 
     #[test]
     fn batch_size_accounting_matches_prost() {
-        for from in [0u64, 1, 300, u64::MAX] {
-            let messages: Vec<Vec<u8>> = [0usize, 1, 127, 128, 70_000]
-                .iter()
-                .map(|n| vec![1u8; *n])
-                .collect();
-            for from_url in ["", "tcp://127.0.0.1:7101"] {
-                let want = header_len(from, from_url)
-                    + messages.iter().map(|m| field_len(m.len())).sum::<usize>();
-                let batch = RaftBatch {
-                    from,
-                    messages: messages.clone(),
-                    from_url: from_url.to_string(),
-                };
-                assert_eq!(batch.encoded_len(), want);
-            }
+        let messages: Vec<Vec<u8>> = [0usize, 1, 127, 128, 70_000]
+            .iter()
+            .map(|n| vec![1u8; *n])
+            .collect();
+        for from_url in ["", "tcp://127.0.0.1:7101"] {
+            let want =
+                header_len(from_url) + messages.iter().map(|m| field_len(m.len())).sum::<usize>();
+            let batch = RaftBatch {
+                messages: messages.clone(),
+                from_url: from_url.to_string(),
+            };
+            assert_eq!(batch.encoded_len() + peer_auth::HEADER_LEN, want);
         }
     }
 
@@ -945,8 +1087,7 @@ mod tests {
         tokio::time::timeout(LIMIT, async {
             let (url, mut delivered, _stop) = start_server(MAX).await;
             let (sink, mut reports) = reports();
-            let mut transport =
-                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            let mut transport = transport(sink, MAX);
             transport.add_peer(2, url.clone());
             assert_eq!(transport.peers(), vec![(2, url)]);
 
@@ -965,7 +1106,7 @@ mod tests {
             );
 
             // A snapshot that arrives is reported as such.
-            transport.send(vec![snapshot_msg(2, 1000)]);
+            transport.send(vec![valid_snapshot_msg(2)]);
             let batch = collect(&mut delivered, 1).await;
             assert_eq!(batch[0].1[0].get_snapshot().get_metadata().index, 42);
             let report = tokio::time::timeout(Duration::from_secs(5), reports.recv())
@@ -983,13 +1124,7 @@ mod tests {
             let max_frame = 4096;
             let (url, mut delivered, _stop) = start_server(max_frame).await;
             let (sink, mut reports) = reports();
-            let mut transport = Transport::new(
-                1,
-                tokio::runtime::Handle::current(),
-                sink,
-                max_frame,
-                logger(),
-            );
+            let mut transport = transport(sink, max_frame);
             transport.add_peer(2, url);
 
             let mut msgs = Vec::new();
@@ -1018,15 +1153,15 @@ mod tests {
                 batches.len()
             );
             for (_, batch) in &batches {
-                let size = RaftBatch {
-                    from: 1,
-                    messages: batch
-                        .iter()
-                        .map(|m| protobuf::Message::write_to_bytes(m).unwrap())
-                        .collect(),
-                    from_url: String::new(),
-                }
-                .encoded_len();
+                let size = peer_auth::HEADER_LEN
+                    + RaftBatch {
+                        messages: batch
+                            .iter()
+                            .map(|m| protobuf::Message::write_to_bytes(m).unwrap())
+                            .collect(),
+                        from_url: String::new(),
+                    }
+                    .encoded_len();
                 assert!(size <= max_frame);
             }
             let mut got = vec![reports.recv().await.unwrap(), reports.recv().await.unwrap()];
@@ -1046,8 +1181,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_peer_is_reported() {
         let (sink, mut reports) = reports();
-        let mut transport =
-            Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+        let mut transport = transport(sink, MAX);
         transport.send(vec![msg(9, 1), msg(9, 2), snapshot_msg(9, 10)]);
         assert_eq!(reports.try_recv(), Ok(Report::Unreachable(9)));
         assert_eq!(
@@ -1062,8 +1196,7 @@ mod tests {
         tokio::time::timeout(LIMIT, async {
             let url = free_port_url();
             let (sink, mut reports) = reports();
-            let mut transport =
-                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            let mut transport = transport(sink, MAX);
             transport.add_peer(2, url.clone());
 
             transport.send(vec![msg(2, 1)]);
@@ -1074,9 +1207,18 @@ mod tests {
             let server_url = url.clone();
             let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(async move {
-                serve(&server_url, MAX, deliver, logger(), async move {
-                    let _ = stopped.await;
-                })
+                let refuser = Arc::new(Refuser::default());
+                serve(
+                    &server_url,
+                    MAX,
+                    auth(2),
+                    deliver,
+                    refuser,
+                    logger(),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
                 .await
                 .expect("serve");
             });
@@ -1100,69 +1242,83 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn garbage_does_not_stop_the_server() {
+    async fn only_authentic_batches_are_delivered() {
         tokio::time::timeout(LIMIT, async {
-            let max_frame = 1024;
-            let (url, mut delivered, _stop) = start_server(max_frame).await;
+            let max_frame = 4096;
+            let (url, mut delivered, _stop, refused) = start_counting_server(max_frame).await;
 
+            // Garbage, a wrong envelope, an oversized frame: no answer, nothing delivered.
             let garbage = raw_request(&url, vec![Bytes::from_static(&[0xff; 64])]).await;
-            assert_eq!(ack_of(&garbage), 0);
+            assert!(garbage.is_none());
             let two = raw_request(
                 &url,
                 vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
-            )
-            .await;
-            assert_eq!(ack_of(&two), 0);
+            );
+            assert!(two.await.is_none());
             let oversize = raw_request(&url, vec![Bytes::from(vec![0u8; max_frame + 1])]).await;
-            assert_eq!(ack_of(&oversize), 0);
-            let anonymous = RaftBatch {
-                from: 0,
-                messages: vec![],
-                from_url: String::new(),
-            }
-            .encode_to_vec();
-            assert_eq!(ack_of(&raw_request(&url, vec![anonymous.into()]).await), 0);
+            assert!(oversize.is_none());
 
-            // A DEALER sends no delimiter: nothing to route a REQ reply with, so it is dropped.
-            let mut dealer = DealerSocket::new();
-            dealer.connect(&url).await.expect("connect dealer");
-            dealer
-                .send(ZmqMessage::from(vec![0xffu8; 16]))
+            // A batch signed with a key of another cluster, one with a forged key of ours,
+            // and one for another node.
+            let stranger = PeerAuth::new(KeyRing::new(Keys::generate()), 1, 1);
+            let (frame, _) = sealed(&stranger, vec![msg(2, 1)]);
+            assert!(raw_request(&url, vec![frame]).await.is_none());
+            let forger = Keys::new(keys().cluster, vec![crate::keys::ClusterKey::random()]);
+            let forger = PeerAuth::new(KeyRing::new(forger.unwrap()), 1, 1);
+            let (frame, _) = sealed(&forger, vec![msg(2, 1)]);
+            assert!(raw_request(&url, vec![frame]).await.is_none());
+            let sender = auth(1);
+            let payload = RaftBatch::default().encode_to_vec();
+            let (misaddressed, _) = sender.seal_batch(3, &payload);
+            assert!(raw_request(&url, vec![misaddressed.into()]).await.is_none());
+
+            // An authentic batch: the good message is delivered, a forged `from`, a local type
+            // and an undecodable one are not.
+            let mut forged_from = msg(2, 8);
+            forged_from.from = 3;
+            let mut local = msg(2, 9);
+            local.set_msg_type(MessageType::MsgHup);
+            let (frame, header) = sealed(&sender, vec![msg(2, 7), forged_from, local]);
+            let reply = raw_request(&url, vec![frame.clone()])
                 .await
-                .expect("dealer send");
-
-            // One good and one bad raft message in a batch: the good one is delivered.
-            let good = protobuf::Message::write_to_bytes(&msg(2, 7)).unwrap();
-            let batch = RaftBatch {
-                from: 5,
-                messages: vec![good, vec![0xff; 10]],
-                from_url: String::new(),
-            }
-            .encode_to_vec();
-            let reply = raw_request(&url, vec![batch.into()]).await;
-            assert_eq!(ack_of(&reply), 1);
+                .expect("answered");
+            assert_eq!(ack_of(&sender, &header, &reply), 1);
             let (from, msgs) = delivered.recv().await.expect("delivered");
-            assert_eq!(from, 5);
-            assert_eq!(msgs.len(), 1);
-            assert_eq!(msgs[0].index, 7);
+            assert_eq!((from, msgs.len(), msgs[0].index), (1, 1, 7));
+
+            // The same batch again is a replay.
+            assert!(raw_request(&url, vec![frame]).await.is_none());
+
+            for kind in [
+                "peer.not_a_peer_frame",
+                "frame.too_many_parts",
+                "peer.wrong_cluster",
+                "peer.unknown_key",
+                "peer.misaddressed",
+                "peer.replay",
+                "raft.forged_from",
+                "raft.local_type",
+                "frame.too_large",
+            ] {
+                assert!(
+                    refused.get(kind) >= 1,
+                    "{kind} not counted: {:?}",
+                    refused.snapshot()
+                );
+            }
+            assert!(delivered.try_recv().is_err(), "nothing else was delivered");
 
             // And the transport still gets through.
             let (sink, _reports) = reports();
-            let mut transport = Transport::new(
-                1,
-                tokio::runtime::Handle::current(),
-                sink,
-                max_frame,
-                logger(),
-            );
+            let mut transport = transport(sink, max_frame);
             transport.add_peer(2, url);
-            transport.send(vec![msg(2, 8), msg(2, 9)]);
+            transport.send(vec![msg(2, 10), msg(2, 11)]);
             let batches = collect(&mut delivered, 2).await;
             let indexes: Vec<u64> = batches
                 .iter()
                 .flat_map(|(_, b)| b.iter().map(|m| m.index))
                 .collect();
-            assert_eq!(indexes, vec![8, 9]);
+            assert_eq!(indexes, vec![10, 11]);
         })
         .await
         .expect("test timed out");
@@ -1187,8 +1343,7 @@ mod tests {
             });
 
             let (sink, mut reports) = reports();
-            let mut transport =
-                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            let mut transport = transport(sink, MAX);
             transport.add_peer(2, url);
             let started = Instant::now();
             transport.send(vec![msg(2, 1), snapshot_msg(2, 100)]);
@@ -1196,8 +1351,9 @@ mod tests {
             let frames = seen.recv().await.expect("request");
             assert_eq!(frames.len(), 3);
             assert!(!frames[0].is_empty() && frames[1].is_empty());
-            let batch = RaftBatch::decode(frames[2].as_ref()).expect("batch");
-            assert_eq!((batch.from, batch.messages.len()), (1, 2));
+            let (header, body) = auth(2).open_batch(frames[2].as_ref()).expect("authentic");
+            let batch = RaftBatch::decode(body).expect("batch");
+            assert_eq!((header.from, batch.messages.len()), (1, 2));
 
             // While the peer hangs, queueing never waits on it. (A send that waited on the
             // frozen peer would take at least the 1 s send timeout per batch; the bound is loose
@@ -1253,8 +1409,7 @@ mod tests {
             let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             let url = format!("tcp://{}", silent.local_addr().expect("addr"));
             let (sink, mut reports) = reports();
-            let mut transport =
-                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            let mut transport = transport(sink, MAX);
             transport.add_peer(2, url);
             let started = Instant::now();
             transport.send(vec![snapshot_msg(2, 10)]);
@@ -1279,8 +1434,7 @@ mod tests {
             let (url_a, mut delivered_a, _stop_a) = start_server(MAX).await;
             let (url_b, mut delivered_b, _stop_b) = start_server(MAX).await;
             let (sink, _reports) = reports();
-            let mut transport =
-                Transport::new(1, tokio::runtime::Handle::current(), sink, MAX, logger());
+            let mut transport = transport(sink, MAX);
             transport.add_peer(2, url_a);
             transport.send(vec![msg(2, 1)]);
             assert_eq!(collect(&mut delivered_a, 1).await[0].1[0].index, 1);
@@ -1297,9 +1451,18 @@ mod tests {
     async fn bind_error_names_the_endpoint() {
         let (url, _delivered, _stop) = start_server(MAX).await;
         let (deliver, _rx) = deliverer();
-        let err = serve(&url, MAX, deliver, logger(), std::future::pending())
-            .await
-            .expect_err("address in use");
+        let refuser = Arc::new(Refuser::default());
+        let err = serve(
+            &url,
+            MAX,
+            auth(2),
+            deliver,
+            refuser,
+            logger(),
+            std::future::pending(),
+        )
+        .await
+        .expect_err("address in use");
         assert!(matches!(err, TransportError::Bind { .. }));
         assert!(err.to_string().contains(&url), "{err}");
     }

@@ -133,8 +133,8 @@ pub struct Cluster {
     nodes: BTreeMap<u64, NodeSpec>,
     procs: BTreeMap<u64, Proc>,
     bin: PathBuf,
-    /// The `[raft]` section every cluster file gets.
-    raft_section: String,
+    /// The start of every cluster file: the key file and the `[raft]` section.
+    config_header: String,
     /// Nodes started with their own cluster file instead of the shared one (chaos tests: each
     /// node dials its peers through its own proxies).
     node_configs: BTreeMap<u64, PathBuf>,
@@ -177,10 +177,15 @@ impl Cluster {
             .tempdir()
             .expect("a temp dir");
         let mut nodes = BTreeMap::new();
-        let raft_section = format!(
-            "[raft]\ntick_ms = 50\nelection_ticks = 10\nheartbeat_ticks = 2\n{raft_settings}\n"
+        let key_file = dir.path().join("cluster.key");
+        raftnode::keys::Keys::generate()
+            .create(&key_file)
+            .expect("write the cluster key file");
+        let config_header = format!(
+            "key_file = \"{}\"\n\n[raft]\ntick_ms = 50\nelection_ticks = 10\nheartbeat_ticks = 2\n{raft_settings}\n",
+            key_file.display()
         );
-        let mut text = raft_section.clone();
+        let mut text = config_header.clone();
         for i in 0..n {
             let id = i as u64 + 1;
             let spec = NodeSpec {
@@ -205,15 +210,21 @@ impl Cluster {
             nodes,
             procs: BTreeMap::new(),
             bin,
-            raft_section,
+            config_header,
             node_configs: BTreeMap::new(),
             quiet: false,
         }
     }
 
-    /// The `[raft]` section of the cluster file (for writing other cluster files alike).
-    pub fn raft_section(&self) -> &str {
-        &self.raft_section
+    /// The start of the cluster file, its key file and `[raft]` section (for writing other
+    /// cluster files alike).
+    pub fn config_header(&self) -> &str {
+        &self.config_header
+    }
+
+    /// The cluster key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("cluster.key")
     }
 
     /// Gives node `id` its own cluster file: from its next start it runs with `path` instead of

@@ -33,13 +33,14 @@ pub async fn run(ctx: &mut Context, cmd: ClusterCommand) -> Result<()> {
             catch_up,
             max_lag,
         } => add(ctx, id, &raft, &client, catch_up, max_lag).await,
-        ClusterCommand::Promote { id } => promote(ctx, id).await,
+        ClusterCommand::Promote { id, force } => promote(ctx, id, force).await,
         ClusterCommand::Remove { id } => remove(ctx, id).await,
         ClusterCommand::Change {
             add_learner,
             add_voter,
             remove,
-        } => change(ctx, add_learner, add_voter, remove).await,
+            force,
+        } => change(ctx, add_learner, add_voter, remove, force).await,
     }
 }
 
@@ -474,7 +475,8 @@ fn not_a_member(id: u64, s: &proto::Status) -> Error {
 fn join_hint(id: u64, raft: &str, client: &str) -> String {
     format!(
         "start it with `raftnode run --join --id {id} --raft {raft} --client {client} --data-dir DIR` \
-         (add --cluster FILE for the cluster's [raft] settings)"
+         --cluster FILE (for the cluster's [raft] settings and key file) or --key-file FILE \
+         (a copy of the cluster's key file)"
     )
 }
 
@@ -717,7 +719,7 @@ async fn wait_caught_up(
 }
 
 /// `cluster promote`: learner to voter.
-async fn promote(ctx: &mut Context, id: u64) -> Result<()> {
+async fn promote(ctx: &mut Context, id: u64, force: bool) -> Result<()> {
     let mut client = ctx.client()?;
     let view = leader_view(&mut client).await?;
     let Some(m) = member(&view, id) else {
@@ -754,11 +756,14 @@ async fn promote(ctx: &mut Context, id: u64) -> Result<()> {
         Some(_) => {}
     }
     let status = client
-        .change_membership(&[MemberChange::AddVoter {
-            id,
-            raft: String::new(),
-            client: String::new(),
-        }])
+        .change_membership_with(
+            &[MemberChange::AddVoter {
+                id,
+                raft: String::new(),
+                client: String::new(),
+            }],
+            force,
+        )
         .await
         .map_err(membership_error)?;
     progress(ctx, "voter", id, &format!("promoted node {id} to voter"));
@@ -799,6 +804,7 @@ async fn change(
     add_learner: Vec<MemberSpec>,
     add_voter: Vec<MemberSpec>,
     remove: Vec<u64>,
+    force: bool,
 ) -> Result<()> {
     let mut seen = std::collections::BTreeSet::new();
     for id in add_learner
@@ -864,7 +870,7 @@ async fn change(
     }
     let n = changes.len();
     let status = client
-        .change_membership(&changes)
+        .change_membership_with(&changes, force)
         .await
         .map_err(membership_error)?;
     let how = if n > 1 {
@@ -1059,6 +1065,7 @@ mod tests {
                 add_learner,
                 add_voter,
                 remove,
+                ..
             }) => {
                 assert!(add_learner.is_empty());
                 assert_eq!(add_voter.len(), 2);

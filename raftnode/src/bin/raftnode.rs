@@ -44,6 +44,10 @@ enum Command {
         /// With --join: this node's data dir.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The cluster key file (default: the one the cluster file names; --join without a
+        /// cluster file needs it).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Start every node of a local cluster as child processes; Ctrl-C stops them all.
     ///
@@ -53,6 +57,95 @@ enum Command {
         #[arg(long, default_value = "configs/local-3.toml")]
         cluster: PathBuf,
     },
+    /// Create, rotate or inspect a cluster key file.
+    ///
+    /// A rotation without downtime, on one copy of the file, each step copied to every node
+    /// (over a secure channel) and put in force there with SIGHUP (or a restart) before the next:
+    ///   raftnode key add FILE       a new key, accepted but not used to sign yet
+    ///   raftnode key promote FILE   the new key signs; the old one is still accepted
+    ///   raftnode key retire FILE    only the new key remains
+    #[command(verbatim_doc_comment)]
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Create a key file for a new cluster: a random cluster id and key (mode 0600; never
+    /// overwrites a file).
+    Init {
+        /// The file to create.
+        file: PathBuf,
+    },
+    /// Rotation step 1: add a fresh key, accepted but not signing.
+    Add {
+        /// The key file.
+        file: PathBuf,
+    },
+    /// Rotation step 2: the newest key signs; the others stay accepted.
+    Promote {
+        /// The key file.
+        file: PathBuf,
+    },
+    /// Rotation step 3: drop every key but the signing one.
+    Retire {
+        /// The key file.
+        file: PathBuf,
+    },
+    /// Print the cluster id and the keys' fingerprints (never the keys).
+    Show {
+        /// The key file.
+        file: PathBuf,
+    },
+}
+
+/// Runs a `raftnode key` command.
+fn key_command(action: KeyAction) -> anyhow::Result<()> {
+    use raftnode::keys::Keys;
+    let (file, updated) = match action {
+        KeyAction::Init { file } => {
+            let keys = Keys::generate();
+            keys.create(&file)?;
+            println!("created {} for cluster {}", file.display(), keys.cluster);
+            return show(&keys);
+        }
+        KeyAction::Show { file } => return show(&Keys::load(&file)?),
+        KeyAction::Add { file } => {
+            let keys = Keys::load(&file)?
+                .with_new_key()
+                .map_err(anyhow::Error::msg)?;
+            (file, keys)
+        }
+        KeyAction::Promote { file } => {
+            let keys = Keys::load(&file)?.promote_newest();
+            (file, keys)
+        }
+        KeyAction::Retire { file } => {
+            let keys = Keys::load(&file)?.retire_others();
+            (file, keys)
+        }
+    };
+    updated.replace(&file)?;
+    println!(
+        "updated {}: copy it to every node and reload each (kill -HUP <pid>, or restart)",
+        file.display()
+    );
+    show(&updated)
+}
+
+fn show(keys: &raftnode::keys::Keys) -> anyhow::Result<()> {
+    println!("cluster {}", keys.cluster);
+    for (i, key) in keys.all().iter().enumerate() {
+        let role = if i == 0 {
+            "signs and is accepted"
+        } else {
+            "accepted"
+        };
+        println!("key {}  {role}", key.fingerprint());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -84,6 +177,7 @@ fn main() -> ExitCode {
                 raft,
                 client,
                 data_dir,
+                key_file,
             } => {
                 let launch = if join {
                     let file = if cluster.exists() {
@@ -116,10 +210,23 @@ fn main() -> ExitCode {
                     }
                     let data_dir = std::env::current_dir()?.join(data_dir);
                     let me = raftnode::node::Address { raft, client };
-                    raftnode::launch::NodeLaunch::joining(id, me, data_dir, settings, peers)
+                    let Some(key_file) = key_file.or_else(|| file.map(|f| f.key_file)) else {
+                        anyhow::bail!(
+                            "--join needs the cluster's key file: --key-file FILE, or a \
+                             --cluster file that names it"
+                        );
+                    };
+                    raftnode::launch::NodeLaunch::joining(
+                        id, me, data_dir, settings, peers, key_file,
+                    )
                 } else {
                     let config = raftnode::config::ClusterConfig::load(&cluster)?;
-                    raftnode::launch::NodeLaunch::from_cluster(&config, &cluster, id)?
+                    let mut launch =
+                        raftnode::launch::NodeLaunch::from_cluster(&config, &cluster, id)?;
+                    if let Some(key_file) = key_file {
+                        launch.key_file = key_file;
+                    }
+                    launch
                 };
                 let logger = raftnode::logging::stderr_logger(level);
                 let exit =
@@ -135,6 +242,7 @@ fn main() -> ExitCode {
                 let exe = std::env::current_exe()?;
                 raftnode::launch::up(exe, &config, &cluster, &cli.log_level).await
             }
+            Command::Key { action } => key_command(action),
         }
     });
     match result {

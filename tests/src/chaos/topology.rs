@@ -202,7 +202,7 @@ impl ChaosCluster {
     fn write_configs(&mut self) -> anyhow::Result<()> {
         for from in 0..self.slots.len() {
             let id = self.slots[from].id;
-            let mut text = self.cluster.raft_section().to_string();
+            let mut text = self.cluster.config_header().to_string();
             for (to, slot) in self.slots.iter().enumerate() {
                 let spec = self.cluster.node(slot.id);
                 let raft = if to == from {

@@ -114,7 +114,14 @@ impl LocalCluster {
             keep: std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty() && v != "0"),
         };
         let ports = free_ports(2 * n as usize)?;
-        let mut text = format!("[raft]\n{raft_settings}\n");
+        let key_file = cluster.dir.join("cluster.key");
+        raftnode::keys::Keys::generate()
+            .create(&key_file)
+            .map_err(|e| Error::failed(e.to_string()))?;
+        let mut text = format!(
+            "key_file = \"{}\"\n\n[raft]\n{raft_settings}\n",
+            key_file.display()
+        );
         for i in 0..n {
             let id = i + 1;
             let spec = NodeSpec {

@@ -1,0 +1,98 @@
+//! Admission of peer raft messages: only members speak raft to this node, and only messages
+//! that break none of raft-rs's invariants reach `RawNode::step`.
+//!
+//! The peer endpoint has already authenticated the batch and run the stateless checks
+//! ([`raft_check::check_envelope`]); here, on the node thread, each message is checked against
+//! the sender's membership and raft's current state ([`raft_check::check_against`]). A node that
+//! is not yet a member of any configuration (started with `--join`, waiting to be added) accepts
+//! authenticated peers and dials the sender back at the address it names; a member dials only
+//! members, at the addresses its cluster file, the log and snapshots give.
+
+use slog::info;
+
+use super::{Address, Node};
+use crate::raft_check::{self, MsgRefusal, RaftView};
+use crate::transport::Delivery;
+
+impl Node {
+    /// Steps the messages of one authenticated batch that pass admission.
+    pub(super) fn step_peer_messages(&mut self, delivery: Delivery) {
+        let Delivery {
+            from,
+            from_url,
+            msgs,
+            snapshot,
+        } = delivery;
+        let members = self.members();
+        if members.is_empty() {
+            // Waiting to be added: whoever holds the cluster key may be the leader adding us.
+            self.learn_peer(from, from_url);
+        } else if !members.contains(&from) {
+            let refusal = MsgRefusal::NotMember(from);
+            let detail = format!("{refusal} ({} messages dropped)", msgs.len());
+            self.refuser.refuse(
+                &self.logger,
+                refusal.kind(),
+                &format!("node {from}"),
+                &detail,
+            );
+            return;
+        }
+        self.last_heard.insert(from, std::time::Instant::now());
+        if snapshot.is_some() {
+            self.received_snapshot = snapshot;
+        }
+        for mut msg in msgs {
+            let view = RaftView::of(&self.raw);
+            if let Err(refusal) = raft_check::check_against(&mut msg, &view) {
+                self.refuser.refuse(
+                    &self.logger,
+                    refusal.kind(),
+                    &format!("node {from}"),
+                    &refusal.to_string(),
+                );
+                continue;
+            }
+            if let Err(e) = self.raw.step(msg) {
+                // Stale terms, responses from peers raft no longer tracks: raft says why.
+                slog::debug!(self.logger, "raft refused a message"; "err" => %e);
+            }
+        }
+    }
+
+    /// A node waiting to be added has no members to answer: it dials the sender at the address
+    /// its cluster file gives, or else at the one the sender named. Peers this node has removed
+    /// are not dialled again.
+    fn learn_peer(&mut self, from: u64, from_url: String) {
+        if from == 0 || from == self.id {
+            return;
+        }
+        if self
+            .removed_peers
+            .lock()
+            .map(|removed| removed.contains(&from))
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let raft = match self.addresses.get(&from) {
+            Some(known) => known.raft.clone(),
+            None => {
+                if from_url.is_empty() || crate::config::check_endpoint(&from_url).is_err() {
+                    return;
+                }
+                info!(self.logger, "learned a peer's address"; "peer" => from, "raft" => &from_url);
+                self.addresses.insert(
+                    from,
+                    Address {
+                        raft: from_url.clone(),
+                        client: String::new(),
+                    },
+                );
+                from_url
+            }
+        };
+        // Does nothing when the transport already sends to it at that address.
+        self.transport.add_peer(from, raft);
+    }
+}
