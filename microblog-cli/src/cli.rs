@@ -369,13 +369,20 @@ Example:
   microblog cluster promote 4
 
 `cluster add` promotes by itself; this finishes an add that stopped after the learner step
-(e.g. its catch-up timed out), or promotes a learner added with `cluster change`.")]
+(e.g. its catch-up timed out), or promotes a learner added with `cluster change`. It waits until
+the learner has caught up (the leader refuses to promote one that has not), up to --catch-up.")]
     Promote {
         /// The learner's id.
         #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
         id: u64,
-        /// Promote even if the learner has not caught up or the cluster could not reach quorum
-        /// with the nodes answering now (the leader refuses both otherwise).
+        /// How long to wait for the learner to catch up before promoting it: 30s, 5m.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "60s")]
+        catch_up: Duration,
+        /// Caught up means at most this many entries behind the leader's commit index.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        max_lag: u64,
+        /// Promote at once, even if the learner has not caught up or the cluster could not reach
+        /// quorum with the nodes answering now (the leader refuses both otherwise).
         #[arg(long)]
         force: bool,
     },

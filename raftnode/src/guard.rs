@@ -761,6 +761,32 @@ impl Relay {
     }
 }
 
+/// File descriptors a guarded connection costs: the client's TCP socket, and both ends of the
+/// Unix socket to the ROUTER.
+const FDS_PER_CONNECTION: u64 = 3;
+
+/// File descriptors kept for everything else (log files, snapshots, peer sockets, the runtime).
+const FDS_RESERVED: u64 = 256;
+
+/// Raises this process's open-file limit to its hard limit and says how many guarded
+/// connections fit in it, so that accepting connections can never exhaust file descriptors
+/// (which would stop the node from opening its log, snapshots or peer sockets). Connection caps
+/// are clamped to this.
+pub fn connection_capacity() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    usize::try_from(soft.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(16)
+}
+
 /// Binds the public TCP endpoint `tcp://host:port` for a guard.
 pub async fn bind_tcp(endpoint: &str) -> io::Result<TcpListener> {
     let rest = endpoint.strip_prefix("tcp://").ok_or_else(|| {

@@ -238,6 +238,17 @@ pub async fn run_node(
         })
         .context("spawning the node thread")?;
 
+    // File descriptors bound the connections both endpoints may keep.
+    let capacity = crate::guard::connection_capacity();
+    let mut peer_guard = transport::guard_config(crate::MAX_PEER_FRAME);
+    peer_guard.max_connections = peer_guard.max_connections.min(capacity / 8).max(8);
+    let mut client_guard = crate::server::guard_config();
+    client_guard.max_connections = client_guard
+        .max_connections
+        .min(capacity.saturating_sub(peer_guard.max_connections))
+        .max(8);
+    info!(logger, "connection limits"; "client" => client_guard.max_connections,
+        "raft" => peer_guard.max_connections);
     let (stop_tx, stop_rx) = watch::channel(false);
     let deliver_tx = tx.clone();
     let deliver: crate::transport::Deliver = Arc::new(move |delivery| {
@@ -257,7 +268,7 @@ pub async fn run_node(
         async move {
             transport::serve(
                 &raft_url,
-                crate::MAX_PEER_FRAME,
+                peer_guard,
                 auth,
                 deliver,
                 refuser,
@@ -271,7 +282,17 @@ pub async fn run_node(
         let (client_url, logger, stop) = (me.client.clone(), logger.clone(), stop_rx.clone());
         let handle = NodeHandle::new(tx.clone());
         let refuser = Arc::new(Refuser::new(Arc::clone(&refusals)));
-        async move { crate::server::serve(&client_url, handle, refuser, logger, stopped(stop)).await }
+        async move {
+            crate::server::serve(
+                &client_url,
+                client_guard,
+                handle,
+                refuser,
+                logger,
+                stopped(stop),
+            )
+            .await
+        }
     });
     let reload = tokio::spawn(reload_keys_on_hangup(
         key_file.clone(),
@@ -447,4 +468,44 @@ pub async fn up(
     }
     println!("cluster stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::ConfState;
+
+    fn logger() -> Logger {
+        crate::logging::discard()
+    }
+
+    /// A node that died after writing a snapshot from the leader to disk but before installing
+    /// it in its log comes back with the snapshot installed, and restarts cleanly again.
+    #[test]
+    fn a_crash_between_saving_and_installing_a_snapshot_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = RaftStorage::open(dir.path(), &[1, 2, 3], logger()).unwrap();
+            storage.bootstrap(&[1, 2, 3], 7).unwrap();
+            let snapshots = SnapshotStore::open(dir.path(), logger()).unwrap();
+            let mut machine = Machine::new();
+            machine.set_cluster_id(7);
+            machine.mark_applied(40, 2);
+            let cs = ConfState::from((vec![1, 2, 3], vec![]));
+            snapshots.save(40, 2, &cs, &machine.encode()).unwrap();
+            // The crash: nothing after the save ran.
+        }
+        for _ in 0..2 {
+            let mut storage = RaftStorage::open(dir.path(), &[1, 2, 3], logger()).unwrap();
+            let snapshots = SnapshotStore::open(dir.path(), logger()).unwrap();
+            let (machine, kept) = restore(&snapshots, &mut storage, &logger()).unwrap();
+            assert_eq!(machine.applied_index(), 40);
+            assert_eq!(machine.cluster_id(), 7);
+            assert_eq!(kept, vec![40]);
+            assert_eq!(storage.first_index().unwrap(), 41);
+            assert_eq!(storage.last_index().unwrap(), 40);
+            assert!(storage.hard_state().commit >= 40);
+            assert_eq!(storage.snapshot_metadata().index, 40);
+        }
+    }
 }

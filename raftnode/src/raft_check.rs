@@ -216,6 +216,15 @@ pub fn check_against(msg: &mut Message, view: &RaftView) -> Result<(), MsgRefusa
             "term 0 or out of range",
         )?,
     }
+    // Only one node leads a term: a message claiming to lead the term whose leader this node
+    // knows, from another node, is forged (and would move raft's idea of the leader).
+    if matches!(kind, MsgAppend | MsgHeartbeat | MsgSnapshot | MsgTimeoutNow)
+        && msg.term == view.term
+        && view.leader_id != 0
+        && msg.from != view.leader_id
+    {
+        return Err(invariant(msg, "a second leader in one term"));
+    }
     match kind {
         // `fatal!("stepped empty MsgProp")`. Peers forward client writes only; membership changes
         // are proposed by the leader itself after its own checks.
@@ -437,6 +446,177 @@ mod tests {
                 Err(MsgRefusal::LocalType(_))
             ));
         }
+    }
+
+    use raft::eraftpb::{ConfState, Entry};
+    use raft::storage::MemStorage;
+
+    fn raw_node(id: u64) -> RawNode<MemStorage> {
+        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        let config = raft::Config {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            ..Default::default()
+        };
+        RawNode::new(&config, storage, &crate::logging::discard()).expect("raw node")
+    }
+
+    /// Node 1 as a follower of node 2 in term 2.
+    fn follower() -> RawNode<MemStorage> {
+        let mut raw = raw_node(1);
+        let mut hb = msg(MessageType::MsgHeartbeat, 2, 1);
+        hb.term = 2;
+        raw.step(hb).expect("heartbeat");
+        assert_eq!((raw.raft.term, raw.raft.leader_id), (2, 2));
+        raw
+    }
+
+    /// Persists what raft asks to and advances.
+    fn persist_ready(raw: &mut RawNode<MemStorage>) {
+        if !raw.has_ready() {
+            return;
+        }
+        let ready = raw.ready();
+        let store = raw.store().clone();
+        store.wl().append(ready.entries()).expect("append");
+        if let Some(hs) = ready.hs() {
+            store.wl().set_hardstate(hs.clone());
+        }
+        let _light = raw.advance(ready);
+        raw.advance_apply();
+    }
+
+    /// Node 1 as the leader of term 1, with its first entry committed (so it serves reads).
+    fn leader() -> RawNode<MemStorage> {
+        let mut raw = raw_node(1);
+        raw.campaign().expect("campaign");
+        persist_ready(&mut raw);
+        let mut vote = msg(MessageType::MsgRequestVoteResponse, 2, 1);
+        vote.term = raw.raft.term;
+        raw.step(vote).expect("vote");
+        assert_eq!(raw.raft.state, StateRole::Leader);
+        persist_ready(&mut raw);
+        let mut ack = msg(MessageType::MsgAppendResponse, 2, 1);
+        ack.term = raw.raft.term;
+        ack.index = raw.raft.raft_log.last_index();
+        raw.step(ack).expect("ack");
+        persist_ready(&mut raw);
+        assert_eq!(raw.raft.raft_log.committed, raw.raft.raft_log.last_index());
+        raw
+    }
+
+    /// Steps `m` into `raw` unchecked: whether raft-rs panics.
+    fn panics(mut raw: RawNode<MemStorage>, m: Message) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _ = raw.step(m);
+        }))
+        .is_err()
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    /// Each shape below makes raft-rs 0.7 panic when stepped as is; `check_against` refuses it
+    /// (or, for a heartbeat, makes it harmless). If raft-rs stops panicking on one, the check
+    /// stays (it costs nothing), but this test says so.
+    #[test]
+    fn every_raft_fatal_shape_is_caught_before_step() {
+        type Make = fn() -> (RawNode<MemStorage>, Message);
+        let cases: Vec<(&str, Make)> = vec![
+            ("an empty proposal at the leader", || {
+                (leader(), msg(MessageType::MsgPropose, 2, 1))
+            }),
+            ("a read index request without its context entry", || {
+                (leader(), msg(MessageType::MsgReadIndex, 2, 1))
+            }),
+            ("a heartbeat committing past the log", || {
+                let mut m = msg(MessageType::MsgHeartbeat, 2, 1);
+                m.term = 3;
+                m.commit = 1_000;
+                (follower(), m)
+            }),
+            ("an append with entries numbered wrongly", || {
+                let mut m = msg(MessageType::MsgAppend, 2, 1);
+                m.term = 2;
+                m.commit = 5;
+                m.entries = vec![entry(3, 2), entry(1, 2)].into();
+                (follower(), m)
+            }),
+            ("an append matching past the log with term 0", || {
+                let mut m = msg(MessageType::MsgAppend, 2, 1);
+                m.term = 2;
+                m.index = 50;
+                m.commit = 50;
+                (follower(), m)
+            }),
+            ("a vote request with term 0", || {
+                (raw_node(1), msg(MessageType::MsgRequestVote, 2, 1))
+            }),
+            ("a snapshot whose configuration has no voters", || {
+                let mut m = msg(MessageType::MsgSnapshot, 2, 1);
+                m.term = 2;
+                let meta = m.mut_snapshot().mut_metadata();
+                meta.index = 10;
+                meta.term = 2;
+                meta.mut_conf_state().learners = vec![1];
+                (follower(), m)
+            }),
+            ("an acknowledgement of index u64::MAX at the leader", || {
+                let raw = leader();
+                let mut m = msg(MessageType::MsgAppendResponse, 2, 1);
+                m.term = raw.raft.term;
+                m.index = u64::MAX;
+                (raw, m)
+            }),
+            (
+                "a leadership transfer request with a term, at a follower",
+                || {
+                    let mut m = msg(MessageType::MsgTransferLeader, 3, 1);
+                    m.term = 2;
+                    (follower(), m)
+                },
+            ),
+        ];
+        for (name, make) in cases {
+            let (raw, m) = make();
+            assert!(panics(raw, m), "raft-rs no longer panics on {name}");
+            let (mut raw, mut m) = make();
+            let view = RaftView::of(&raw);
+            match check_against(&mut m, &view) {
+                Err(_) => {}
+                // Made harmless: raft must now take it without panicking.
+                Ok(()) => raw.step(m).map(|_| ()).unwrap_or(()),
+            }
+        }
+    }
+
+    #[test]
+    fn legitimate_traffic_passes() {
+        let raw = follower();
+        let view = RaftView::of(&raw);
+        let mut hb = msg(MessageType::MsgHeartbeat, 2, 1);
+        hb.term = 2;
+        assert!(check_against(&mut hb, &view).is_ok());
+        let mut append = msg(MessageType::MsgAppend, 2, 1);
+        append.term = 2;
+        append.entries = vec![entry(1, 1), entry(2, 2)].into();
+        assert!(check_against(&mut append, &view).is_ok());
+        let mut propose = msg(MessageType::MsgPropose, 2, 1);
+        propose.entries = vec![entry(0, 0)].into();
+        assert!(check_against(&mut propose, &view).is_ok());
+        let mut snap = msg(MessageType::MsgSnapshot, 2, 1);
+        snap.term = 2;
+        let meta = snap.mut_snapshot().mut_metadata();
+        meta.index = 10;
+        meta.term = 2;
+        meta.mut_conf_state().voters = vec![1, 2, 3];
+        assert!(check_against(&mut snap, &view).is_ok());
     }
 
     #[test]

@@ -64,11 +64,12 @@ impl Refusals {
 const WARNINGS_PER_WINDOW: u32 = 5;
 const WINDOW: Duration = Duration::from_secs(10);
 
-/// Logs the first few refusals of each ten-second window at warning level and the rest at
-/// debug, then says how many were held back.
-#[derive(Debug)]
+/// Logs the first few refusals of each kind in each ten-second window at warning level and the
+/// rest at debug, then says how many were held back. Kinds are sampled apart, so a flood of one
+/// kind (garbage) cannot hide another (a node of the wrong cluster).
+#[derive(Debug, Default)]
 pub struct LogSampler {
-    state: Mutex<SamplerState>,
+    kinds: Mutex<BTreeMap<String, SamplerState>>,
 }
 
 #[derive(Debug)]
@@ -78,35 +79,35 @@ struct SamplerState {
     suppressed: u64,
 }
 
-impl Default for LogSampler {
-    fn default() -> Self {
-        LogSampler::new()
-    }
-}
+/// The most kinds a sampler tracks (kinds are a fixed set of names; this only bounds a bug).
+const MAX_KINDS: usize = 256;
 
 impl LogSampler {
-    /// A sampler whose first window starts now.
+    /// A sampler whose windows start at each kind's first refusal.
     pub fn new() -> LogSampler {
-        LogSampler {
-            state: Mutex::new(SamplerState {
-                window_start: Instant::now(),
-                warned: 0,
-                suppressed: 0,
-            }),
-        }
+        LogSampler::default()
     }
 
     /// Logs one refusal: `what` is its kind, `source` where it came from (an address, a peer
     /// id), `detail` what was wrong.
     pub fn refused(&self, logger: &Logger, what: &str, source: &str, detail: &str) {
-        let mut s = self
-            .state
+        let mut kinds = self
+            .kinds
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if kinds.len() >= MAX_KINDS && !kinds.contains_key(what) {
+            debug!(logger, "refused"; "what" => what, "from" => source, "detail" => detail);
+            return;
+        }
+        let s = kinds.entry(what.to_string()).or_insert(SamplerState {
+            window_start: Instant::now(),
+            warned: 0,
+            suppressed: 0,
+        });
         if s.window_start.elapsed() >= WINDOW {
             if s.suppressed > 0 {
-                warn!(logger, "more refusals were logged at debug level in the last window";
-                    "count" => s.suppressed);
+                warn!(logger, "more refusals of this kind were logged at debug level";
+                    "what" => what, "count" => s.suppressed);
             }
             s.window_start = Instant::now();
             s.warned = 0;

@@ -56,7 +56,8 @@ pub struct BindError {
     pub reason: String,
 }
 
-/// What the guard in front of the client endpoint lets through.
+/// What the guard in front of the client endpoint lets through (at most
+/// [`MAX_CLIENT_CONNECTIONS`] connections; [`GuardConfig::max_connections`] may be lowered).
 pub fn guard_config() -> GuardConfig {
     let max_frame = crate::MAX_CLIENT_FRAME as u64;
     GuardConfig {
@@ -77,6 +78,7 @@ pub fn guard_config() -> GuardConfig {
 /// Serves clients on `endpoint` until `shutdown` resolves.
 pub async fn serve(
     endpoint: &str,
+    config: GuardConfig,
     node: NodeHandle,
     refuser: Arc<Refuser>,
     logger: Logger,
@@ -86,7 +88,7 @@ pub async fn serve(
     let guarded = guard::bind_guarded(
         &mut socket,
         endpoint,
-        guard_config(),
+        config,
         Arc::clone(&refuser),
         logger.clone(),
     )

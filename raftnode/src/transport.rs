@@ -79,7 +79,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_ACK_FRAME: usize = peer_auth::HEADER_LEN + 64;
 /// Connections the raft endpoint keeps (a handful of peers; the rest are strays or attackers,
 /// the idlest of which make room).
-const MAX_PEER_CONNECTIONS: usize = 64;
+pub const MAX_PEER_CONNECTIONS: usize = 64;
 
 /// What the transport tells raft about messages it could not deliver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -646,7 +646,8 @@ pub struct Server {
     logger: Logger,
 }
 
-/// What the guard in front of the raft endpoint lets through.
+/// What the guard in front of the raft endpoint lets through (at most
+/// [`MAX_PEER_CONNECTIONS`] connections; [`GuardConfig::max_connections`] may be lowered).
 pub fn guard_config(max_frame: usize) -> GuardConfig {
     let max_frame = max_frame as u64;
     GuardConfig {
@@ -665,12 +666,12 @@ pub fn guard_config(max_frame: usize) -> GuardConfig {
 }
 
 impl Server {
-    /// Binds `bind_url` behind a frame guard (frames larger than `max_frame` close their
-    /// connection before anything is allocated for them). Authenticated batches go to
-    /// `deliver`; everything else is refused, counted and logged.
+    /// Binds `bind_url` behind a frame guard set up by `config` (see [`guard_config`]: frames
+    /// larger than its limit close their connection before anything is allocated for them).
+    /// Authenticated batches go to `deliver`; everything else is refused, counted and logged.
     pub async fn bind(
         bind_url: &str,
-        max_frame: usize,
+        config: GuardConfig,
         auth: Arc<PeerAuth>,
         deliver: Deliver,
         refuser: Arc<Refuser>,
@@ -680,7 +681,7 @@ impl Server {
         let guarded = guard::bind_guarded(
             &mut socket,
             bind_url,
-            guard_config(max_frame),
+            config,
             Arc::clone(&refuser),
             logger.clone(),
         )
@@ -876,14 +877,14 @@ impl Server {
 /// messages to `deliver` until `shutdown` completes. Fails only if the endpoint cannot be bound.
 pub async fn serve(
     bind_url: &str,
-    max_frame: usize,
+    config: GuardConfig,
     auth: Arc<PeerAuth>,
     deliver: Deliver,
     refuser: Arc<Refuser>,
     logger: Logger,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TransportError> {
-    let server = Server::bind(bind_url, max_frame, auth, deliver, refuser, logger).await?;
+    let server = Server::bind(bind_url, config, auth, deliver, refuser, logger).await?;
     server.run(shutdown).await;
     Ok(())
 }
@@ -996,7 +997,7 @@ mod tests {
         let refuser = Arc::new(Refuser::new(Arc::clone(&refusals)));
         let server = Server::bind(
             "tcp://127.0.0.1:0",
-            max_frame,
+            guard_config(max_frame),
             auth(2),
             deliver,
             refuser,
@@ -1210,7 +1211,7 @@ mod tests {
                 let refuser = Arc::new(Refuser::default());
                 serve(
                     &server_url,
-                    MAX,
+                    guard_config(MAX),
                     auth(2),
                     deliver,
                     refuser,
@@ -1454,7 +1455,7 @@ mod tests {
         let refuser = Arc::new(Refuser::default());
         let err = serve(
             &url,
-            MAX,
+            guard_config(MAX),
             auth(2),
             deliver,
             refuser,

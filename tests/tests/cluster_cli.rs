@@ -31,6 +31,14 @@ fn roles(membership: &Json) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// Waits until learner `id` is within 100 entries of the commit index.
+async fn wait_caught_up(client: &mut raftnode::client::Client, id: u64) {
+    client
+        .wait_caught_up(id, Duration::from_secs(30), 100)
+        .await
+        .unwrap_or_else(|e| panic!("node {id} did not catch up: {e}"));
+}
+
 fn voters(ids: &[u64]) -> Vec<(u64, String)> {
     ids.iter().map(|&id| (id, "voter".to_string())).collect()
 }
@@ -236,11 +244,20 @@ async fn change_promote_and_remove_the_leader() {
         assert_eq!(cluster.wait_exit(leader, EXIT).await, Some(0));
         cluster.forget(leader);
 
-        // step: add 5 and remove 4 in one step (joint consensus).
+        // step: a new voter straight away is refused (it must be a caught-up learner first)...
         let n5 = cluster.new_node(5);
         cluster.spawn_joining(5);
         let ep = cluster.endpoints().join(",");
         let spec = format!("5={},{}", n5.raft, n5.client);
+        let run = mb(&ep, &["cluster", "change", "--add-voter", &spec]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stderr.contains("learner"), "{run:?}");
+        // ...so: 5 as a learner, then promote 5 and remove 4 in one step (joint consensus).
+        mb(&ep, &["cluster", "change", "--add-learner", &spec]).await;
+        let mut want = voters(&rest);
+        want.push((5, "learner".into()));
+        wait_status(&ep, &want).await;
+        wait_caught_up(&mut cluster.client(), 5).await;
         let run = mb(
             &ep,
             &[
@@ -248,7 +265,7 @@ async fn change_promote_and_remove_the_leader() {
                 "cluster",
                 "change",
                 "--add-voter",
-                &spec,
+                "5",
                 "--remove",
                 "4",
             ],

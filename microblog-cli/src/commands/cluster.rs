@@ -33,7 +33,12 @@ pub async fn run(ctx: &mut Context, cmd: ClusterCommand) -> Result<()> {
             catch_up,
             max_lag,
         } => add(ctx, id, &raft, &client, catch_up, max_lag).await,
-        ClusterCommand::Promote { id, force } => promote(ctx, id, force).await,
+        ClusterCommand::Promote {
+            id,
+            catch_up,
+            max_lag,
+            force,
+        } => promote(ctx, id, (catch_up, max_lag), force).await,
         ClusterCommand::Remove { id } => remove(ctx, id).await,
         ClusterCommand::Change {
             add_learner,
@@ -719,7 +724,12 @@ async fn wait_caught_up(
 }
 
 /// `cluster promote`: learner to voter.
-async fn promote(ctx: &mut Context, id: u64, force: bool) -> Result<()> {
+async fn promote(
+    ctx: &mut Context,
+    id: u64,
+    (catch_up, max_lag): (Duration, u64),
+    force: bool,
+) -> Result<()> {
     let mut client = ctx.client()?;
     let view = leader_view(&mut client).await?;
     let Some(m) = member(&view, id) else {
@@ -737,23 +747,9 @@ async fn promote(ctx: &mut Context, id: u64, force: bool) -> Result<()> {
         );
         return print_membership(ctx, &view);
     }
-    match lag(&view, id) {
-        None => progress(
-            ctx,
-            "warning",
-            id,
-            &format!(
-                "warning: node {id} has not replicated anything yet (is it running?); as a voter \
-                 it counts towards the quorum at once"
-            ),
-        ),
-        Some(behind) if behind > 1_000 => progress(
-            ctx,
-            "warning",
-            id,
-            &format!("warning: node {id} is {behind} entries behind the leader"),
-        ),
-        Some(_) => {}
+    if !force {
+        let (raft, client_url) = (m.raft_url.clone(), m.client_url.clone());
+        wait_caught_up(ctx, &mut client, id, &raft, &client_url, catch_up, max_lag).await?;
     }
     let status = client
         .change_membership_with(

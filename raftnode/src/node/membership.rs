@@ -315,9 +315,18 @@ impl Node {
         if !cs.voters_outgoing.is_empty() || changes.is_empty() {
             return false;
         }
+        // Addresses that differ from the known ones are a request to move a member: not "in
+        // effect", and refused by the plan.
+        let same_address = |c: &proto::MemberChange| {
+            (c.raft_url.is_empty() && c.client_url.is_empty())
+                || self
+                    .addresses
+                    .get(&c.id)
+                    .is_some_and(|a| a.raft == c.raft_url && a.client == c.client_url)
+        };
         changes.iter().all(|c| match Kind::try_from(c.kind) {
-            Ok(Kind::AddLearner) => cs.learners.contains(&c.id),
-            Ok(Kind::AddVoter) => cs.voters.contains(&c.id),
+            Ok(Kind::AddLearner) => cs.learners.contains(&c.id) && same_address(c),
+            Ok(Kind::AddVoter) => cs.voters.contains(&c.id) && same_address(c),
             Ok(Kind::Remove) => !cs.voters.contains(&c.id) && !cs.learners.contains(&c.id),
             Err(_) => false,
         })
@@ -460,8 +469,7 @@ impl Node {
         let last = self.raw.raft.raft_log.last_index();
         let progress = self.raw.raft.prs().get(id);
         let matched = progress.map_or(0, |p| p.matched);
-        let replicating = progress.is_some_and(|p| p.state == raft::ProgressState::Replicate);
-        if !replicating || last.saturating_sub(matched) > MAX_PROMOTE_LAG {
+        if matched == 0 || last.saturating_sub(matched) > MAX_PROMOTE_LAG {
             return Err(format!(
                 "learner {id} has not caught up (replicated up to {matched} of {last}); wait \
                  for it (`microblog cluster status` shows its lag), or --force"
