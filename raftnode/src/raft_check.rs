@@ -408,17 +408,91 @@ pub fn check_snapshot(msg: &Message, cluster: ClusterId) -> Result<Machine, Stri
     Ok(machine)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Raft nodes in known states over raft-rs's `MemStorage`, for the tests here and for fuzzing
+/// the peer path (a message that passes [`check_against`] is stepped into one of them).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fixtures {
+    use raft::eraftpb::{ConfState, Message, MessageType};
+    use raft::storage::MemStorage;
+    use raft::{RawNode, StateRole};
 
-    fn msg(kind: MessageType, from: u64, to: u64) -> Message {
+    /// A message of `kind` from `from` to `to`.
+    pub fn msg(kind: MessageType, from: u64, to: u64) -> Message {
         let mut m = Message::default();
         m.set_msg_type(kind);
         m.from = from;
         m.to = to;
         m
     }
+
+    /// Node `id` of a fresh 3-voter configuration (1, 2, 3), at term 0.
+    pub fn raw_node(id: u64) -> RawNode<MemStorage> {
+        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        let config = raft::Config {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            ..Default::default()
+        };
+        RawNode::new(&config, storage, &crate::logging::discard()).expect("raw node")
+    }
+
+    /// Node 1 as a follower of node 2 in term 2.
+    pub fn follower() -> RawNode<MemStorage> {
+        let mut raw = raw_node(1);
+        let mut hb = msg(MessageType::MsgHeartbeat, 2, 1);
+        hb.term = 2;
+        raw.step(hb).expect("heartbeat");
+        assert_eq!((raw.raft.term, raw.raft.leader_id), (2, 2));
+        raw
+    }
+
+    /// Persists what raft asks to (a snapshot, entries, the hard state) and advances, as the
+    /// node's ready loop does.
+    pub fn persist_ready(raw: &mut RawNode<MemStorage>) {
+        if !raw.has_ready() {
+            return;
+        }
+        let ready = raw.ready();
+        let store = raw.store().clone();
+        if !ready.snapshot().is_empty() {
+            store
+                .wl()
+                .apply_snapshot(ready.snapshot().clone())
+                .expect("apply the snapshot raft restored");
+        }
+        store.wl().append(ready.entries()).expect("append");
+        if let Some(hs) = ready.hs() {
+            store.wl().set_hardstate(hs.clone());
+        }
+        let _light = raw.advance(ready);
+        raw.advance_apply();
+    }
+
+    /// Node 1 as the leader of term 1, with its first entry committed (so it serves reads).
+    pub fn leader() -> RawNode<MemStorage> {
+        let mut raw = raw_node(1);
+        raw.campaign().expect("campaign");
+        persist_ready(&mut raw);
+        let mut vote = msg(MessageType::MsgRequestVoteResponse, 2, 1);
+        vote.term = raw.raft.term;
+        raw.step(vote).expect("vote");
+        assert_eq!(raw.raft.state, StateRole::Leader);
+        persist_ready(&mut raw);
+        let mut ack = msg(MessageType::MsgAppendResponse, 2, 1);
+        ack.term = raw.raft.term;
+        ack.index = raw.raft.raft_log.last_index();
+        raw.step(ack).expect("ack");
+        persist_ready(&mut raw);
+        assert_eq!(raw.raft.raft_log.committed, raw.raft.raft_log.last_index());
+        raw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::msg;
+    use super::*;
 
     #[test]
     fn envelope() {
@@ -448,63 +522,9 @@ mod tests {
         }
     }
 
-    use raft::eraftpb::{ConfState, Entry};
+    use super::fixtures::{follower, leader, raw_node};
+    use raft::eraftpb::Entry;
     use raft::storage::MemStorage;
-
-    fn raw_node(id: u64) -> RawNode<MemStorage> {
-        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
-        let config = raft::Config {
-            id,
-            election_tick: 10,
-            heartbeat_tick: 1,
-            ..Default::default()
-        };
-        RawNode::new(&config, storage, &crate::logging::discard()).expect("raw node")
-    }
-
-    /// Node 1 as a follower of node 2 in term 2.
-    fn follower() -> RawNode<MemStorage> {
-        let mut raw = raw_node(1);
-        let mut hb = msg(MessageType::MsgHeartbeat, 2, 1);
-        hb.term = 2;
-        raw.step(hb).expect("heartbeat");
-        assert_eq!((raw.raft.term, raw.raft.leader_id), (2, 2));
-        raw
-    }
-
-    /// Persists what raft asks to and advances.
-    fn persist_ready(raw: &mut RawNode<MemStorage>) {
-        if !raw.has_ready() {
-            return;
-        }
-        let ready = raw.ready();
-        let store = raw.store().clone();
-        store.wl().append(ready.entries()).expect("append");
-        if let Some(hs) = ready.hs() {
-            store.wl().set_hardstate(hs.clone());
-        }
-        let _light = raw.advance(ready);
-        raw.advance_apply();
-    }
-
-    /// Node 1 as the leader of term 1, with its first entry committed (so it serves reads).
-    fn leader() -> RawNode<MemStorage> {
-        let mut raw = raw_node(1);
-        raw.campaign().expect("campaign");
-        persist_ready(&mut raw);
-        let mut vote = msg(MessageType::MsgRequestVoteResponse, 2, 1);
-        vote.term = raw.raft.term;
-        raw.step(vote).expect("vote");
-        assert_eq!(raw.raft.state, StateRole::Leader);
-        persist_ready(&mut raw);
-        let mut ack = msg(MessageType::MsgAppendResponse, 2, 1);
-        ack.term = raw.raft.term;
-        ack.index = raw.raft.raft_log.last_index();
-        raw.step(ack).expect("ack");
-        persist_ready(&mut raw);
-        assert_eq!(raw.raft.raft_log.committed, raw.raft.raft_log.last_index());
-        raw
-    }
 
     /// Steps `m` into `raw` unchecked: whether raft-rs panics.
     fn panics(mut raw: RawNode<MemStorage>, m: Message) -> bool {

@@ -238,17 +238,26 @@ pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response 
     }
 }
 
-enum Plan {
+/// What a checked client request comes to.
+#[derive(Debug)]
+pub enum Plan {
+    /// A write to propose, and how much longer than usual it may wait (a blocking `in`).
     Write(Command, Duration),
+    /// A read, and how much longer than usual it may wait (a blocking `rd`).
     Read(ReadOp, Duration),
+    /// A membership change (forced or not).
     ConfChange(Vec<proto::MemberChange>, bool),
+    /// A status request (with the space's digest or not).
     Status(bool),
 }
 
 /// How long a membership change may take to be applied.
 const CONF_CHANGE_WAIT: Duration = Duration::from_secs(15);
 
-fn plan(req: proto::Request) -> Result<Plan, response::Result> {
+/// Checks a decoded request (every tuple and template in it decodes and is within its limits,
+/// writes carry a session) and says what the node will do with it; the error is the answer to
+/// send back.
+pub fn plan(req: proto::Request) -> Result<Plan, response::Result> {
     let Some(op) = req.op else {
         return Err(error(Code::Invalid, "the request has no operation"));
     };

@@ -225,6 +225,8 @@ fn print_status(
                     "tuples": s.tuples,
                     "first_index": s.first_index,
                     "last_index": s.last_index,
+                    "cluster": format!("{:016x}", s.cluster_id),
+                    "refused": s.refused,
                     "members": s.members.iter().map(|m| json!({
                         "id": m.id,
                         "role": m.role,
@@ -274,6 +276,21 @@ fn print_status(
     if let Some(leader) = leader {
         ctx.out.line("")?;
         print_membership(ctx, leader)?;
+    }
+    let refusals: Vec<String> = answers
+        .iter()
+        .filter_map(|(_, answer)| answer.as_ref().ok())
+        .filter(|s| !s.refused.is_empty())
+        .map(|s| {
+            let kinds: Vec<String> = s.refused.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            format!("node {} refused: {}", s.id, kinds.join(", "))
+        })
+        .collect();
+    if !refusals.is_empty() {
+        ctx.out.line("")?;
+        for line in refusals {
+            ctx.out.line(&line)?;
+        }
     }
     for (endpoint, answer) in answers {
         if let Err(why) = answer {
