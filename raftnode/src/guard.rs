@@ -1,48 +1,46 @@
-//! The frame guard: the project's own gate in front of every ZeroMQ listener.
+//! The frame guard: the project's own ZeroMQ listener, with every limit checked before anything
+//! is allocated.
 //!
 //! zmq.rs reserves memory for whatever length a frame header announces, before the frame's bytes
 //! arrive, so one header announcing an enormous length aborts the process; it also buffers any
 //! number of frames of a multipart message, answers a handshake with no time limit, and lets a
 //! peer pick the identity that replies are routed by (a second connection claiming an identity
-//! takes over the first one's replies). So no socket of zmq.rs listens on the network. Each
-//! endpoint is a TCP listener of ours; every connection it accepts is relayed to the node's
-//! zmq.rs ROUTER over a Unix socket in a private directory (mode 0700), and on the way the guard
-//! reads the ZMTP stream the client sends:
+//! takes over the first one's replies). So no zmq.rs socket listens on the network: each endpoint
+//! is a [`Router`] of ours, speaking the server side of ZMTP 3.0 (NULL mechanism) to zmq.rs's REQ
+//! and DEALER sockets, the way a ZeroMQ ROUTER does, and reading the stream a client sends with
+//! [`Reader`]:
 //!
-//! - the greeting must be ZMTP 3 with the NULL mechanism, and the handshake must finish within
-//!   [`HANDSHAKE_TIMEOUT`];
-//! - the READY command must name an allowed socket type; the guard rewrites its `Identity` to a
-//!   tag of its own (`<source address>#<connection number>`), so a client cannot take over
-//!   another connection's replies, and the server learns each frame's source address from it;
+//! - the greeting must be ZMTP 3 with the NULL mechanism, and the greeting and READY must arrive
+//!   within [`HANDSHAKE_TIMEOUT`]; the READY must name an allowed socket type;
 //! - every frame header is checked against the endpoint's frame limit, and every message against
-//!   its size and frame-count limits, *before* the header is passed on: a connection that
-//!   announces too much is closed and nothing is allocated for it;
+//!   its size and frame-count limits, before a byte of the frame is buffered: a connection that
+//!   announces too much is closed;
 //! - the bytes announced for frames larger than [`FREE_FRAME_BYTES`] are reserved from a budget
-//!   shared by all connections of the endpoint before their header is passed on, and released
-//!   when the message is complete; a frame must arrive at a minimum rate, or its connection is
-//!   closed ([`frame_deadline`]), so the budget cannot be held by slow senders;
-//! - at most `max_connections` connections are kept; a new one beyond that evicts the one that
+//!   shared by all connections of the endpoint before the frame is buffered, and released when
+//!   its message is complete; a frame must arrive at a minimum rate ([`frame_deadline`]), so the
+//!   budget cannot be held by slow senders;
+//! - every connection gets an identity of the router's choosing (`<source address>#<n>`): replies
+//!   are routed by it, so no client can receive another's replies, and refusals name the source;
+//! - at most `max_connections` connections are kept; a new one beyond that closes the one that
 //!   has been idle longest (the node's peers and clients reconnect by themselves);
-//! - commands after the handshake and reserved flag bits close the connection.
+//! - commands after the handshake and reserved flag bits close the connection; a client that does
+//!   not read its replies is closed after [`WRITE_TIMEOUT`].
 //!
-//! The server behind the guard can close a connection by its identity tag
-//! ([`GuardHandle::close`]), e.g. after a frame from it failed authentication.
-//!
-//! The inspection itself is [`Inspector`], a pure state machine over the bytes (unit-tested and
-//! fuzzed); [`Guard`] is the async relay around it. Replies (server to client) pass unchanged.
+//! The server behind the router can close a connection by its identity ([`RouterHandle::close`]),
+//! e.g. after a frame from it failed authentication.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use slog::{Logger, debug, info};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
 use crate::refusals::Refuser;
@@ -59,6 +57,17 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a connection may wait for room in the shared budget before it is closed.
 const BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// How long writing one reply to a client may take before the connection is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Replies queued for one connection; beyond this a reply is dropped (a REQ has one request in
+/// flight, a DEALER client a few).
+const REPLY_QUEUE: usize = 64;
+
+/// Complete messages from all connections waiting for the server (each connection waits when it
+/// is full: TCP's own back-pressure then slows the senders).
+const INCOMING_QUEUE: usize = 1024;
 
 /// A frame of `bytes` must have fully arrived within this time of its header: 5 s plus one
 /// second per MiB (1 MiB/s is far below any link a cluster runs on).
@@ -126,80 +135,98 @@ impl GuardError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum State {
     Greeting,
     Ready,
     Header,
-    Body { remaining: u64, more: bool },
+    /// A large frame's header has passed; its bytes wait for a reservation.
+    Reserving {
+        size: u64,
+        more: bool,
+    },
+    Body {
+        frame: BytesMut,
+        remaining: u64,
+        more: bool,
+    },
 }
 
-/// What one call of [`Inspector::feed`] did.
+/// What one call of [`Reader::feed`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fed {
     /// Bytes of the input consumed.
     pub consumed: usize,
-    /// Bytes to reserve from the budget before passing `out` on (a large frame's header ends
-    /// `out`).
+    /// A frame's header announced this many bytes: reserve them, then call
+    /// [`Reader::reserved`] before feeding more.
     pub reserve: u64,
-    /// Messages completed by the bytes in `out`: their reservations may be released once `out`
-    /// is passed on.
-    pub completed: u32,
 }
 
-/// The guard's reading of one client's ZMTP stream. Pure: bytes in, bytes to pass on out.
+/// The guard's reading of one client's ZMTP stream: bytes in, complete messages out. Pure (no
+/// I/O), so it is unit-tested and fuzzed on its own.
 #[derive(Debug)]
-pub struct Inspector {
+pub struct Reader {
     limits: Limits,
-    identity: Vec<u8>,
     state: State,
     /// A greeting, command or frame header received in part (at most `MAX_COMMAND + 9` bytes).
     partial: Vec<u8>,
+    /// The frames of the message being received.
+    message: Vec<Bytes>,
     message_bytes: u64,
-    message_frames: u32,
 }
 
-impl Inspector {
-    /// An inspector for a new connection whose READY identity becomes `identity` (1 to 255
-    /// bytes, not starting with a zero byte, as ZMTP requires).
-    pub fn new(limits: Limits, identity: Vec<u8>) -> Inspector {
-        Inspector {
+impl Reader {
+    /// A reader for a new connection.
+    pub fn new(limits: Limits) -> Reader {
+        Reader {
             limits,
-            identity,
             state: State::Greeting,
             partial: Vec::with_capacity(64),
+            message: Vec::new(),
             message_bytes: 0,
-            message_frames: 0,
         }
     }
 
-    /// Whether the greeting and READY have passed.
+    /// Whether the greeting and READY have arrived.
     pub fn handshake_done(&self) -> bool {
         !matches!(self.state, State::Greeting | State::Ready)
     }
 
-    /// Whether a frame's body is being received (its deadline runs).
+    /// The size of the frame being received, if its bytes are awaited (its deadline runs).
     pub fn in_frame(&self) -> Option<u64> {
-        match self.state {
-            State::Body { remaining, .. } => Some(remaining),
+        match &self.state {
+            State::Body {
+                frame, remaining, ..
+            } => Some(frame.len() as u64 + remaining),
+            State::Reserving { size, .. } => Some(*size),
             _ => None,
         }
     }
 
-    /// Consumes a prefix of `input`, appending the bytes to pass on to `out`. It stops right
-    /// after a frame header that needs a reservation ([`Fed::reserve`]): the caller reserves,
-    /// passes `out` on, and feeds the rest.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Fed, GuardError> {
-        let mut fed = Fed::default();
+    /// The reservation [`Fed::reserve`] asked for is granted: the frame's bytes may be buffered.
+    pub fn reserved(&mut self) {
+        if let State::Reserving { size, more } = self.state {
+            // `size` passed the frame limit, and the bytes are reserved from the shared budget.
+            let frame = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+            self.state = State::Body {
+                frame,
+                remaining: size,
+                more,
+            };
+        }
+    }
+
+    /// Consumes a prefix of `input` and appends every message it completes to `out`. It stops
+    /// right after a frame header that needs a reservation ([`Fed::reserve`]).
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<Vec<Bytes>>) -> Result<Fed, GuardError> {
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
-            match self.state {
+            match &mut self.state {
                 State::Greeting => {
                     pos += self.fill(rest, 64);
                     if self.partial.len() == 64 {
                         check_greeting(&self.partial)?;
-                        out.extend_from_slice(&self.partial);
                         self.partial.clear();
                         self.state = State::Ready;
                     }
@@ -228,8 +255,7 @@ impl Inspector {
                     let total = header + size as usize;
                     pos += self.fill(&input[pos..], total);
                     if self.partial.len() == total {
-                        let ready = self.rewrite_ready()?;
-                        out.extend_from_slice(&ready);
+                        self.check_ready(header)?;
                         self.partial.clear();
                         self.state = State::Header;
                     }
@@ -247,45 +273,50 @@ impl Inspector {
                     }
                     let size = frame_size(&self.partial[..header_len]);
                     let more = flags & 1 != 0;
-                    self.check_frame(size)?;
-                    out.extend_from_slice(&self.partial);
                     self.partial.clear();
-                    if size == 0 {
-                        self.state = State::Header;
-                        if !more {
-                            self.end_message(&mut fed);
-                        }
-                    } else {
-                        self.state = State::Body {
-                            remaining: size,
-                            more,
-                        };
-                    }
+                    self.check_frame(size)?;
                     if size > FREE_FRAME_BYTES {
-                        fed.reserve = size;
-                        break;
+                        self.state = State::Reserving { size, more };
+                        return Ok(Fed {
+                            consumed: pos,
+                            reserve: size,
+                        });
+                    }
+                    self.state = State::Body {
+                        frame: BytesMut::with_capacity(size as usize),
+                        remaining: size,
+                        more,
+                    };
+                    if size == 0 {
+                        self.end_frame(out);
                     }
                 }
-                State::Body { remaining, more } => {
+                State::Reserving { .. } => {
+                    // The caller feeds on only after `reserved`.
+                    return Ok(Fed {
+                        consumed: pos,
+                        reserve: 0,
+                    });
+                }
+                State::Body {
+                    frame, remaining, ..
+                } => {
                     let take = rest
                         .len()
-                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    out.extend_from_slice(&rest[..take]);
+                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    frame.extend_from_slice(&rest[..take]);
                     pos += take;
-                    let remaining = remaining - take as u64;
-                    if remaining == 0 {
-                        self.state = State::Header;
-                        if !more {
-                            self.end_message(&mut fed);
-                        }
-                    } else {
-                        self.state = State::Body { remaining, more };
+                    *remaining -= take as u64;
+                    if *remaining == 0 {
+                        self.end_frame(out);
                     }
                 }
             }
         }
-        fed.consumed = pos;
-        Ok(fed)
+        Ok(Fed {
+            consumed: pos,
+            reserve: 0,
+        })
     }
 
     /// Moves bytes from `input` into `partial` until it holds `want`; returns how many it took.
@@ -295,10 +326,8 @@ impl Inspector {
         take
     }
 
-    /// Parses the buffered READY command and returns it with our identity in place of the
-    /// client's.
-    fn rewrite_ready(&self) -> Result<Vec<u8>, GuardError> {
-        let header = if self.partial[0] == 0x06 { 9 } else { 2 };
+    /// Checks the buffered READY command: the first command, naming an allowed socket type.
+    fn check_ready(&self, header: usize) -> Result<(), GuardError> {
         let body = &self.partial[header..];
         let bad = |why: &str| GuardError::Handshake(why.to_string());
         let (&name_len, rest) = body.split_first().ok_or_else(|| bad("empty command"))?;
@@ -329,19 +358,20 @@ impl Inspector {
             props = rest;
         }
         let socket_type = socket_type.ok_or_else(|| bad("READY without a Socket-Type"))?;
-        if !self
+        if self
             .limits
             .socket_types
             .iter()
             .any(|allowed| allowed.as_bytes() == socket_type)
         {
-            return Err(GuardError::Handshake(format!(
+            Ok(())
+        } else {
+            Err(GuardError::Handshake(format!(
                 "socket type {:?} is not served here (allowed: {:?})",
                 String::from_utf8_lossy(socket_type),
                 self.limits.socket_types
-            )));
+            )))
         }
-        Ok(encode_ready(socket_type, &self.identity))
     }
 
     fn check_frame(&mut self, size: u64) -> Result<(), GuardError> {
@@ -351,8 +381,7 @@ impl Inspector {
                 limit: self.limits.max_frame,
             });
         }
-        self.message_frames += 1;
-        if self.message_frames > self.limits.max_frames_per_message {
+        if self.message.len() as u32 >= self.limits.max_frames_per_message {
             return Err(GuardError::TooManyFrames(
                 self.limits.max_frames_per_message,
             ));
@@ -367,10 +396,17 @@ impl Inspector {
         Ok(())
     }
 
-    fn end_message(&mut self, fed: &mut Fed) {
-        self.message_bytes = 0;
-        self.message_frames = 0;
-        fed.completed += 1;
+    /// The frame being received is complete: into the message, and the message out if it was
+    /// the last frame.
+    fn end_frame(&mut self, out: &mut Vec<Vec<Bytes>>) {
+        let state = std::mem::replace(&mut self.state, State::Header);
+        if let State::Body { frame, more, .. } = state {
+            self.message.push(frame.freeze());
+            if !more {
+                out.push(std::mem::take(&mut self.message));
+                self.message_bytes = 0;
+            }
+        }
     }
 }
 
@@ -401,33 +437,49 @@ fn check_greeting(g: &[u8]) -> Result<(), GuardError> {
     Ok(())
 }
 
-/// A READY command frame with these two properties.
-fn encode_ready(socket_type: &[u8], identity: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(32 + socket_type.len() + identity.len());
-    body.push(5);
+/// What the router says first: a ZMTP 3.0 greeting (NULL mechanism, as server) and its READY.
+fn handshake() -> Vec<u8> {
+    let mut out = vec![0u8; 64];
+    out[0] = 0xff;
+    out[9] = 0x7f;
+    out[10] = 3;
+    out[12..16].copy_from_slice(b"NULL");
+    out[32] = 1;
+    let mut body = vec![5];
     body.extend_from_slice(b"READY");
-    for (name, value) in [(&b"Socket-Type"[..], socket_type), (b"Identity", identity)] {
-        body.push(name.len() as u8);
-        body.extend_from_slice(name);
-        body.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        body.extend_from_slice(value);
+    body.push(11);
+    body.extend_from_slice(b"Socket-Type");
+    body.extend_from_slice(&6u32.to_be_bytes());
+    body.extend_from_slice(b"ROUTER");
+    out.push(0x04);
+    out.push(body.len() as u8);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A message as ZMTP frames: each part with its flags (MORE on all but the last, LONG past 255
+/// bytes) and length.
+pub fn encode_message(parts: &[Bytes]) -> Vec<u8> {
+    let total: usize = parts.iter().map(|p| p.len() + 9).sum();
+    let mut out = Vec::with_capacity(total);
+    for (i, part) in parts.iter().enumerate() {
+        let more = u8::from(i + 1 < parts.len());
+        if part.len() > 255 {
+            out.push(0x02 | more);
+            out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        } else {
+            out.push(more);
+            out.push(part.len() as u8);
+        }
+        out.extend_from_slice(part);
     }
-    let mut frame = Vec::with_capacity(body.len() + 9);
-    if body.len() > 255 {
-        frame.push(0x06);
-        frame.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    } else {
-        frame.push(0x04);
-        frame.push(body.len() as u8);
-    }
-    frame.extend_from_slice(&body);
-    frame
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
-// The relay.
+// The router.
 
-/// How one endpoint's guard is set up.
+/// How one endpoint's router is set up.
 #[derive(Clone, Debug)]
 pub struct GuardConfig {
     /// Names the endpoint in logs and counters (`client`, `raft`).
@@ -440,29 +492,60 @@ pub struct GuardConfig {
     pub budget: u64,
 }
 
-/// One live connection, as the guard's table holds it.
+/// One live connection, as the router's table holds it.
 struct Conn {
     abort: AbortHandle,
-    /// Milliseconds since the guard started, at its last complete message (or its start).
+    replies: mpsc::Sender<Vec<Bytes>>,
+    /// Milliseconds since the router started, at its last complete message (or its start).
     last_active: Arc<AtomicU64>,
 }
 
-/// What the server behind the guard may ask of it.
-#[derive(Clone)]
-pub struct GuardHandle {
-    conns: Arc<Mutex<HashMap<Vec<u8>, Conn>>>,
+/// Why a reply could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No connection has that identity (it closed).
+    #[error("the connection is gone")]
+    Gone,
+    /// The connection has too many replies queued (it does not read them).
+    #[error("the connection's reply queue is full")]
+    Full,
+    /// A reply needs an identity and at least one frame.
+    #[error("a reply needs an identity frame and a message")]
+    Empty,
 }
 
-impl GuardHandle {
-    /// Closes the connection whose identity tag is `identity` (if it is still open). Returns
-    /// whether there was one.
-    pub fn close(&self, identity: &[u8]) -> bool {
-        let conn = self
-            .conns
+/// Sends replies and closes connections; cheap to clone.
+#[derive(Clone)]
+pub struct RouterHandle {
+    conns: Arc<Mutex<HashMap<Bytes, Conn>>>,
+}
+
+impl RouterHandle {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, Conn>> {
+        self.conns
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(identity);
-        match conn {
+    }
+
+    /// Queues a reply: `frames[0]` is the connection's identity, the rest the message (a REQ
+    /// expects an empty delimiter before its payload).
+    pub fn send(&self, mut frames: Vec<Bytes>) -> Result<(), SendError> {
+        if frames.len() < 2 {
+            return Err(SendError::Empty);
+        }
+        let identity = frames.remove(0);
+        let table = self.table();
+        let conn = table.get(&identity).ok_or(SendError::Gone)?;
+        conn.replies.try_send(frames).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
+        })
+    }
+
+    /// Closes the connection whose identity is `identity` (if it is still open). Returns
+    /// whether there was one.
+    pub fn close(&self, identity: &[u8]) -> bool {
+        match self.table().remove(identity) {
             Some(conn) => {
                 conn.abort.abort();
                 true
@@ -473,14 +556,11 @@ impl GuardHandle {
 
     /// How many connections are open.
     pub fn connections(&self) -> usize {
-        self.conns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        self.table().len()
     }
 }
 
-/// The source address a guard identity tag names (for logs), or the tag itself.
+/// The source address an identity names (for logs), or the identity itself.
 pub fn source_of(identity: &[u8]) -> String {
     let text = String::from_utf8_lossy(identity);
     match text.rsplit_once('#') {
@@ -489,56 +569,94 @@ pub fn source_of(identity: &[u8]) -> String {
     }
 }
 
-/// A bound guard: the public TCP listener and the private Unix socket behind it.
-pub struct Guard {
-    listener: TcpListener,
-    backend: PathBuf,
-    config: GuardConfig,
-    refuser: Arc<Refuser>,
-    logger: Logger,
-    handle: GuardHandle,
-    budget: Arc<Semaphore>,
-    started: Instant,
+/// A guarded ROUTER endpoint: receive messages (`[identity, frames...]`, as a ZeroMQ ROUTER
+/// gives them), answer through [`Router::handle`]. Dropping it stops accepting and closes every
+/// connection.
+pub struct Router {
+    /// The `tcp://` endpoint actually bound (port resolved).
+    pub endpoint: String,
+    incoming: mpsc::Receiver<Vec<Bytes>>,
+    handle: RouterHandle,
+    accept_task: tokio::task::JoinHandle<()>,
 }
 
-impl Guard {
-    /// A guard relaying connections accepted on `listener` to the Unix socket at `backend`.
-    pub fn new(
-        listener: TcpListener,
-        backend: PathBuf,
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        for (_, conn) in self.handle.table().drain() {
+            conn.abort.abort();
+        }
+    }
+}
+
+impl Router {
+    /// Binds `endpoint` (`tcp://host:port`; port 0 picks one) and starts accepting.
+    pub async fn bind(
+        endpoint: &str,
         config: GuardConfig,
         refuser: Arc<Refuser>,
         logger: Logger,
-    ) -> Guard {
+    ) -> io::Result<Router> {
+        let listener = bind_tcp(endpoint).await?;
+        let bound = listener.local_addr()?;
+        let host = endpoint
+            .strip_prefix("tcp://")
+            .and_then(|r| r.rsplit_once(':'))
+            .map_or("127.0.0.1", |(h, _)| h);
+        let endpoint = format!("tcp://{host}:{}", bound.port());
+        let (tx, incoming) = mpsc::channel(INCOMING_QUEUE);
+        let handle = RouterHandle {
+            conns: Arc::new(Mutex::new(HashMap::new())),
+        };
         let permits = usize::try_from(config.budget.max(config.limits.max_message))
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
-        Guard {
+        info!(logger, "endpoint guarded"; "endpoint" => &endpoint, "name" => config.name,
+            "max_frame" => config.limits.max_frame, "max_connections" => config.max_connections);
+        let acceptor = Acceptor {
             listener,
-            backend,
+            config,
             refuser,
             logger,
-            handle: GuardHandle {
-                conns: Arc::new(Mutex::new(HashMap::new())),
-            },
+            handle: handle.clone(),
             budget: Arc::new(Semaphore::new(permits)),
             started: Instant::now(),
-            config,
-        }
+            incoming: tx,
+        };
+        let accept_task = tokio::spawn(acceptor.run());
+        Ok(Router {
+            endpoint,
+            incoming,
+            handle,
+            accept_task,
+        })
     }
 
-    /// A handle for closing connections.
-    pub fn handle(&self) -> GuardHandle {
+    /// The next message from any connection: its identity, then its frames.
+    pub async fn recv(&mut self) -> Option<Vec<Bytes>> {
+        self.incoming.recv().await
+    }
+
+    /// For replying and closing connections.
+    pub fn handle(&self) -> RouterHandle {
         self.handle.clone()
     }
+}
 
-    /// The address the listener is bound to.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
+/// Accepts connections and starts a task for each.
+struct Acceptor {
+    listener: TcpListener,
+    config: GuardConfig,
+    refuser: Arc<Refuser>,
+    logger: Logger,
+    handle: RouterHandle,
+    budget: Arc<Semaphore>,
+    started: Instant,
+    incoming: mpsc::Sender<Vec<Bytes>>,
+}
 
-    /// Accepts and relays connections until the task is dropped.
-    pub async fn run(self) {
+impl Acceptor {
+    async fn run(self) {
         let mut number: u64 = 0;
         loop {
             let (stream, peer) = match self.listener.accept().await {
@@ -556,47 +674,39 @@ impl Guard {
                 }
             };
             number += 1;
-            let identity = format!("{peer}#{number}").into_bytes();
+            let identity = Bytes::from(format!("{peer}#{number}"));
             self.make_room(&peer);
-            let last_active = Arc::new(AtomicU64::new(self.now_ms()));
-            let relay = Relay {
+            let last_active = Arc::new(AtomicU64::new(self.started.elapsed().as_millis() as u64));
+            let (replies_tx, replies) = mpsc::channel(REPLY_QUEUE);
+            let connection = Connection {
                 identity: identity.clone(),
                 peer,
-                backend: self.backend.clone(),
                 config: self.config.clone(),
                 refuser: Arc::clone(&self.refuser),
                 logger: self.logger.clone(),
                 budget: Arc::clone(&self.budget),
                 last_active: Arc::clone(&last_active),
                 started: self.started,
-                conns: self.handle.clone(),
+                handle: self.handle.clone(),
+                incoming: self.incoming.clone(),
             };
-            let task = tokio::spawn(relay.run(stream));
-            self.handle
-                .conns
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(
-                    identity,
-                    Conn {
-                        abort: task.abort_handle(),
-                        last_active,
-                    },
-                );
+            // Registered before the task can run, so its own removal always finds it.
+            let mut table = self.handle.table();
+            let task = tokio::spawn(connection.run(stream, replies));
+            table.insert(
+                identity,
+                Conn {
+                    abort: task.abort_handle(),
+                    replies: replies_tx,
+                    last_active,
+                },
+            );
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
     }
 
     /// At the connection cap, closes the connection idle longest.
     fn make_room(&self, newcomer: &SocketAddr) {
-        let mut conns = self
-            .handle
-            .conns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conns = self.handle.table();
         if conns.len() < self.config.max_connections {
             return;
         }
@@ -620,158 +730,171 @@ impl Guard {
     }
 }
 
-/// One connection: client bytes through the inspector to the server, server bytes straight back.
-struct Relay {
-    identity: Vec<u8>,
+/// One connection: the client's stream read through a [`Reader`], replies written back.
+struct Connection {
+    identity: Bytes,
     peer: SocketAddr,
-    backend: PathBuf,
     config: GuardConfig,
     refuser: Arc<Refuser>,
     logger: Logger,
     budget: Arc<Semaphore>,
     last_active: Arc<AtomicU64>,
     started: Instant,
-    conns: GuardHandle,
+    handle: RouterHandle,
+    incoming: mpsc::Sender<Vec<Bytes>>,
 }
 
-/// Why a relay ended, when it was not simply closed by one side.
+/// Why a connection ended, when it was not simply closed by either side.
 enum Ended {
     Closed,
     Refused(&'static str, String),
 }
 
-impl Relay {
-    async fn run(self, client: TcpStream) {
-        let _ = client.set_nodelay(true);
-        let ended = match UnixStream::connect(&self.backend).await {
-            Ok(server) => self.relay(client, server).await,
-            Err(e) => Ended::Refused("conn.backend_unreachable", e.to_string()),
-        };
-        if let Ended::Refused(kind, detail) = ended {
+impl Connection {
+    async fn run(self, stream: TcpStream, replies: mpsc::Receiver<Vec<Bytes>>) {
+        let _ = stream.set_nodelay(true);
+        if let Ended::Refused(kind, detail) = self.serve(stream, replies).await {
             self.refuser
                 .refuse(&self.logger, kind, &self.peer.to_string(), &detail);
         } else {
             debug!(self.logger, "connection closed"; "endpoint" => self.config.name,
                 "from" => %self.peer);
         }
-        self.conns
-            .conns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&self.identity);
+        self.handle.table().remove(&self.identity);
     }
 
-    async fn relay(&self, client: TcpStream, server: UnixStream) -> Ended {
-        let (client_read, mut client_write) = client.into_split();
-        let (server_read, server_write) = server.into_split();
-        let back = async move {
-            let mut server_read = server_read;
-            let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-            Ended::Closed
-        };
-        let forth = self.inspect(client_read, server_write);
-        tokio::select! {
-            ended = back => ended,
-            ended = forth => ended,
+    async fn serve(&self, stream: TcpStream, mut replies: mpsc::Receiver<Vec<Bytes>>) -> Ended {
+        let (mut reader_half, mut writer) = stream.into_split();
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, writer.write_all(&handshake())).await {
+            Ok(Ok(())) => {}
+            _ => return Ended::Closed,
         }
-    }
-
-    /// Reads the client, checks what it sends, and passes it to the server.
-    async fn inspect(
-        &self,
-        mut client: tokio::net::tcp::OwnedReadHalf,
-        mut server: tokio::net::unix::OwnedWriteHalf,
-    ) -> Ended {
-        let mut inspector = Inspector::new(self.config.limits.clone(), self.identity.clone());
+        let mut reader = Reader::new(self.config.limits.clone());
         let mut buf = vec![0u8; 16 * 1024];
-        let mut out = Vec::with_capacity(16 * 1024);
+        let mut messages = Vec::new();
         let mut held: Option<OwnedSemaphorePermit> = None;
         let opened = tokio::time::Instant::now();
-        let mut frame_started: Option<(tokio::time::Instant, u64)> = None;
+        let mut frame_started: Option<tokio::time::Instant> = None;
         loop {
-            let deadline = if !inspector.handshake_done() {
+            let deadline = if !reader.handshake_done() {
                 Some(opened + HANDSHAKE_TIMEOUT)
             } else {
-                frame_started.map(|(at, bytes)| at + frame_deadline(bytes))
+                let size = reader.in_frame();
+                frame_started
+                    .zip(size)
+                    .map(|(at, size)| at + frame_deadline(size))
             };
-            let read = match deadline {
-                Some(deadline) => {
-                    match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
-                        Ok(read) => read,
-                        Err(_) => {
-                            let what = if inspector.handshake_done() {
-                                "a frame arrived too slowly"
-                            } else {
-                                "no handshake in time"
-                            };
-                            return Ended::Refused("frame.too_slow", what.into());
-                        }
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = reader_half.read(&mut buf) => {
+                    let n = match read {
+                        Ok(0) | Err(_) => return Ended::Closed,
+                        Ok(n) => n,
+                    };
+                    let ended = self
+                        .take_in(&mut reader, &buf[..n], &mut messages, &mut held)
+                        .await;
+                    if let Some(ended) = ended {
+                        return ended;
                     }
+                    frame_started = match (reader.in_frame(), frame_started) {
+                        (Some(_), None) => Some(tokio::time::Instant::now()),
+                        (Some(_), started) => started,
+                        (None, _) => None,
+                    };
                 }
-                None => client.read(&mut buf).await,
-            };
-            let n = match read {
-                Ok(0) | Err(_) => return Ended::Closed,
-                Ok(n) => n,
-            };
-            let mut input = &buf[..n];
-            while !input.is_empty() {
-                out.clear();
-                let fed = match inspector.feed(input, &mut out) {
-                    Ok(fed) => fed,
-                    Err(e) => return Ended::Refused(e.kind(), e.to_string()),
-                };
-                input = &input[fed.consumed..];
-                if fed.completed > 0 {
-                    held = None;
-                    frame_started = None;
-                    self.last_active
-                        .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                }
-                if fed.reserve > 0 {
-                    let n = u32::try_from(fed.reserve).unwrap_or(u32::MAX);
-                    let wait = Arc::clone(&self.budget).acquire_many_owned(n);
-                    match tokio::time::timeout(BUDGET_WAIT, wait).await {
-                        Ok(Ok(permit)) => match held.as_mut() {
-                            Some(h) => h.merge(permit),
-                            None => held = Some(permit),
-                        },
-                        _ => {
+                reply = replies.recv() => {
+                    let Some(reply) = reply else { return Ended::Closed };
+                    let bytes = encode_message(&reply);
+                    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Ended::Closed,
+                        Err(_) => {
                             return Ended::Refused(
-                                "frame.budget_exhausted",
-                                format!(
-                                    "no room for a frame of {} bytes among the frames in flight",
-                                    fed.reserve
-                                ),
+                                "conn.not_reading",
+                                "the client did not read its reply in time".into(),
                             );
                         }
                     }
                 }
-                if inspector.in_frame().is_some() && frame_started.is_none() {
-                    let size = inspector.in_frame().unwrap_or(0).max(fed.reserve);
-                    frame_started = Some((tokio::time::Instant::now(), size));
-                } else if inspector.in_frame().is_none() {
-                    frame_started = None;
-                }
-                if server.write_all(&out).await.is_err() {
-                    return Ended::Closed;
+                () = sleep => {
+                    let what = if reader.handshake_done() {
+                        "a frame arrived too slowly"
+                    } else {
+                        "no handshake in time"
+                    };
+                    return Ended::Refused("frame.too_slow", what.into());
                 }
             }
         }
     }
+
+    /// Feeds what was read to the reader, reserving budget for large frames, and hands every
+    /// complete message to the server. `Some` when the connection must end.
+    async fn take_in(
+        &self,
+        reader: &mut Reader,
+        mut input: &[u8],
+        messages: &mut Vec<Vec<Bytes>>,
+        held: &mut Option<OwnedSemaphorePermit>,
+    ) -> Option<Ended> {
+        while !input.is_empty() {
+            let fed = match reader.feed(input, messages) {
+                Ok(fed) => fed,
+                Err(e) => return Some(Ended::Refused(e.kind(), e.to_string())),
+            };
+            input = &input[fed.consumed..];
+            for message in messages.drain(..) {
+                // The message is complete: what it reserved is the server's to bound now.
+                *held = None;
+                self.last_active
+                    .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                let mut frames = Vec::with_capacity(message.len() + 1);
+                frames.push(self.identity.clone());
+                frames.extend(message);
+                if self.incoming.send(frames).await.is_err() {
+                    return Some(Ended::Closed);
+                }
+            }
+            if fed.reserve > 0 {
+                let n = u32::try_from(fed.reserve).unwrap_or(u32::MAX);
+                let wait = Arc::clone(&self.budget).acquire_many_owned(n);
+                match tokio::time::timeout(BUDGET_WAIT, wait).await {
+                    Ok(Ok(permit)) => match held.as_mut() {
+                        Some(h) => h.merge(permit),
+                        None => *held = Some(permit),
+                    },
+                    _ => {
+                        return Some(Ended::Refused(
+                            "frame.budget_exhausted",
+                            format!(
+                                "no room for a frame of {} bytes among the frames in flight",
+                                fed.reserve
+                            ),
+                        ));
+                    }
+                }
+                reader.reserved();
+            }
+        }
+        None
+    }
 }
 
-/// File descriptors a guarded connection costs: the client's TCP socket, and both ends of the
-/// Unix socket to the ROUTER.
-const FDS_PER_CONNECTION: u64 = 3;
+/// File descriptors a connection costs (its socket), with room for its share of the rest.
+const FDS_PER_CONNECTION: u64 = 1;
 
 /// File descriptors kept for everything else (log files, snapshots, peer sockets, the runtime).
 const FDS_RESERVED: u64 = 256;
 
-/// Raises this process's open-file limit to its hard limit and says how many guarded
-/// connections fit in it, so that accepting connections can never exhaust file descriptors
-/// (which would stop the node from opening its log, snapshots or peer sockets). Connection caps
-/// are clamped to this.
+/// Raises this process's open-file limit to its hard limit and says how many connections fit in
+/// it, so that accepting connections can never exhaust file descriptors (which would stop the
+/// node from opening its log, snapshots or peer sockets). Connection caps are clamped to this.
 pub fn connection_capacity() -> usize {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
@@ -787,86 +910,23 @@ pub fn connection_capacity() -> usize {
         .max(16)
 }
 
-/// Binds the public TCP endpoint `tcp://host:port` for a guard.
+/// Binds the public TCP endpoint `tcp://host:port`.
 pub async fn bind_tcp(endpoint: &str) -> io::Result<TcpListener> {
-    let rest = endpoint.strip_prefix("tcp://").ok_or_else(|| {
+    let invalid = |what: &str| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("endpoint {endpoint:?} must start with tcp://"),
+            format!("endpoint {endpoint:?} {what}"),
         )
-    })?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("endpoint {endpoint:?} has no :port"),
-        )
-    })?;
-    let port: u16 = port.parse().map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("endpoint {endpoint:?} has an invalid port"),
-        )
-    })?;
+    };
+    let rest = endpoint
+        .strip_prefix("tcp://")
+        .ok_or_else(|| invalid("must start with tcp://"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("has no :port"))?;
+    let port: u16 = port.parse().map_err(|_| invalid("has an invalid port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     TcpListener::bind((host, port)).await
-}
-
-/// A guarded ZeroMQ endpoint: the public listener, the private socket behind it, and the ROUTER
-/// bound to that socket. Dropping it stops the guard and removes the private directory.
-pub struct Guarded {
-    /// The `tcp://` endpoint actually bound (port resolved).
-    pub endpoint: String,
-    /// For closing connections.
-    pub handle: GuardHandle,
-    guard_task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        self.guard_task.abort();
-    }
-}
-
-/// Binds `endpoint` (tcp) behind a guard and `router` to the private Unix socket behind it.
-pub async fn bind_guarded(
-    router: &mut zeromq::RouterSocket,
-    endpoint: &str,
-    config: GuardConfig,
-    refuser: Arc<Refuser>,
-    logger: Logger,
-) -> Result<Guarded, String> {
-    use zeromq::Socket as _;
-    let listener = bind_tcp(endpoint).await.map_err(|e| e.to_string())?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let host = endpoint
-        .strip_prefix("tcp://")
-        .and_then(|r| r.rsplit_once(':'))
-        .map_or("127.0.0.1", |(h, _)| h);
-    let endpoint = format!("tcp://{host}:{}", bound.port());
-    // tempfile creates the directory with mode 0700: only this user can reach the socket.
-    let dir = tempfile::Builder::new()
-        .prefix("raftnode-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a private socket directory: {e}"))?;
-    let path = dir.path().join(config.name);
-    let unix = std::os::unix::net::UnixListener::bind(&path)
-        .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-    router
-        .bind_listener(unix)
-        .await
-        .map_err(|e| format!("cannot serve {}: {e}", path.display()))?;
-    let guard = Guard::new(listener, path, config.clone(), refuser, logger.clone());
-    let handle = guard.handle();
-    info!(logger, "endpoint guarded"; "endpoint" => &endpoint, "name" => config.name,
-        "max_frame" => config.limits.max_frame, "max_connections" => config.max_connections);
-    let guard_task = tokio::spawn(guard.run());
-    Ok(Guarded {
-        endpoint,
-        handle,
-        guard_task,
-        _dir: dir,
-    })
 }
 
 #[cfg(test)]
@@ -891,14 +951,13 @@ mod tests {
         g
     }
 
-    fn ready(socket_type: &str, identity: Option<&[u8]>) -> Vec<u8> {
-        let mut props: Vec<(&[u8], &[u8])> = vec![(b"Socket-Type", socket_type.as_bytes())];
-        if let Some(id) = identity {
-            props.push((b"Identity", id));
-        }
+    fn ready(socket_type: &str) -> Vec<u8> {
         let mut body = vec![5];
         body.extend_from_slice(b"READY");
-        for (n, v) in props {
+        for (n, v) in [
+            (&b"Socket-Type"[..], socket_type.as_bytes()),
+            (b"Identity", b"me"),
+        ] {
             body.push(n.len() as u8);
             body.extend_from_slice(n);
             body.extend_from_slice(&(v.len() as u32).to_be_bytes());
@@ -910,63 +969,66 @@ mod tests {
     }
 
     fn frame(more: bool, body: &[u8]) -> Vec<u8> {
-        let mut f = Vec::new();
-        let more = u8::from(more);
-        if body.len() > 255 {
-            f.push(0x02 | more);
-            f.extend_from_slice(&(body.len() as u64).to_be_bytes());
-        } else {
-            f.push(more);
-            f.push(body.len() as u8);
-        }
-        f.extend_from_slice(body);
+        let mut f = encode_message(&[Bytes::copy_from_slice(body)]);
+        f[0] |= u8::from(more);
         f
     }
 
-    /// Feeds `bytes` in chunks of `chunk`, as the relay would; returns what passes and the
-    /// reservations asked for.
-    fn run(bytes: &[u8], chunk: usize) -> Result<(Vec<u8>, Vec<u64>, u32), GuardError> {
-        let mut inspector = Inspector::new(limits(), b"10.0.0.1:5#1".to_vec());
-        let mut passed = Vec::new();
+    /// Feeds `bytes` in chunks of `chunk`, granting every reservation; returns the messages and
+    /// the reservations asked for.
+    fn run(bytes: &[u8], chunk: usize) -> Result<(Vec<Vec<Bytes>>, Vec<u64>), GuardError> {
+        let mut reader = Reader::new(limits());
+        let mut messages = Vec::new();
         let mut reserves = Vec::new();
-        let mut completed = 0;
         for piece in bytes.chunks(chunk) {
             let mut input = piece;
             while !input.is_empty() {
-                let mut out = Vec::new();
-                let fed = inspector.feed(input, &mut out)?;
+                let fed = reader.feed(input, &mut messages)?;
                 input = &input[fed.consumed..];
                 if fed.reserve > 0 {
                     reserves.push(fed.reserve);
+                    reader.reserved();
                 }
-                completed += fed.completed;
-                passed.extend(out);
             }
         }
-        Ok((passed, reserves, completed))
+        Ok((messages, reserves))
     }
 
     #[test]
-    fn a_good_stream_passes_with_the_identity_rewritten() {
+    fn a_good_stream_gives_its_messages() {
         let big = vec![7u8; 50_000];
         let mut stream = greeting();
-        stream.extend(ready("REQ", Some(b"victim")));
+        stream.extend(ready("REQ"));
         stream.extend(frame(true, b""));
         stream.extend(frame(false, b"hello"));
         stream.extend(frame(true, b""));
         stream.extend(frame(false, &big));
         for chunk in [1, 3, 64, 1000, 1 << 20] {
-            let (passed, reserves, completed) = run(&stream, chunk).unwrap();
-            let mut expect = greeting();
-            expect.extend(encode_ready(b"REQ", b"10.0.0.1:5#1"));
-            expect.extend(frame(true, b""));
-            expect.extend(frame(false, b"hello"));
-            expect.extend(frame(true, b""));
-            expect.extend(frame(false, &big));
-            assert_eq!(passed, expect, "chunk {chunk}");
+            let (messages, reserves) = run(&stream, chunk).unwrap();
+            assert_eq!(
+                messages,
+                vec![
+                    vec![Bytes::new(), Bytes::from_static(b"hello")],
+                    vec![Bytes::new(), Bytes::from(big.clone())]
+                ],
+                "chunk {chunk}"
+            );
             assert_eq!(reserves, vec![50_000]);
-            assert_eq!(completed, 2);
         }
+    }
+
+    #[test]
+    fn encode_message_matches_the_reader() {
+        let parts = vec![
+            Bytes::new(),
+            Bytes::from(vec![1u8; 300]),
+            Bytes::from_static(b"x"),
+        ];
+        let mut stream = greeting();
+        stream.extend(ready("REQ"));
+        stream.extend(encode_message(&parts));
+        let (messages, _) = run(&stream, 7).unwrap();
+        assert_eq!(messages, vec![parts]);
     }
 
     #[test]
@@ -988,30 +1050,23 @@ mod tests {
         stream.extend(body);
         stream.extend(frame(false, b"x"));
         for chunk in [1, 5, 4096] {
-            let (passed, _, completed) = run(&stream, chunk).unwrap();
-            assert!(passed.ends_with(&frame(false, b"x")));
-            assert_eq!(completed, 1);
+            let (messages, _) = run(&stream, chunk).unwrap();
+            assert_eq!(messages, vec![vec![Bytes::from_static(b"x")]]);
         }
     }
 
     #[test]
-    fn hostile_streams_are_refused_before_passing_the_header() {
+    fn hostile_streams_are_refused_from_the_header() {
         let mut base = greeting();
-        base.extend(ready("REQ", None));
+        base.extend(ready("REQ"));
 
-        // An enormous announced length: refused from the header alone.
+        // An enormous announced length: refused from the header alone, nothing buffered.
         let mut huge = base.clone();
         huge.push(0x02);
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
-        let mut inspector = Inspector::new(limits(), b"t".to_vec());
-        let mut out = Vec::new();
-        let err = inspector.feed(&huge, &mut out).unwrap_err();
+        let mut reader = Reader::new(limits());
+        let err = reader.feed(&huge, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, GuardError::FrameTooLarge { .. }), "{err}");
-        assert_eq!(
-            out.len(),
-            64 + encode_ready(b"REQ", b"t").len(),
-            "header not passed"
-        );
 
         let over = |bytes: u64| {
             let mut s = base.clone();
@@ -1020,18 +1075,10 @@ mod tests {
             run(&s, 7).unwrap_err()
         };
         assert!(matches!(over(100_001), GuardError::FrameTooLarge { .. }));
-        assert!(
-            run(
-                &{
-                    let mut s = base.clone();
-                    s.push(0x02);
-                    s.extend_from_slice(&100_000u64.to_be_bytes());
-                    s
-                },
-                7
-            )
-            .is_ok()
-        );
+        let mut exact = base.clone();
+        exact.push(0x02);
+        exact.extend_from_slice(&100_000u64.to_be_bytes());
+        assert!(run(&exact, 7).is_ok());
 
         // Many parts, each small: the message limits still hold.
         let mut parts = base.clone();
@@ -1066,7 +1113,7 @@ mod tests {
         curve[12..17].copy_from_slice(b"CURVE");
         assert!(matches!(run(&curve, 64), Err(GuardError::Greeting(_))));
         let mut router = greeting();
-        router.extend(ready("ROUTER", None));
+        router.extend(ready("ROUTER"));
         assert!(matches!(run(&router, 5), Err(GuardError::Handshake(_))));
         let mut no_ready = greeting();
         no_ready.extend(frame(false, b"data"));
@@ -1081,17 +1128,77 @@ mod tests {
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic_and_never_pass_a_large_header() {
+    fn arbitrary_bytes_never_panic_nor_reserve_past_the_limit() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..2_000 {
             let mut s = greeting();
-            s.extend(ready("REQ", None));
+            s.extend(ready("REQ"));
             let len = rng.gen_range(0..200);
             s.extend((0..len).map(|_| rng.r#gen::<u8>()));
-            if let Ok((passed, reserves, _)) = run(&s, rng.gen_range(1..50)) {
+            if let Ok((messages, reserves)) = run(&s, rng.gen_range(1..50)) {
                 assert!(reserves.iter().all(|&r| r <= 100_000));
-                assert!(passed.len() <= s.len() + 64);
+                let bytes: usize = messages.iter().flatten().map(Bytes::len).sum();
+                assert!(bytes <= s.len());
+            }
+        }
+    }
+
+    /// zmq.rs's REQ speaks to the router: requests arrive with their identity, replies go back
+    /// to the right socket, and a claimed identity changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn zmq_req_sockets_talk_to_the_router() {
+        use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+        let config = GuardConfig {
+            name: "test",
+            limits: Limits {
+                socket_types: &["REQ", "DEALER"],
+                ..limits()
+            },
+            max_connections: 8,
+            budget: 1 << 20,
+        };
+        let refuser = Arc::new(Refuser::default());
+        let mut router = Router::bind(
+            "tcp://127.0.0.1:0",
+            config,
+            refuser,
+            crate::logging::discard(),
+        )
+        .await
+        .expect("bind");
+        let handle = router.handle();
+        let endpoint = router.endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(mut frames) = router.recv().await {
+                let payload = frames.pop().unwrap_or_default();
+                let mut reply = frames;
+                reply.push(Bytes::from([&b"re: "[..], &payload].concat()));
+                let _ = handle.send(reply);
+            }
+        });
+        let mut sockets = Vec::new();
+        for _ in 0..2 {
+            let mut options = zeromq::SocketOptions::default();
+            options.peer_identity(b"same".as_slice().try_into().unwrap());
+            let mut req = zeromq::ReqSocket::with_options(options);
+            req.connect(&endpoint).await.expect("connect");
+            sockets.push(req);
+        }
+        for round in 0..3 {
+            for (i, req) in sockets.iter_mut().enumerate() {
+                let text = format!("{i}-{round}");
+                req.send(ZmqMessage::from(text.clone()))
+                    .await
+                    .expect("send");
+                let reply = tokio::time::timeout(Duration::from_secs(5), req.recv())
+                    .await
+                    .expect("in time")
+                    .expect("reply");
+                assert_eq!(
+                    reply.get(0).unwrap().as_ref(),
+                    format!("re: {text}").as_bytes()
+                );
             }
         }
     }

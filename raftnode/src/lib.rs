@@ -15,8 +15,8 @@
 //! - [`keys`]: the cluster key file (cluster id, the keys that authenticate peers, rotation).
 //! - [`peer_auth`]: authenticated peer frames (MAC, cluster id, sender, receiver, replay numbers).
 //! - [`raft_check`]: checks on peer raft messages before raft-rs sees them.
-//! - [`guard`]: the frame guard in front of every listener (frame limits before allocation,
-//!   connection caps, handshake timeouts).
+//! - [`guard`]: the frame guard: the ZeroMQ ROUTER every endpoint listens with (the server side
+//!   of ZMTP, with frame limits checked before allocation, connection caps, handshake timeouts).
 //! - [`refusals`]: counters and sampled logging of everything refused.
 //! - [`machine`]: the state machine: the space, exactly-once client sessions, the applied index.
 //! - [`node`]: the one task that owns raft's `RawNode` and runs the ready loop.

@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use slog::{Logger, debug, info, warn};
+use slog::{Logger, debug, info};
 
-use crate::guard::{self, GuardConfig, Limits};
+use crate::guard::{self, GuardConfig, Limits, Router, RouterHandle};
 use crate::refusals::Refuser;
 use tokio::sync::Semaphore;
 use tuplespace::{Query, TupleId};
-use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::machine::{MAX_WAIT_MS, decode_template, decode_tuple, error};
 use crate::node::{COMMIT_TIMEOUT, NodeHandle, ReadOp};
@@ -39,9 +38,6 @@ pub const MAX_LIST: usize = 10_000;
 
 /// How long a read may wait for ReadIndex and the local apply.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long sending an answer to one client may take before it is dropped.
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Client connections one node keeps (beyond it, the idlest is closed).
 pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
@@ -84,32 +80,22 @@ pub async fn serve(
     logger: Logger,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BindError> {
-    let mut socket = zeromq::RouterSocket::new();
-    let guarded = guard::bind_guarded(
-        &mut socket,
-        endpoint,
-        config,
-        Arc::clone(&refuser),
-        logger.clone(),
-    )
-    .await
-    .map_err(|reason| BindError {
-        endpoint: endpoint.to_string(),
-        reason,
-    })?;
-    info!(logger, "serving clients"; "endpoint" => &guarded.endpoint);
-    let (send, mut recv) = socket.split();
+    let mut router = Router::bind(endpoint, config, Arc::clone(&refuser), logger.clone())
+        .await
+        .map_err(|e| BindError {
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        })?;
+    info!(logger, "serving clients"; "endpoint" => &router.endpoint);
+    let send = router.handle();
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     tokio::pin!(shutdown);
     loop {
         let frames = tokio::select! {
             _ = &mut shutdown => break,
-            msg = recv.recv() => match msg {
-                Ok(msg) => msg.into_vec(),
-                Err(e) => {
-                    warn!(logger, "client endpoint receive failed; continuing"; "err" => %e);
-                    continue;
-                }
+            msg = router.recv() => match msg {
+                Some(frames) => frames,
+                None => break,
             },
         };
         // [identity, (empty delimiter,) payload]: everything before the payload is the envelope
@@ -177,28 +163,24 @@ pub async fn serve(
             drop(permit);
         });
     }
-    info!(logger, "client endpoint stopped"; "endpoint" => &guarded.endpoint);
-    drop(guarded);
+    info!(logger, "client endpoint stopped"; "endpoint" => &router.endpoint);
     Ok(())
 }
 
 struct Replier {
-    send: zeromq::RouterSendHalf,
+    send: RouterHandle,
     envelope: Vec<Bytes>,
     logger: Logger,
 }
 
 impl Replier {
+    /// Queues the answer on the client's connection (written by the connection's own task,
+    /// within [`guard::WRITE_TIMEOUT`]); a client that has gone or does not read loses it.
     async fn send(&mut self, resp: proto::Response) {
         let mut frames = std::mem::take(&mut self.envelope);
         frames.push(Bytes::from(resp.encode_to_vec()));
-        let Ok(msg) = ZmqMessage::try_from(frames) else {
-            return;
-        };
-        match tokio::time::timeout(SEND_TIMEOUT, self.send.send(msg)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(self.logger, "could not answer a client"; "err" => %e),
-            Err(_) => debug!(self.logger, "answering a client timed out"),
+        if let Err(e) = self.send.send(frames) {
+            debug!(self.logger, "could not answer a client"; "err" => %e);
         }
     }
 }

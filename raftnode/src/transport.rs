@@ -1,21 +1,23 @@
-//! The peer transport: raft messages between nodes over ZeroMQ (zmq.rs).
+//! The peer transport: raft messages between nodes over ZeroMQ.
 //!
 //! # Protocol
 //!
-//! Every node binds one ROUTER for raft traffic ([`serve`] / [`Server`]). Every node keeps, per
-//! peer, one long-lived REQ socket connected to that peer's ROUTER ([`Transport`]). A request is
-//! one frame, a prost [`RaftBatch`]: the sender's id and a list of raft messages, each encoded
-//! with raft-rs's own (rust-protobuf) codec. The reply is one frame, a prost [`RaftAck`] saying
-//! how many of the batch's messages were decoded and handed to raft.
+//! Every node listens for raft traffic with a guarded ROUTER ([`crate::guard`]: frame limits
+//! checked before allocation) ([`serve`] / [`Server`]). Every node keeps, per peer, one
+//! long-lived zmq.rs REQ socket connected to that peer's ROUTER ([`Transport`]). A request is one
+//! frame: an authenticated header ([`crate::peer_auth`]: cluster id, sender, receiver,
+//! incarnation, sequence number, MAC) followed by a prost [`RaftBatch`], a list of raft messages
+//! each encoded with raft-rs's own (rust-protobuf) codec. The reply is one frame, a sealed
+//! [`RaftAck`] saying how many of the batch's messages passed the checks and were handed to raft.
 //!
-//! On the wire, zmq.rs's REQ pushes an empty delimiter frame in front of the payload and the
-//! ROUTER pushes the sender's identity in front of that, so the server receives
-//! `[identity, "", RaftBatch]` and replies `[identity, "", RaftAck]`; the REQ strips the
-//! delimiter and hands back `[RaftAck]`.
+//! On the wire, the REQ pushes an empty delimiter frame in front of the payload and the ROUTER
+//! gives the server the connection's identity in front of that, so the server receives
+//! `[identity, "", frame]` and replies `[identity, "", ack]`; the REQ strips the delimiter and
+//! hands back `[ack]`.
 //!
 //! A batch holds whatever was queued for the peer while the previous request was in flight, up to
-//! `max_frame` bytes encoded, so a busy leader sends few large requests rather than one round
-//! trip per message, and the messages of one peer stay in order.
+//! `max_frame` bytes, so a busy leader sends few large requests rather than one round trip per
+//! message, and the messages of one peer stay in order.
 //!
 //! # Failures
 //!
@@ -32,9 +34,14 @@
 //! task backs off between connect attempts and drops what is queued meanwhile: memory stays
 //! bounded and nothing else waits on that peer.
 //!
-//! zmq.rs enforces no message size, so the server checks the size and shape of every frame and
-//! decodes defensively: a malformed request is logged (rate-limited), answered with
-//! `accepted: 0` when its envelope allows a reply, and never stops the loop.
+//! # What the server refuses
+//!
+//! Everything that does not authenticate (another cluster, an unknown key, a bad MAC, another
+//! receiver, a replayed number) is refused before the payload is decoded, counted, logged with
+//! its source, and its connection closed, with no answer. In an authentic batch, each message must
+//! pass [`raft_check::check_envelope`] (its `from` is the sender, its `to` this node, its type one
+//! peers send); a snapshot's state is decoded and checked on a blocking thread
+//! ([`raft_check::check_snapshot`]). The node then checks the rest against raft's state.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,9 +54,9 @@ use raft::eraftpb::{Message, MessageType};
 use slog::{Logger, debug, error, info, o, warn};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use zeromq::{ReqSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{ReqSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
-use crate::guard::{self, GuardConfig, GuardHandle, Guarded, Limits};
+use crate::guard::{self, GuardConfig, Limits, Router, RouterHandle};
 use crate::machine::Machine;
 use crate::peer_auth::{self, Header, PeerAuth, ReplayGuard};
 use crate::proto::{RaftAck, RaftBatch};
@@ -73,8 +80,6 @@ const TIMEOUT_PER_MIB: Duration = Duration::from_secs(1);
 /// First pause after a failure; doubled on each consecutive failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// A peer that disconnected must not hold up the server loop.
-const REPLY_TIMEOUT: Duration = Duration::from_millis(500);
 /// A `RaftAck` is a few bytes after its authenticated header; anything larger is not one.
 const MAX_ACK_FRAME: usize = peer_auth::HEADER_LEN + 64;
 /// Connections the raft endpoint keeps (a handful of peers; the rest are strays or attackers,
@@ -635,10 +640,10 @@ async fn exchange(
 // ---------------------------------------------------------------------------------------------
 // Receiving side.
 
-/// The receiving side of the peer transport: a ROUTER behind the frame guard.
+/// The receiving side of the peer transport: a guarded ROUTER ([`crate::guard`]).
 pub struct Server {
-    socket: RouterSocket,
-    guarded: Guarded,
+    router: Router,
+    handle: RouterHandle,
     auth: Arc<PeerAuth>,
     replays: ReplayGuard,
     deliver: Deliver,
@@ -677,23 +682,16 @@ impl Server {
         refuser: Arc<Refuser>,
         logger: Logger,
     ) -> Result<Server, TransportError> {
-        let mut socket = RouterSocket::new();
-        let guarded = guard::bind_guarded(
-            &mut socket,
-            bind_url,
-            config,
-            Arc::clone(&refuser),
-            logger.clone(),
-        )
-        .await
-        .map_err(|reason| TransportError::Bind {
-            endpoint: bind_url.to_owned(),
-            reason,
-        })?;
-        let logger = logger.new(o!("raft_endpoint" => guarded.endpoint.clone()));
+        let router = Router::bind(bind_url, config, Arc::clone(&refuser), logger.clone())
+            .await
+            .map_err(|e| TransportError::Bind {
+                endpoint: bind_url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let logger = logger.new(o!("raft_endpoint" => router.endpoint.clone()));
         Ok(Server {
-            socket,
-            guarded,
+            handle: router.handle(),
+            router,
             auth,
             replays: ReplayGuard::new(),
             deliver,
@@ -704,12 +702,7 @@ impl Server {
 
     /// The endpoint actually bound (with the port resolved when asked for port 0).
     pub fn endpoint(&self) -> &str {
-        &self.guarded.endpoint
-    }
-
-    /// For closing connections (tests, and the node when a peer is removed).
-    pub fn guard(&self) -> GuardHandle {
-        self.guarded.handle.clone()
+        &self.router.endpoint
     }
 
     /// Serves until `shutdown` completes, then unbinds.
@@ -720,34 +713,23 @@ impl Server {
             let received = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                received = self.socket.recv() => received,
+                received = self.router.recv() => received,
             };
-            let request = match received {
-                Ok(request) => request,
-                Err(err) => {
-                    // zmq.rs drops broken connections inside recv; an error here means the
-                    // socket itself is unwell. Pause so a persistent error cannot spin the loop.
-                    warn!(self.logger, "raft endpoint receive failed"; "error" => %err);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Some(request) = received else {
+                break;
             };
             let Some((identity, ack)) = self.handle(request).await else {
                 continue;
             };
-            let reply = ZmqMessage::try_from(vec![identity, Bytes::new(), Bytes::from(ack)]);
-            let Ok(reply) = reply else {
-                continue;
-            };
-            match tokio::time::timeout(REPLY_TIMEOUT, self.socket.send(reply)).await {
-                Ok(Ok(())) => {}
-                // The sender gave up or went away; its next request comes on a new socket.
-                Ok(Err(err)) => debug!(self.logger, "cannot reply to a raft peer"; "error" => %err),
-                Err(_) => debug!(self.logger, "replying to a raft peer timed out"),
+            if let Err(err) = self
+                .handle
+                .send(vec![identity, Bytes::new(), Bytes::from(ack)])
+            {
+                // The sender gave up or went away; its next request comes on a new connection.
+                debug!(self.logger, "cannot reply to a raft peer"; "error" => %err);
             }
         }
         info!(self.logger, "raft endpoint shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.close()).await;
     }
 
     /// Counts, logs and refuses what came from `identity`, and closes its connection: a peer
@@ -755,13 +737,13 @@ impl Server {
     fn refuse(&self, identity: &[u8], kind: &'static str, detail: &str) {
         self.refuser
             .refuse(&self.logger, kind, &guard::source_of(identity), detail);
-        self.guarded.handle.close(identity);
+        self.handle.close(identity);
     }
 
     /// Authenticates, decodes and checks one request; returns whom to answer and the sealed
     /// acknowledgement, or `None` when nothing may be answered (the connection is then closed).
-    async fn handle(&mut self, request: ZmqMessage) -> Option<(Bytes, Vec<u8>)> {
-        let mut frames = request.into_vecdeque();
+    async fn handle(&mut self, request: Vec<Bytes>) -> Option<(Bytes, Vec<u8>)> {
+        let mut frames = std::collections::VecDeque::from(request);
         let identity = frames.pop_front()?;
         let delimiter = frames.pop_front();
         let payload = frames.pop_front();
@@ -1330,7 +1312,7 @@ mod tests {
         tokio::time::timeout(LIMIT, async {
             // Receives requests and never answers, like a SIGSTOPped node whose kernel still
             // accepts connections.
-            let mut frozen = RouterSocket::new();
+            let mut frozen = zeromq::RouterSocket::new();
             let url = frozen
                 .bind("tcp://127.0.0.1:0")
                 .await
