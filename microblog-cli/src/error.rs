@@ -141,6 +141,13 @@ impl From<ClientError> for Error {
             ClientError::Protocol(m) => Error::failed(format!("protocol error: {m}")).hint(
                 "check that the endpoints are raftnode client endpoints of a matching version",
             ),
+            ClientError::OutcomeUnknown(m) => Error::failed(format!(
+                "the outcome is unknown: the write may or may not have been applied ({m})"
+            ))
+            .hint(
+                "it was not sent again, so it is applied at most once; look before you retry \
+                 (e.g. `microblog read --user YOU --limit 5`, or `microblog tuple rdp ...`)",
+            ),
         }
     }
 }

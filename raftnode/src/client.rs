@@ -61,6 +61,11 @@ pub enum ClientError {
     /// A node answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A write may or may not have been applied, and asking again cannot tell: an earlier
+    /// attempt's outcome was never known and its session is gone. The write was not resent as a
+    /// new request (that could apply it twice); read the state to find out.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// A tuple with its id.
@@ -572,6 +577,9 @@ impl Client {
         let mut last;
         let mut backoff = Duration::from_millis(20);
         let mut renewed = false;
+        // Whether an earlier attempt of this request may have been applied: it reached a node
+        // and no definite answer came back. Such a request is never sent as a new one.
+        let mut maybe_applied = false;
         loop {
             let request = proto::Request {
                 session: if is_write { self.session } else { 0 },
@@ -586,14 +594,25 @@ impl Client {
             match self.exchange(&request, wait).await {
                 Ok(resp) => match resp.result {
                     Some(response::Result::Error(e)) => match Code::try_from(e.code) {
-                        Ok(Code::Unavailable) | Ok(Code::Overloaded) => {
+                        Ok(code @ (Code::Unavailable | Code::Overloaded)) => {
+                            // OVERLOADED is refused before anything is proposed; UNAVAILABLE may
+                            // come after the proposal (a leader change, a commit timeout).
+                            maybe_applied |= code == Code::Unavailable;
                             last = format!("{endpoint}: {}", e.message);
                             if !pinned && !self.follow_hint(&resp.leader_client_url) {
                                 self.rotate();
                             }
                         }
+                        Ok(Code::SessionExpired) if is_write && maybe_applied => {
+                            return Err(ClientError::OutcomeUnknown(format!(
+                                "an earlier attempt of this request may have been applied, and \
+                                 its session is gone now ({}); it was not sent again",
+                                e.message
+                            )));
+                        }
                         Ok(Code::SessionExpired) if is_write && !renewed => {
-                            // Refused means not applied: a fresh session may send it again.
+                            // Refused, and no earlier attempt can have been applied: a fresh
+                            // session may send it.
                             renewed = true;
                             self.session = random_session();
                             self.seq = 1;
@@ -611,8 +630,9 @@ impl Client {
                     }
                     None => return Err(ClientError::Protocol("an empty answer".into())),
                 },
-                Err(e) => {
-                    last = format!("{endpoint}: {e}");
+                Err(failure) => {
+                    maybe_applied |= failure.sent;
+                    last = format!("{endpoint}: {}", failure.what);
                     self.socket = None;
                     if !pinned {
                         self.rotate();
@@ -657,7 +677,9 @@ impl Client {
         &mut self,
         request: &proto::Request,
         wait: Duration,
-    ) -> Result<proto::Response, String> {
+    ) -> Result<proto::Response, Failure> {
+        let unsent = |what: String| Failure { what, sent: false };
+        let sent = |what: String| Failure { what, sent: true };
         if self.socket.is_none() {
             let mut options = zeromq::SocketOptions::default();
             options.connect_timeout(self.options.connect_timeout);
@@ -666,27 +688,40 @@ impl Client {
             match tokio::time::timeout(self.options.connect_timeout, socket.connect(endpoint)).await
             {
                 Ok(Ok(())) => self.socket = Some(socket),
-                Ok(Err(e)) => return Err(format!("connect failed: {e}")),
-                Err(_) => return Err("connect timed out".into()),
+                Ok(Err(e)) => return Err(unsent(format!("connect failed: {e}"))),
+                Err(_) => return Err(unsent("connect timed out".into())),
             }
         }
-        let socket = self.socket.as_mut().ok_or("no socket")?;
+        let socket = self
+            .socket
+            .as_mut()
+            .ok_or_else(|| unsent("no socket".into()))?;
         let msg = ZmqMessage::from(Bytes::from(request.encode_to_vec()));
+        // From here on the request may have reached the node.
         match tokio::time::timeout(self.options.request_timeout, socket.send(msg)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("send failed: {e}")),
-            Err(_) => return Err("send timed out".into()),
+            Ok(Err(e)) => return Err(sent(format!("send failed: {e}"))),
+            Err(_) => return Err(sent("send timed out".into())),
         }
         let reply =
             match tokio::time::timeout(self.options.request_timeout + wait, socket.recv()).await {
                 Ok(Ok(m)) => m,
-                Ok(Err(e)) => return Err(format!("receive failed: {e}")),
-                Err(_) => return Err("no answer in time".into()),
+                Ok(Err(e)) => return Err(sent(format!("receive failed: {e}"))),
+                Err(_) => return Err(sent("no answer in time".into())),
             };
         let frames = reply.into_vec();
-        let payload = frames.last().ok_or("an empty message")?;
-        proto::Response::decode(payload.as_ref()).map_err(|e| format!("undecodable answer: {e}"))
+        let payload = frames
+            .last()
+            .ok_or_else(|| sent("an empty message".into()))?;
+        proto::Response::decode(payload.as_ref())
+            .map_err(|e| sent(format!("undecodable answer: {e}")))
     }
+}
+
+/// Why one exchange failed, and whether the request may have reached the node.
+struct Failure {
+    what: String,
+    sent: bool,
 }
 
 fn error_of(code: Code, message: String) -> ClientError {
@@ -722,5 +757,110 @@ fn tuples(r: response::Result) -> Result<Vec<Entry>, ClientError> {
     match r {
         response::Result::Tuples(list) => list.items.into_iter().map(decode_entry).collect(),
         other => Err(unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::{Router, RouterHandle};
+    use crate::machine::error as error_result;
+    use std::sync::Arc;
+    use tuplespace::tuple;
+
+    /// A fake node: answers each request with what `answer` says (`None`: no answer at all).
+    async fn fake_node(
+        answer: impl Fn(&proto::Request, usize) -> Option<proto::Response> + Send + 'static,
+    ) -> (String, Arc<std::sync::Mutex<Vec<proto::Request>>>) {
+        let config = crate::server::guard_config();
+        let refuser = Arc::new(crate::refusals::Refuser::default());
+        let mut router = Router::bind(
+            "tcp://127.0.0.1:0",
+            config,
+            refuser,
+            crate::logging::discard(),
+        )
+        .await
+        .expect("bind");
+        let endpoint = router.endpoint.clone();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let handle: RouterHandle = router.handle();
+        tokio::spawn(async move {
+            while let Some(mut frames) = router.recv().await {
+                let payload = frames.pop().unwrap_or_default();
+                let Ok(request) = proto::Request::decode(payload.as_ref()) else {
+                    continue;
+                };
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(request.clone());
+                    log.len()
+                };
+                if let Some(resp) = answer(&request, n) {
+                    frames.push(Bytes::from(resp.encode_to_vec()));
+                    let _ = handle.send(frames);
+                }
+            }
+        });
+        (endpoint, seen)
+    }
+
+    fn answer(result: response::Result) -> proto::Response {
+        proto::Response {
+            result: Some(result),
+            ..Default::default()
+        }
+    }
+
+    fn quick() -> ClientOptions {
+        ClientOptions {
+            request_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(300),
+            retry_window: Duration::from_secs(5),
+            follow_leader: false,
+        }
+    }
+
+    /// The first attempt's outcome is unknown (no answer); the retry finds the session gone. The
+    /// write may have been applied: it is reported as unknown, never sent as a new request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_outcome_is_never_resent_as_a_new_request() {
+        let (endpoint, seen) = fake_node(|_, n| {
+            (n > 1).then(|| {
+                answer(error_result(
+                    Code::SessionExpired,
+                    "session unknown; nothing applied",
+                ))
+            })
+        })
+        .await;
+        let mut client = Client::with_options([endpoint], quick());
+        let session = client.session();
+        let err = client.out(&tuple!["x"]).await.unwrap_err();
+        assert!(matches!(err, ClientError::OutcomeUnknown(_)), "{err:?}");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "one attempt and one retry: {seen:?}");
+        assert!(seen.iter().all(|r| r.session == session && r.seq == 1));
+    }
+
+    /// A session that is gone when a request is first sent: nothing can have been applied, so a
+    /// fresh session sends it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_certainly_unapplied_write_is_resent_in_a_new_session() {
+        let (endpoint, seen) = fake_node(|_, n| {
+            Some(if n == 1 {
+                answer(error_result(Code::SessionExpired, "session unknown"))
+            } else {
+                answer(response::Result::OutId(7))
+            })
+        })
+        .await;
+        let mut client = Client::with_options([endpoint], quick());
+        assert_eq!(client.out(&tuple!["x"]).await, Ok(7));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_ne!(seen[0].session, seen[1].session, "a new session");
+        assert_eq!(seen[1].seq, 1);
     }
 }

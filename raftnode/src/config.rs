@@ -146,8 +146,9 @@ pub struct NodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The cluster key file: the cluster id and the keys that authenticate peer batches
-    /// ([`crate::keys`]).
-    pub key_file: PathBuf,
+    /// ([`crate::keys`]). Every node needs it; clients reading the file for its endpoints do not.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Shared raft settings.
     #[serde(default)]
     pub raft: RaftSettings,
@@ -173,8 +174,10 @@ impl ClusterConfig {
                 node.data_dir = cwd.join(&node.data_dir);
             }
         }
-        if config.key_file.is_relative() {
-            config.key_file = cwd.join(&config.key_file);
+        if let Some(key_file) = config.key_file.as_mut()
+            && key_file.is_relative()
+        {
+            *key_file = cwd.join(&*key_file);
         }
         Ok(config)
     }
@@ -215,8 +218,12 @@ impl ClusterConfig {
         if self.nodes.is_empty() {
             return Err("no [[node]] entries".into());
         }
-        if self.key_file.as_os_str().is_empty() {
-            return Err("key_file is empty: every cluster needs a key file".into());
+        if self
+            .key_file
+            .as_ref()
+            .is_some_and(|k| k.as_os_str().is_empty())
+        {
+            return Err("key_file is empty".into());
         }
         let mut ids = HashSet::new();
         let mut endpoints = HashSet::new();
@@ -257,6 +264,18 @@ impl ClusterConfig {
                 id,
                 path: path.to_owned(),
                 known: self.nodes.iter().map(|n| n.id).collect(),
+            })
+    }
+
+    /// The key file the nodes of this cluster need, or an error naming the file that lacks it.
+    pub fn require_key_file(&self, path: &Path) -> Result<&Path, ConfigError> {
+        self.key_file
+            .as_deref()
+            .ok_or_else(|| ConfigError::Invalid {
+                path: path.to_owned(),
+                message: "no key_file: every node needs the cluster's key file (e.g. key_file = \
+                          \"data/cluster.key\"; `raftnode key init FILE` creates one)"
+                    .into(),
             })
     }
 
@@ -346,7 +365,10 @@ mod tests {
                 "election_ticks",
             ),
             ("key_file = \"k\"\n[raft]\n".to_string(), "node"),
-            (GOOD.replace("key_file = \"data/k.key\"", ""), "key_file"),
+            (
+                GOOD.replace("key_file = \"data/k.key\"", "key_file = \"\""),
+                "key_file",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -82,7 +82,7 @@ impl NodeLaunch {
             settings: cluster.raft.clone(),
             peers,
             voters,
-            key_file: cluster.key_file.clone(),
+            key_file: cluster.require_key_file(cluster_path)?.to_owned(),
         })
     }
 
@@ -383,17 +383,18 @@ pub async fn up(
     cluster_path: &Path,
     log_level: &str,
 ) -> anyhow::Result<()> {
-    if !cluster.key_file.exists() {
+    let key_file = cluster.require_key_file(cluster_path)?;
+    if !key_file.exists() {
         let keys = Keys::generate();
-        keys.create(&cluster.key_file)?;
+        keys.create(key_file)?;
         println!(
             "created the cluster key file {} (cluster {}; mode 0600: keep it secret)",
-            cluster.key_file.display(),
+            key_file.display(),
             keys.cluster
         );
     }
     // Refuse a bad key file here, once, rather than in every node.
-    Keys::load(&cluster.key_file)?;
+    Keys::load(key_file)?;
     let mut children = Vec::new();
     for n in &cluster.nodes {
         let child = tokio::process::Command::new(&exe)

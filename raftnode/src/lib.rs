@@ -19,6 +19,7 @@
 //!   of ZMTP, with frame limits checked before allocation, connection caps, handshake timeouts).
 //! - [`refusals`]: counters and sampled logging of everything refused.
 //! - [`machine`]: the state machine: the space, exactly-once client sessions, the applied index.
+//! - [`clock`]: cluster time, which only the leader's monotonic clock advances.
 //! - [`node`]: the one task that owns raft's `RawNode` and runs the ready loop.
 //! - [`server`]: the client endpoint, a ZeroMQ ROUTER speaking [`proto::Request`].
 //! - [`client`]: the async Rust API for programs.
@@ -27,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod guard;
 pub mod keys;

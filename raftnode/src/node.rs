@@ -22,7 +22,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType, Snapshot};
@@ -34,6 +34,7 @@ use tuplespace::{Query, Template, TupleId};
 mod admission;
 mod membership;
 
+use crate::clock::ClusterClock;
 use crate::config::RaftSettings;
 use crate::keys::ClusterId;
 use crate::machine::{Applied, Completion, Machine, error};
@@ -330,8 +331,8 @@ pub struct Node {
     /// Blocking `rd`s waiting for an `out`.
     readers: Vec<LocalReader>,
     next_read_ctx: u64,
-    /// The last stamp this node gave a command: stamps never go backwards.
-    last_stamp: u64,
+    /// Cluster time as this node sees it (it stamps proposals when this node leads).
+    clock: ClusterClock,
     /// When this node (as leader) last proposed a tick, so it proposes one at a time.
     tick_proposed: Option<Instant>,
     /// When this node (as leader) last proposed leaving a joint configuration.
@@ -416,6 +417,7 @@ impl Node {
         addresses.insert(id, me.clone());
         transport.set_self_url(me.raft.clone());
         let raw = RawNode::new(&config, storage, &logger)?;
+        let machine_now = machine.now();
         let mut node = Node {
             id,
             raw,
@@ -432,7 +434,7 @@ impl Node {
             confirmed_reads: Vec::new(),
             readers: Vec::new(),
             next_read_ctx: 1,
-            last_stamp: 0,
+            clock: ClusterClock::new(machine_now),
             tick_proposed: None,
             leave_proposed: None,
             pending_conf: None,
@@ -570,12 +572,14 @@ impl Node {
         Ok(true)
     }
 
+    /// The stamp for a proposal: cluster time if this node leads; a follower's proposal is
+    /// restamped by the leader it reaches (`node/admission.rs`), so it carries none.
     fn stamp(&mut self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.last_stamp = self.last_stamp.max(wall);
-        self.last_stamp
+        if self.raw.raft.state == StateRole::Leader {
+            self.clock.stamp()
+        } else {
+            0
+        }
     }
 
     fn propose(&mut self, mut cmd: Command, reply: oneshot::Sender<proto::Response>) {
@@ -626,7 +630,7 @@ impl Node {
         if self.raw.raft.state == StateRole::Leader
             && let Some(deadline) = self.machine.next_deadline()
         {
-            let due = self.stamp() >= deadline;
+            let due = self.clock.now() >= deadline;
             let in_flight = self
                 .tick_proposed
                 .is_some_and(|at| now.duration_since(at) < Duration::from_millis(500));
@@ -768,6 +772,7 @@ impl Node {
         self.raw.mut_store().apply_snapshot(&snap)?;
         self.machine = machine;
         self.machine.mark_applied(meta.index, meta.term);
+        self.clock.observe(self.machine.now(), false);
         self.note_kept_snapshot(meta.index);
         self.adopt_members();
         info!(self.logger, "installed a snapshot from the leader";
@@ -803,6 +808,8 @@ impl Node {
                 }
             }
         }
+        let leader = self.raw.raft.state == StateRole::Leader;
+        self.clock.observe(self.machine.now(), leader);
         Ok(())
     }
 
@@ -1058,6 +1065,7 @@ impl Node {
             digest: 0,
             refused: self.refuser.counts.snapshot(),
             cluster_id: self.cluster.0,
+            cluster_time_ms: self.clock.now(),
         }
     }
 }

@@ -18,6 +18,17 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Creates a key file with `raftnode key init` and returns the `key_file = ...` line for it.
+fn key_line(dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    let out = raftnode()
+        .args(["key", "init", path.to_str().unwrap()])
+        .output()
+        .expect("run raftnode key init");
+    assert!(out.status.success(), "{out:?}");
+    format!("key_file = \"{}\"\n", path.display())
+}
+
 fn run_expecting_failure(args: &[&str]) -> String {
     let out = raftnode()
         .args(args)
@@ -40,14 +51,31 @@ fn bad_configs_are_refused_with_the_reason() {
     let err = run_expecting_failure(&["run", "--cluster", bad.to_str().unwrap(), "--id", "1"]);
     assert!(err.contains("client"), "names the missing field: {err}");
 
+    let keyless = "[[node]]\nid = 1\nraft = \"tcp://127.0.0.1:7991\"\nclient = \"tcp://127.0.0.1:7992\"\ndata_dir = \"d1\"\n";
+    let no_key = dir.path().join("nokey.toml");
+    std::fs::write(&no_key, keyless).unwrap();
+    let err = run_expecting_failure(&["run", "--cluster", no_key.to_str().unwrap(), "--id", "1"]);
+    assert!(
+        err.contains("key_file"),
+        "names the missing key file: {err}"
+    );
+
     let good = dir.path().join("good.toml");
-    std::fs::write(
-        &good,
-        "[[node]]\nid = 1\nraft = \"tcp://127.0.0.1:7991\"\nclient = \"tcp://127.0.0.1:7992\"\ndata_dir = \"d1\"\n",
-    )
-    .unwrap();
+    std::fs::write(&good, key_line(dir.path(), "good.key") + keyless).unwrap();
     let err = run_expecting_failure(&["run", "--cluster", good.to_str().unwrap(), "--id", "4"]);
     assert!(err.contains("node id 4"), "{err}");
+
+    // A key file others can read is refused, with the fix.
+    let exposed = dir.path().join("exposed.toml");
+    let line = key_line(dir.path(), "exposed.key");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = dir.path().join("exposed.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::write(&exposed, line + keyless).unwrap();
+    let err = run_expecting_failure(&["run", "--cluster", exposed.to_str().unwrap(), "--id", "1"]);
+    assert!(err.contains("chmod 600"), "{err}");
 
     let err = run_expecting_failure(&["--log-level", "loud", "run", "--id", "1"]);
     assert!(err.contains("unknown log level"), "{err}");
@@ -57,7 +85,8 @@ fn bad_configs_are_refused_with_the_reason() {
     let blocked = dir.path().join("blocked.toml");
     std::fs::write(
         &blocked,
-        format!(
+        key_line(dir.path(), "blocked.key")
+            + &format!(
             "[[node]]\nid = 1\nraft = \"tcp://127.0.0.1:{}\"\nclient = \"tcp://127.0.0.1:{}\"\ndata_dir = \"{}\"\n",
             free_port(),
             free_port(),
@@ -78,7 +107,8 @@ fn a_data_dir_in_use_is_refused() {
     let cluster = dir.path().join("one.toml");
     std::fs::write(
         &cluster,
-        format!(
+        key_line(dir.path(), "one.key")
+            + &format!(
             "[[node]]\nid = 1\nraft = \"tcp://127.0.0.1:{}\"\nclient = \"tcp://127.0.0.1:{}\"\ndata_dir = \"{}\"\n",
             free_port(),
             free_port(),
@@ -110,4 +140,12 @@ fn a_data_dir_in_use_is_refused() {
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("in use"), "{err}");
+
+    // The data dir recorded its cluster: a key file of another cluster is refused by name.
+    let other = dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&cluster).unwrap();
+    let (_, nodes) = text.split_once('\n').unwrap();
+    std::fs::write(&other, key_line(dir.path(), "other.key") + nodes).unwrap();
+    let err = run_expecting_failure(&["run", "--cluster", other.to_str().unwrap(), "--id", "1"]);
+    assert!(err.contains("belongs to cluster"), "{err}");
 }

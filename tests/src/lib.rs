@@ -140,6 +140,8 @@ pub struct Cluster {
     node_configs: BTreeMap<u64, PathBuf>,
     /// New nodes get [`quiet_ports`] too.
     quiet: bool,
+    /// Extra environment for a node's process (e.g. libfaketime for a skewed wall clock).
+    node_env: BTreeMap<u64, Vec<(String, String)>>,
 }
 
 impl Cluster {
@@ -213,6 +215,7 @@ impl Cluster {
             config_header,
             node_configs: BTreeMap::new(),
             quiet: false,
+            node_env: BTreeMap::new(),
         }
     }
 
@@ -244,6 +247,11 @@ impl Cluster {
     /// dropped, for a post-mortem.
     pub fn keep_dir(&mut self) {
         self.dir.disable_cleanup(true);
+    }
+
+    /// Runs node `id`'s process (from its next start) with these extra environment variables.
+    pub fn set_node_env(&mut self, id: u64, env: Vec<(String, String)>) {
+        self.node_env.insert(id, env);
     }
 
     /// Whether node `id` is frozen (SIGSTOPped).
@@ -303,7 +311,9 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .expect("open the node log");
+        let env = self.node_env.get(&id).cloned().unwrap_or_default();
         let child = Command::new(&self.bin)
+            .envs(env)
             .args(args)
             .arg("--log-level")
             .arg(std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
@@ -545,6 +555,60 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Sends one request on a fresh REQ socket and decodes the answer (panics on any failure).
+pub async fn raw_call(endpoint: &str, request: &proto::Request) -> proto::Response {
+    use zeromq::{Socket as _, SocketRecv as _, SocketSend as _};
+    let mut socket = zeromq::ReqSocket::new();
+    tokio::time::timeout(Duration::from_secs(2), socket.connect(endpoint))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let msg = zeromq::ZmqMessage::from(bytes::Bytes::from(prost::Message::encode_to_vec(request)));
+    socket.send(msg).await.expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(10), socket.recv())
+        .await
+        .expect("an answer in time")
+        .expect("recv");
+    let frames = reply.into_vec();
+    <proto::Response as prost::Message>::decode(frames.last().expect("a frame").as_ref())
+        .expect("decodes")
+}
+
+/// libfaketime (Debian's `faketime` package; `.ci/run` installs it), for giving one node process
+/// a wall clock of its own.
+pub fn libfaketime() -> PathBuf {
+    const PLACES: [&str; 3] = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ];
+    PLACES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfaketime is missing (looked in {PLACES:?}): install Debian's faketime \
+                 package (`apt-get install faketime`; .ci/run does it)"
+            )
+        })
+}
+
+/// The environment that runs a process with its wall clock shifted by whatever
+/// `offset_file` says (`+7200`, `-7200`: seconds; re-read about every second, so writing the
+/// file steps the clock of a running process), and its monotonic clock untouched.
+pub fn skewed_clock_env(offset_file: &Path) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), libfaketime().display().to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            offset_file.display().to_string(),
+        ),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
 }
 
 /// Runs `f` with a hard time limit; a test that overruns fails instead of hanging CI.

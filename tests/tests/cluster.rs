@@ -6,10 +6,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message as _;
 use raftnode::client::ClientError;
 use raftnode::proto;
-use tests::{Cluster, bounded, serial};
+use tests::{Cluster, bounded, raw_call, serial};
 use tuplespace::{Query, Template, codec, tuple};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -243,22 +242,6 @@ async fn killing_every_node_loses_nothing_acknowledged() {
         assert!(next > *acked.last().unwrap(), "ids keep increasing");
     })
     .await;
-}
-
-async fn raw_call(endpoint: &str, request: &proto::Request) -> proto::Response {
-    let mut socket = zeromq::ReqSocket::new();
-    tokio::time::timeout(Duration::from_secs(2), socket.connect(endpoint))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let msg = ZmqMessage::from(Bytes::from(request.encode_to_vec()));
-    socket.send(msg).await.expect("send");
-    let reply = tokio::time::timeout(Duration::from_secs(10), socket.recv())
-        .await
-        .expect("an answer in time")
-        .expect("recv");
-    let frames = reply.into_vec();
-    proto::Response::decode(frames.last().expect("a frame").as_ref()).expect("decodes")
 }
 
 /// A request replayed with the same session and sequence number is applied once, through the

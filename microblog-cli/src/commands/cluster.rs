@@ -226,6 +226,7 @@ fn print_status(
                     "first_index": s.first_index,
                     "last_index": s.last_index,
                     "cluster": format!("{:016x}", s.cluster_id),
+                    "cluster_time_ms": s.cluster_time_ms,
                     "refused": s.refused,
                     "members": s.members.iter().map(|m| json!({
                         "id": m.id,

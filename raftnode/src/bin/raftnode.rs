@@ -210,7 +210,7 @@ fn main() -> ExitCode {
                     }
                     let data_dir = std::env::current_dir()?.join(data_dir);
                     let me = raftnode::node::Address { raft, client };
-                    let Some(key_file) = key_file.or_else(|| file.map(|f| f.key_file)) else {
+                    let Some(key_file) = key_file.or_else(|| file.and_then(|f| f.key_file)) else {
                         anyhow::bail!(
                             "--join needs the cluster's key file: --key-file FILE, or a \
                              --cluster file that names it"

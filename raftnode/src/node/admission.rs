@@ -7,10 +7,17 @@
 //! is not yet a member of any configuration (started with `--join`, waiting to be added) accepts
 //! authenticated peers and dials the sender back at the address it names; a member dials only
 //! members, at the addresses its cluster file, the log and snapshots give.
+//!
+//! The leader restamps the proposals followers forward with cluster time: no follower's clock
+//! reaches the log.
 
+use prost::Message as _;
+use raft::StateRole;
+use raft::eraftpb::{EntryType, Message, MessageType};
 use slog::info;
 
 use super::{Address, Node};
+use crate::proto::Command;
 use crate::raft_check::{self, MsgRefusal, RaftView};
 use crate::transport::Delivery;
 
@@ -53,10 +60,31 @@ impl Node {
                 );
                 continue;
             }
+            if msg.get_msg_type() == MessageType::MsgPropose
+                && self.raw.raft.state == StateRole::Leader
+            {
+                self.restamp(&mut msg);
+            }
             if let Err(e) = self.raw.step(msg) {
                 // Stale terms, responses from peers raft no longer tracks: raft says why.
                 slog::debug!(self.logger, "raft refused a message"; "err" => %e);
             }
+        }
+    }
+
+    /// A follower's proposal carries no time the cluster may trust: the leader stamps it on
+    /// arrival with cluster time (`crate::clock`), as it stamps its own.
+    fn restamp(&mut self, msg: &mut Message) {
+        for entry in msg.mut_entries().iter_mut() {
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                continue;
+            }
+            // An undecodable command is skipped identically by every replica when applied.
+            let Ok(mut cmd) = Command::decode(entry.data.as_ref()) else {
+                continue;
+            };
+            cmd.stamp_ms = self.clock.stamp();
+            entry.data = cmd.encode_to_vec().into();
         }
     }
 
