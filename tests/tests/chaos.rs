@@ -75,7 +75,7 @@ const GRACE: Duration = Duration::from_millis(500);
 async fn no_write_is_acknowledged_without_a_majority() {
     let _serial = serial().await;
     let seed = seed();
-    let cc = ChaosCluster::start(5, "", None).expect("a cluster");
+    let cc = ChaosCluster::start(5, "", None, false).expect("a cluster");
     bounded(Duration::from_secs(150), async {
         let leader = cc
             .wait_leader(Duration::from_secs(20))

@@ -33,7 +33,8 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     clients: usize,
     /// Faults to pick from, comma-separated: kill, kill-leader, freeze, restart, isolate-leader,
-    /// split, remove-readd, replace, or the groups crash, partition, membership, all.
+    /// split, remove-readd, replace, clock-step (needs libfaketime: Debian's faketime), or the
+    /// groups crash, partition, membership, clock, all.
     #[arg(long, default_value = "all", value_parser = fault_list)]
     faults: FaultList,
     /// Where to write the history (JSON Lines). Default: history.jsonl in a new directory

@@ -136,10 +136,12 @@ pub fn check(history: &History, finals: &FinalStates) -> checker::Report {
 /// One chaos run, start to report.
 pub async fn run(options: ChaosOptions) -> anyhow::Result<RunReport> {
     let start = Instant::now();
+    let clocks = options.nemesis.faults.contains(&nemesis::Fault::ClockStep);
     let mut cc = ChaosCluster::start(
         options.nodes,
         &options.raft_settings,
         options.raftnode.clone(),
+        clocks,
     )?;
     let history_path = options
         .history

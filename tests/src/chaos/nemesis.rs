@@ -4,7 +4,8 @@
 //! a `restart`), SIGSTOP a node for a while (then SIGCONT), restart a killed node with its data,
 //! cut the leader off from everyone or split the cluster into a minority and a majority for a
 //! while (then heal), remove a running node from the membership and add it back wiped, or replace
-//! a node after a disk loss by a fresh node with a new id. It never lets more than a minority be
+//! a node after a disk loss by a fresh node with a new id, or step a node's wall clock hours
+//! ahead or behind (nodes run under libfaketime). It never lets more than a minority be
 //! down, frozen or cut off at once: when a fault would exceed that, it first restarts a killed
 //! node. Membership faults start from a healed, fully running cluster.
 
@@ -40,11 +41,14 @@ pub enum Fault {
     RemoveReadd,
     /// Kill a node, wipe it, remove it and add a fresh node with a new id in its place.
     Replace,
+    /// Step a node's wall clock (hours ahead or behind, or back to true time), as NTP or a VM
+    /// resume would; its monotonic clock is left alone (nodes run under libfaketime).
+    ClockStep,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::Kill,
         Fault::KillLeader,
         Fault::Freeze,
@@ -53,6 +57,7 @@ impl Fault {
         Fault::Split,
         Fault::RemoveReadd,
         Fault::Replace,
+        Fault::ClockStep,
     ];
 
     /// Its name in reports and on the command line.
@@ -66,6 +71,7 @@ impl Fault {
             Fault::Split => "split",
             Fault::RemoveReadd => "remove-readd",
             Fault::Replace => "replace",
+            Fault::ClockStep => "clock-step",
         }
     }
 
@@ -76,6 +82,7 @@ impl Fault {
             Fault::Restart => 3,
             Fault::IsolateLeader | Fault::Split => 2,
             Fault::RemoveReadd | Fault::Replace => 1,
+            Fault::ClockStep => 2,
         }
     }
 }
@@ -101,7 +108,8 @@ impl FromStr for Fault {
 }
 
 /// Parses a comma-separated fault list; `all`, `crash` (kill, kill-leader, freeze, restart),
-/// `partition` (isolate-leader, split) and `membership` (remove-readd, replace) name groups.
+/// `partition` (isolate-leader, split), `membership` (remove-readd, replace) and `clock`
+/// (clock-step) name groups.
 pub fn parse_faults(text: &str) -> Result<Vec<Fault>, String> {
     let mut out = BTreeSet::new();
     for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -115,6 +123,7 @@ pub fn parse_faults(text: &str) -> Result<Vec<Fault>, String> {
             ]),
             "partition" => out.extend([Fault::IsolateLeader, Fault::Split]),
             "membership" => out.extend([Fault::RemoveReadd, Fault::Replace]),
+            "clock" => out.extend([Fault::ClockStep]),
             other => {
                 out.insert(other.parse()?);
             }
@@ -316,6 +325,19 @@ impl<'a> Nemesis<'a> {
                 self.down.insert(slot);
                 self.count(fault);
                 self.note(format!("kill the leader, node {}", self.cc.id(slot)));
+            }
+            Fault::ClockStep => {
+                let slot = self.rng.gen_range(0..self.cc.size());
+                let offset = *[-7_200i64, 7_200, 86_400, -3_600, 0]
+                    .choose(&mut self.rng)
+                    .expect("offsets");
+                if self.cc.step_clock(slot, offset) {
+                    self.count(fault);
+                    self.note(format!(
+                        "step node {}'s wall clock to {offset:+} s from true time",
+                        self.cc.id(slot)
+                    ));
+                }
             }
             Fault::Freeze => {
                 self.make_room(1);

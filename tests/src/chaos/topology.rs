@@ -93,6 +93,9 @@ pub struct ChaosCluster {
     slots: Vec<Slot>,
     next_id: u64,
     members: SharedMembers,
+    /// Per slot, the file libfaketime reads the node's wall-clock offset from (when the run
+    /// steps clocks).
+    clocks: Option<Vec<PathBuf>>,
 }
 
 /// How long a node may take to answer a status request.
@@ -103,8 +106,15 @@ const MEMBERSHIP_WINDOW: Duration = Duration::from_secs(15);
 const CATCH_UP: Duration = Duration::from_secs(30);
 
 impl ChaosCluster {
-    /// Configures `n` nodes with their proxies and per-node cluster files, and starts them.
-    pub fn start(n: usize, raft_settings: &str, bin: Option<PathBuf>) -> anyhow::Result<Self> {
+    /// Configures `n` nodes with their proxies and per-node cluster files, and starts them; with
+    /// `clocks`, every node runs under libfaketime so [`ChaosCluster::step_clock`] can step its
+    /// wall clock.
+    pub fn start(
+        n: usize,
+        raft_settings: &str,
+        bin: Option<PathBuf>,
+        clocks: bool,
+    ) -> anyhow::Result<Self> {
         let bin = bin.unwrap_or_else(raftnode_bin);
         let cluster = Cluster::configure_with_bin(n, raft_settings, bin);
         let slots: Vec<Slot> = cluster
@@ -128,10 +138,21 @@ impl ChaosCluster {
             net,
             slots,
             members: SharedMembers::default(),
+            clocks: None,
         };
+        if clocks {
+            let files: Vec<PathBuf> = (0..n)
+                .map(|s| me.cluster.dir().join(format!("clock-slot{s}")))
+                .collect();
+            for file in &files {
+                std::fs::write(file, "+0").context("writing a clock offset file")?;
+            }
+            me.clocks = Some(files);
+        }
         me.write_configs()?;
         for s in 0..n {
             let id = me.slots[s].id;
+            me.set_clock_env(s);
             me.cluster.spawn(id);
         }
         me.publish_members();
@@ -222,6 +243,24 @@ impl ChaosCluster {
             self.cluster.set_node_config(id, path);
         }
         Ok(())
+    }
+
+    /// Runs the node in `slot` under libfaketime reading its slot's offset file (when clocks
+    /// are stepped in this run).
+    fn set_clock_env(&mut self, slot: usize) {
+        if let Some(files) = &self.clocks {
+            let env = crate::skewed_clock_env(&files[slot]);
+            self.cluster.set_node_env(self.slots[slot].id, env);
+        }
+    }
+
+    /// Steps the wall clock of the node in `slot` to `offset` seconds from true time (it takes
+    /// effect within about a second). False when this run does not step clocks.
+    pub fn step_clock(&mut self, slot: usize, offset: i64) -> bool {
+        let Some(files) = &self.clocks else {
+            return false;
+        };
+        std::fs::write(&files[slot], format!("{offset:+}")).is_ok()
     }
 
     /// SIGKILLs the node in `slot`.
@@ -442,6 +481,7 @@ impl ChaosCluster {
             joined: true,
             needs_rejoin: true,
         };
+        self.set_clock_env(slot);
         self.net.retarget(slot, socket_addr(&spec.raft));
         self.write_configs()?;
         self.publish_members();
