@@ -141,6 +141,10 @@ impl From<ClientError> for Error {
             ClientError::Protocol(m) => Error::failed(format!("protocol error: {m}")).hint(
                 "check that the endpoints are raftnode client endpoints of a matching version",
             ),
+            ClientError::OverLimit(m) => Error::failed(format!("over a limit: {m}"))
+                .hint("nothing was applied; see `microblog cluster status` for the space's size"),
+            ClientError::Cancelled(m) => Error::failed(format!("cancelled: {m}"))
+                .hint("the blocking in took nothing; run it again to wait again"),
             ClientError::OutcomeUnknown(m) => Error::failed(format!(
                 "the outcome is unknown: the write may or may not have been applied ({m})"
             ))

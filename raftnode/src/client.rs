@@ -61,6 +61,13 @@ pub enum ClientError {
     /// A node answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Refused: over one of the cluster's limits (the space is full, too many waiters, ...); the
+    /// message names it. Nothing was applied.
+    #[error("over a limit: {0}")]
+    OverLimit(String),
+    /// The blocking `in` was cancelled (by this client, or by the node when it went away).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// A write may or may not have been applied, and asking again cannot tell: an earlier
     /// attempt's outcome was never known and its session is gone. The write was not resent as a
     /// new request (that could apply it twice); read the state to find out.
@@ -162,6 +169,25 @@ pub struct Client {
     /// The number of the last write sent.
     seq: u64,
     options: ClientOptions,
+    /// The number of a blocking `in` under way (cancelled if the client is dropped meanwhile).
+    pending_take: Option<u64>,
+}
+
+impl Drop for Client {
+    /// A client dropped while its blocking `in` may still wait in the cluster (its future was
+    /// dropped: a timeout around it, Ctrl-C) cancels it, best effort, on a task of its own.
+    fn drop(&mut self) {
+        let (Some(seq), Ok(runtime)) = (self.pending_take, tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let mut canceller = Client::with_options(self.endpoints.clone(), self.options.clone());
+        canceller.session = self.session;
+        canceller.current = self.current;
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), canceller.cancel(seq)).await;
+        });
+    }
 }
 
 fn random_session() -> u64 {
@@ -203,6 +229,7 @@ impl Client {
             session: random_session(),
             seq: 0,
             options,
+            pending_take: None,
         }
     }
 
@@ -248,7 +275,49 @@ impl Client {
             block: true,
             timeout_ms: timeout.as_millis() as u64,
         });
-        found(self.write(op, timeout).await?)?.ok_or(ClientError::Timeout)
+        // Until this call returns, its waiter may be waiting in the cluster: dropping the client
+        // (or this future) cancels it; so does giving up here.
+        self.pending_take = Some(self.seq + 1);
+        let result = self.write(op, timeout).await;
+        let taken = self.pending_take.take();
+        if let (Err(e), Some(seq)) = (&result, taken)
+            && !matches!(e, ClientError::Timeout | ClientError::Cancelled(_))
+        {
+            let _ = self.cancel(seq).await;
+        }
+        found(result?)?.ok_or(ClientError::Timeout)
+    }
+
+    /// Cancels this client's blocking `in` numbered `seq` if it still waits in the cluster (it
+    /// then takes nothing and answers [`ClientError::Cancelled`]). Returns whether one was
+    /// cancelled. Sent once, with a short timeout: the node also cancels the waiters of a client
+    /// that went away, and a waiter's own deadline ends it in any case.
+    pub async fn cancel(&mut self, seq: u64) -> Result<bool, ClientError> {
+        let request = proto::Request {
+            session: self.session,
+            seq: 0,
+            ack: 0,
+            op: Some(Op::Cancel(proto::Cancel { seq })),
+        };
+        match self.exchange(&request, Duration::ZERO).await {
+            Ok(proto::Response {
+                result: Some(response::Result::Count(n)),
+                ..
+            }) => Ok(n > 0),
+            Ok(other) => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+            Err(failure) => Err(ClientError::NoLeader {
+                tried: vec![self.endpoints[self.current].clone()],
+                last: failure.what,
+            }),
+        }
+    }
+
+    /// The sequence number of a blocking `in` this client is waiting on, if any (the CLI cancels
+    /// it on Ctrl-C).
+    pub fn pending_take(&self) -> Option<u64> {
+        self.pending_take
     }
 
     /// `inp`: removes and returns the oldest match, if any, without waiting.
@@ -300,18 +369,36 @@ impl Client {
         template: &Template,
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError> {
-        let op = Op::RdAll(proto::RdAll {
-            template: codec::template_to_bytes(template),
-            limit: query.limit.min(u32::MAX as usize) as u32,
-            after_id: query.after,
-            before_id: if query.before == TupleId::MAX {
-                0
-            } else {
-                query.before
-            },
-            newest_first: query.newest_first,
-        });
-        tuples(self.read(op, Duration::ZERO).await?)
+        let mut all = Vec::new();
+        let mut query = *query;
+        loop {
+            let op = Op::RdAll(proto::RdAll {
+                template: codec::template_to_bytes(template),
+                limit: query.limit.min(u32::MAX as usize) as u32,
+                after_id: query.after,
+                before_id: if query.before == TupleId::MAX {
+                    0
+                } else {
+                    query.before
+                },
+                newest_first: query.newest_first,
+            });
+            let (page, truncated) = tuples(self.read(op, Duration::ZERO).await?)?;
+            // A page cut short by the answer's size limit goes on from its last id.
+            let last = page.last().map(|(id, _)| *id);
+            query.limit = query.limit.saturating_sub(page.len());
+            all.extend(page);
+            match last {
+                Some(last) if truncated && query.limit > 0 => {
+                    if query.newest_first {
+                        query.before = last;
+                    } else {
+                        query.after = last;
+                    }
+                }
+                _ => return Ok(all),
+            }
+        }
     }
 
     /// Collect: removes and returns up to `limit` matches, oldest first.
@@ -324,7 +411,7 @@ impl Client {
             template: codec::template_to_bytes(template),
             limit: limit.min(u32::MAX as usize) as u32,
         });
-        tuples(self.write(op, Duration::ZERO).await?)
+        Ok(tuples(self.write(op, Duration::ZERO).await?)?.0)
     }
 
     /// The tuple with this id, if it is in the space.
@@ -732,6 +819,8 @@ fn error_of(code: Code, message: String) -> ClientError {
         Code::Removed => ClientError::Removed(message),
         Code::Storage => ClientError::Storage(message),
         Code::TimedOut => ClientError::Timeout,
+        Code::Limit => ClientError::OverLimit(message),
+        Code::Cancelled => ClientError::Cancelled(message),
         Code::Unavailable | Code::Overloaded | Code::Internal => ClientError::Protocol(message),
     }
 }
@@ -753,9 +842,17 @@ fn found(r: response::Result) -> Result<Option<Entry>, ClientError> {
     }
 }
 
-fn tuples(r: response::Result) -> Result<Vec<Entry>, ClientError> {
+/// The entries of a list answer, and whether the node cut it short at its size limit.
+fn tuples(r: response::Result) -> Result<(Vec<Entry>, bool), ClientError> {
     match r {
-        response::Result::Tuples(list) => list.items.into_iter().map(decode_entry).collect(),
+        response::Result::Tuples(list) => {
+            let entries = list
+                .items
+                .into_iter()
+                .map(decode_entry)
+                .collect::<Result<_, _>>()?;
+            Ok((entries, list.truncated))
+        }
         other => Err(unexpected(other)),
     }
 }

@@ -111,6 +111,12 @@ mod defaults {
     pub fn log_tail() -> u64 {
         5_000
     }
+    pub fn max_tuples() -> u64 {
+        crate::machine::DEFAULT_LIMITS.max_tuples
+    }
+    pub fn max_bytes() -> u64 {
+        crate::machine::DEFAULT_LIMITS.max_bytes
+    }
 }
 
 impl Default for RaftSettings {
@@ -123,6 +129,29 @@ impl Default for RaftSettings {
             max_inflight_msgs: defaults::max_inflight_msgs(),
             snapshot_entries: defaults::snapshot_entries(),
             log_tail: defaults::log_tail(),
+        }
+    }
+}
+
+/// The `[limits]` section: caps on the space. An `out` beyond them is refused with a clear error
+/// (never an out-of-memory). The leader writes them into the log, so every replica applies the
+/// same caps; a node whose file says otherwise changes them when it leads.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SpaceLimitsConfig {
+    /// Resident tuples at most.
+    #[serde(default = "defaults::max_tuples")]
+    pub max_tuples: u64,
+    /// Encoded bytes of the resident tuples at most.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for SpaceLimitsConfig {
+    fn default() -> Self {
+        SpaceLimitsConfig {
+            max_tuples: defaults::max_tuples(),
+            max_bytes: defaults::max_bytes(),
         }
     }
 }
@@ -152,6 +181,9 @@ pub struct ClusterConfig {
     /// Shared raft settings.
     #[serde(default)]
     pub raft: RaftSettings,
+    /// Caps on the space (the leader puts them in the log; give every node the same).
+    #[serde(default)]
+    pub limits: SpaceLimitsConfig,
     /// The nodes.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,

@@ -496,6 +496,8 @@ pub struct GuardConfig {
 struct Conn {
     abort: AbortHandle,
     replies: mpsc::Sender<Vec<Bytes>>,
+    /// Dropped with the connection: what [`RouterHandle::closed`] waits for.
+    gone: tokio::sync::watch::Sender<()>,
     /// Milliseconds since the router started, at its last complete message (or its start).
     last_active: Arc<AtomicU64>,
 }
@@ -551,6 +553,16 @@ impl RouterHandle {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Resolves when the connection with this identity has closed (at once if it has).
+    pub fn closed(&self, identity: &[u8]) -> impl std::future::Future<Output = ()> + use<> {
+        let watch = self.table().get(identity).map(|c| c.gone.subscribe());
+        async move {
+            if let Some(mut watch) = watch {
+                while watch.changed().await.is_ok() {}
+            }
         }
     }
 
@@ -698,6 +710,7 @@ impl Acceptor {
                 Conn {
                     abort: task.abort_handle(),
                     replies: replies_tx,
+                    gone: tokio::sync::watch::channel(()).0,
                     last_active,
                 },
             );

@@ -47,6 +47,8 @@ pub struct NodeLaunch {
     pub voters: Vec<u64>,
     /// The cluster key file (re-read on SIGHUP).
     pub key_file: PathBuf,
+    /// Caps on the space (the leader puts them in the log).
+    pub limits: crate::config::SpaceLimitsConfig,
 }
 
 impl NodeLaunch {
@@ -83,6 +85,7 @@ impl NodeLaunch {
             peers,
             voters,
             key_file: cluster.require_key_file(cluster_path)?.to_owned(),
+            limits: cluster.limits,
         })
     }
 
@@ -96,6 +99,7 @@ impl NodeLaunch {
         settings: RaftSettings,
         peers: HashMap<u64, Address>,
         key_file: PathBuf,
+        limits: crate::config::SpaceLimitsConfig,
     ) -> NodeLaunch {
         NodeLaunch {
             id,
@@ -105,6 +109,7 @@ impl NodeLaunch {
             peers,
             voters: Vec::new(),
             key_file,
+            limits,
         }
     }
 }
@@ -175,6 +180,7 @@ pub async fn run_node(
         peers,
         voters,
         key_file,
+        limits,
     } = launch;
     let logger = logger.new(slog::o!("node" => id));
     let keys = Keys::load(&key_file)?;
@@ -228,6 +234,10 @@ pub async fn run_node(
         inbox_tx: tx.clone(),
         refusals: Arc::clone(&refusals),
         cluster,
+        limits: crate::proto::SpaceLimits {
+            max_tuples: limits.max_tuples,
+            max_bytes: limits.max_bytes,
+        },
         logger: logger.clone(),
     })?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

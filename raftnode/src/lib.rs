@@ -18,6 +18,8 @@
 //! - [`guard`]: the frame guard: the ZeroMQ ROUTER every endpoint listens with (the server side
 //!   of ZMTP, with frame limits checked before allocation, connection caps, handshake timeouts).
 //! - [`refusals`]: counters and sampled logging of everything refused.
+//! - [`quota`]: fair share at the client endpoint (requests in flight per connection and per
+//!   address).
 //! - [`machine`]: the state machine: the space, exactly-once client sessions, the applied index.
 //! - [`clock`]: cluster time, which only the leader's monotonic clock advances.
 //! - [`node`]: the one task that owns raft's `RawNode` and runs the ready loop.
@@ -37,6 +39,7 @@ pub mod logging;
 pub mod machine;
 pub mod node;
 pub mod peer_auth;
+pub mod quota;
 pub mod raft_check;
 pub mod refusals;
 pub mod server;

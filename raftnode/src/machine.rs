@@ -38,8 +38,31 @@ pub const SESSION_TTL_MS: Millis = 30 * 60 * 1000;
 pub const MAX_WAIT_MS: Millis = 10 * 60 * 1000;
 
 /// Responses kept per session for requests the client has not acknowledged; a client that never
-/// acknowledges loses the oldest beyond this.
+/// acknowledges loses the oldest beyond this (a retry of a lost one is refused, never applied
+/// again).
 const MAX_RESULTS_PER_SESSION: usize = 64;
+
+/// Bytes of responses kept per session (the same rule as [`MAX_RESULTS_PER_SESSION`]).
+pub const MAX_SESSION_RESULT_BYTES: usize = 4 << 20;
+
+/// Sessions kept at once; a new one beyond this ends the one idle longest (decided in the log,
+/// so every replica ends the same one).
+pub const MAX_SESSIONS: usize = 100_000;
+
+/// Blocking `in`s one session may have waiting at once.
+pub const MAX_WAITERS_PER_SESSION: usize = 16;
+
+/// Blocking `in`s waiting at once, over all sessions.
+pub const MAX_WAITERS: usize = 100_000;
+
+/// The most bytes of tuples one copy-collect or collect answers with (it says it was cut short).
+pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
+
+/// The space's caps unless the cluster file's `[limits]` say otherwise.
+pub const DEFAULT_LIMITS: proto::SpaceLimits = proto::SpaceLimits {
+    max_tuples: 20_000_000,
+    max_bytes: 8 << 30,
+};
 
 /// A response for the client request `(session, seq)`.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +101,21 @@ struct Session {
     acked: u64,
     /// Outcomes of requests not yet acknowledged.
     results: BTreeMap<u64, Outcome>,
+    /// Encoded bytes of the finished results held.
+    bytes: usize,
+    /// Results numbered up to here were dropped unacknowledged.
+    forgotten: u64,
+}
+
+fn outcome_bytes(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Done(result) => proto::Response {
+            result: Some(result.clone()),
+            ..Default::default()
+        }
+        .encoded_len(),
+        Outcome::Waiting(_) => 0,
+    }
 }
 
 /// The replicated state: what every replica holds identically after applying the same log.
@@ -101,6 +139,8 @@ pub struct Machine {
     removed_ids: BTreeSet<u64>,
     /// The cluster this state belongs to, as the founding entries name it (0: not seen yet).
     cluster_id: u64,
+    /// The space's caps, as the log last set them.
+    limits: Option<proto::SpaceLimits>,
 }
 
 /// An error response.
@@ -147,6 +187,19 @@ fn too_large(what: &str, len: usize) -> String {
     )
 }
 
+/// How many of `found` (in order) fit in one response of [`MAX_RESPONSE_BYTES`] (at least one),
+/// and whether that cut the list short.
+fn fitting(found: Vec<(TupleId, &Tuple)>) -> (usize, bool) {
+    let mut bytes = 0usize;
+    for (i, (_, t)) in found.iter().enumerate() {
+        bytes += codec::tuple_len(t) + 16;
+        if bytes > MAX_RESPONSE_BYTES && i > 0 {
+            return (i, true);
+        }
+    }
+    (found.len(), false)
+}
+
 fn ttl(ms: u64) -> Option<Millis> {
     (ms > 0).then_some(ms)
 }
@@ -180,6 +233,11 @@ impl Machine {
     /// Members and their addresses as the log last set them.
     pub fn members(&self) -> &[proto::Member] {
         &self.members
+    }
+
+    /// The space's caps in force.
+    pub fn limits(&self) -> proto::SpaceLimits {
+        self.limits.unwrap_or(DEFAULT_LIMITS)
     }
 
     /// The cluster id the founding entries named (0: not known).
@@ -237,17 +295,31 @@ impl Machine {
         let Some(op) = cmd.op else {
             return applied;
         };
-        if matches!(op, command::Op::Tick(_)) {
-            return applied;
-        }
         let (session, seq) = (cmd.session, cmd.seq);
+        match op {
+            command::Op::Tick(_) => return applied,
+            command::Op::SetLimits(limits) => {
+                self.limits = Some(limits);
+                return applied;
+            }
+            command::Op::Cancel(cancel) => {
+                let result = self.cancel(session, cancel.seq, &mut applied);
+                applied.completions.push(Completion {
+                    session,
+                    seq: 0,
+                    result,
+                });
+                return applied;
+            }
+            _ => {}
+        }
         match self.admit(session, seq, cmd.ack) {
             Admit::Apply => {}
             Admit::Answer(result) => {
                 applied.completions.push(Completion {
                     session,
                     seq,
-                    result,
+                    result: *result,
                 });
                 return applied;
             }
@@ -299,22 +371,25 @@ impl Machine {
     fn admit(&mut self, session: u64, seq: u64, ack: u64) -> Admit {
         let now = self.space.now();
         if session == 0 || seq == 0 {
-            return Admit::Answer(error(
+            return Admit::Answer(Box::new(error(
                 Code::Invalid,
                 "writes need a session id and a sequence number from 1",
-            ));
+            )));
+        }
+        if seq == 1 && !self.sessions.contains_key(&session) {
+            self.make_room_for_a_session();
         }
         let entry = match self.sessions.get_mut(&session) {
             Some(s) => s,
             None if seq == 1 => self.sessions.entry(session).or_default(),
             None => {
-                return Admit::Answer(error(
+                return Admit::Answer(Box::new(error(
                     Code::SessionExpired,
                     format!(
                         "session {session:016x} is unknown or expired; request {seq} was not \
                          applied (start a new session and retry)"
                     ),
-                ));
+                )));
             }
         };
         self.by_activity.remove(&(entry.last_active, session));
@@ -322,39 +397,111 @@ impl Machine {
         self.by_activity.insert((now, session));
         if ack > entry.acked {
             entry.acked = ack;
-            entry.results = entry.results.split_off(&(ack + 1));
+            // A waiting request cannot have been received: it stays (and counts) until answered.
+            let mut freed = 0;
+            entry.results.retain(|&s, o| {
+                let keep = s > ack || matches!(o, Outcome::Waiting(_));
+                if !keep {
+                    freed += outcome_bytes(o);
+                }
+                keep
+            });
+            entry.bytes = entry.bytes.saturating_sub(freed);
         }
         if let Some(outcome) = entry.results.get(&seq) {
             return match outcome {
-                Outcome::Done(result) => Admit::Answer(result.clone()),
+                Outcome::Done(result) => Admit::Answer(Box::new(result.clone())),
                 Outcome::Waiting(_) => Admit::StillWaiting,
             };
         }
         if seq <= entry.acked {
-            return Admit::Answer(error(
+            return Admit::Answer(Box::new(error(
                 Code::Invalid,
                 format!("request {seq} of session {session:016x} was already acknowledged"),
-            ));
+            )));
+        }
+        if seq <= entry.forgotten {
+            return Admit::Answer(Box::new(error(
+                Code::SessionExpired,
+                format!(
+                    "the result of request {seq} of session {session:016x} was not kept (too \
+                     many unacknowledged results): it may have been applied; not applied again"
+                ),
+            )));
         }
         Admit::Apply
     }
 
+    /// At the session cap, ends the session idle longest (its waiters are cancelled).
+    fn make_room_for_a_session(&mut self) {
+        if self.sessions.len() < MAX_SESSIONS {
+            return;
+        }
+        if let Some((_, id)) = self.by_activity.pop_first() {
+            self.end_session(id);
+        }
+    }
+
+    /// Forgets a session and cancels its waiters.
+    fn end_session(&mut self, id: u64) {
+        if let Some(session) = self.sessions.remove(&id) {
+            for outcome in session.results.values() {
+                if let Outcome::Waiting(w) = outcome {
+                    self.waiter_owner.remove(w);
+                    self.space.cancel(*w);
+                }
+            }
+        }
+    }
+
+    /// Cancels the blocking `in` numbered `seq` of `session` if it still waits.
+    fn cancel(&mut self, session: u64, seq: u64, applied: &mut Applied) -> response::Result {
+        let waiting = self
+            .sessions
+            .get(&session)
+            .and_then(|s| s.results.get(&seq))
+            .and_then(|o| match o {
+                Outcome::Waiting(w) => Some(*w),
+                Outcome::Done(_) => None,
+            });
+        let Some(w) = waiting else {
+            return response::Result::Count(0);
+        };
+        self.space.cancel(w);
+        self.waiter_owner.remove(&w);
+        let result = error(Code::Cancelled, "the blocking in was cancelled");
+        self.finish(session, seq, result.clone());
+        applied.completions.push(Completion {
+            session,
+            seq,
+            result,
+        });
+        response::Result::Count(1)
+    }
+
     fn record(&mut self, session: u64, seq: u64, outcome: Outcome) {
         if let Some(entry) = self.sessions.get_mut(&session) {
+            entry.bytes += outcome_bytes(&outcome);
             entry.results.insert(seq, outcome);
-            while entry.results.len() > MAX_RESULTS_PER_SESSION {
-                // Drop the oldest finished result; never a waiting one (its waiter still owns it).
-                let oldest_done = entry
-                    .results
-                    .iter()
-                    .find(|(_, o)| matches!(o, Outcome::Done(_)))
-                    .map(|(&s, _)| s);
-                match oldest_done {
-                    Some(s) => {
-                        entry.results.remove(&s);
-                    }
-                    None => break,
-                }
+            Self::bound_results(entry);
+        }
+    }
+
+    /// Drops the oldest finished results while the session holds too many (or too many bytes);
+    /// never a waiting one (its waiter still owns it). Retries of dropped ones are refused.
+    fn bound_results(entry: &mut Session) {
+        while entry.results.len() > MAX_RESULTS_PER_SESSION
+            || entry.bytes > MAX_SESSION_RESULT_BYTES
+        {
+            let oldest_done = entry
+                .results
+                .iter()
+                .find(|(_, o)| matches!(o, Outcome::Done(_)))
+                .map(|(&s, _)| s);
+            let Some(s) = oldest_done else { break };
+            if let Some(dropped) = entry.results.remove(&s) {
+                entry.bytes = entry.bytes.saturating_sub(outcome_bytes(&dropped));
+                entry.forgotten = entry.forgotten.max(s);
             }
         }
     }
@@ -362,7 +509,10 @@ impl Machine {
     /// A waiting request got its answer.
     fn finish(&mut self, session: u64, seq: u64, result: response::Result) {
         if let Some(entry) = self.sessions.get_mut(&session) {
-            entry.results.insert(seq, Outcome::Done(result));
+            let outcome = Outcome::Done(result);
+            entry.bytes += outcome_bytes(&outcome);
+            entry.results.insert(seq, outcome);
+            Self::bound_results(entry);
         }
     }
 
@@ -382,6 +532,7 @@ impl Machine {
         Ok(match op {
             command::Op::Out(out) => {
                 let tuple = decode_tuple(&out.tuple)?;
+                self.check_room(out.tuple.len())?;
                 let id = self.out(tuple, ttl(out.ttl_ms), applied);
                 Outcome::Done(response::Result::OutId(id))
             }
@@ -391,6 +542,7 @@ impl Machine {
                 let id = if self.space.rdp(&template, 0).is_some() {
                     0
                 } else {
+                    self.check_room(cas.tuple.len())?;
                     self.out(tuple, ttl(cas.ttl_ms), applied)
                 };
                 Outcome::Done(response::Result::CasId(id))
@@ -400,6 +552,7 @@ impl Machine {
                 if !take.block {
                     return Ok(Outcome::Done(found(self.space.inp(&template))));
                 }
+                self.check_waiters(me.0)?;
                 let timeout = take.timeout_ms.min(MAX_WAIT_MS);
                 match self.space.in_or_wait(template, Some(timeout)) {
                     Wait::Ready(item) => Outcome::Done(found(Some(item))),
@@ -416,17 +569,65 @@ impl Machine {
                 } else {
                     all.limit as usize
                 };
-                let items = self.space.in_all(&template, limit);
+                // As many as fit in a response (the same ones on every replica).
+                let (fit, truncated) = fitting(self.space.rd_all(&template, &Query::limit(limit)));
+                let items = self.space.in_all(&template, fit);
                 Outcome::Done(response::Result::Tuples(TupleList {
                     items: items.iter().map(|(id, t)| id_tuple(*id, t)).collect(),
+                    truncated,
                 }))
             }
             command::Op::TakeId(take) => {
                 let item = self.space.take_id(take.id).map(|t| (take.id, t));
                 Outcome::Done(found(item))
             }
-            command::Op::Tick(_) => Outcome::Done(response::Result::Count(0)),
+            command::Op::Tick(_) | command::Op::Cancel(_) | command::Op::SetLimits(_) => {
+                Outcome::Done(response::Result::Count(0))
+            }
         })
+    }
+
+    /// Refuses a tuple of `len` encoded bytes that the space's caps have no room for.
+    fn check_room(&self, len: usize) -> Result<(), response::Result> {
+        let limits = self.limits();
+        let (tuples, bytes) = (self.space.len() as u64, self.space.bytes());
+        if tuples >= limits.max_tuples || bytes.saturating_add(len as u64) > limits.max_bytes {
+            return Err(error(
+                Code::Limit,
+                format!(
+                    "the space is full: {tuples} tuples, {bytes} bytes (the cluster's limits: \
+                     {} tuples, {} bytes); take some out, or raise [limits] in the cluster file",
+                    limits.max_tuples, limits.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a blocking `in` beyond the waiter caps.
+    fn check_waiters(&self, session: u64) -> Result<(), response::Result> {
+        let mine = self.sessions.get(&session).map_or(0, |s| {
+            s.results
+                .values()
+                .filter(|o| matches!(o, Outcome::Waiting(_)))
+                .count()
+        });
+        if mine >= MAX_WAITERS_PER_SESSION {
+            return Err(error(
+                Code::Limit,
+                format!(
+                    "this session already has {mine} blocking ins waiting (the limit is \
+                     {MAX_WAITERS_PER_SESSION})"
+                ),
+            ));
+        }
+        if self.space.waiter_count() >= MAX_WAITERS {
+            return Err(error(
+                Code::Limit,
+                format!("{MAX_WAITERS} blocking ins are waiting already (the cluster's limit)"),
+            ));
+        }
+        Ok(())
     }
 
     /// `out`, handing the tuple to the oldest blocked `in` if one matches.
@@ -464,13 +665,18 @@ impl Machine {
         self.space.now()
     }
 
-    /// A linearizable read's answer, computed on the local state once it is current.
-    pub fn rd_all(&self, template: &Template, query: &Query) -> Vec<IdTuple> {
-        self.space
-            .rd_all(template, query)
-            .into_iter()
-            .map(|(id, t)| id_tuple(id, t))
-            .collect()
+    /// A linearizable copy-collect's answer, computed on the local state once it is current: at
+    /// most [`MAX_RESPONSE_BYTES`] of tuples (`truncated` says it stopped there).
+    pub fn rd_all(&self, template: &Template, query: &Query) -> TupleList {
+        let found = self.space.rd_all(template, query);
+        let (fit, truncated) = fitting(found.iter().map(|(id, t)| (*id, *t)).collect());
+        TupleList {
+            items: found[..fit]
+                .iter()
+                .map(|(id, t)| id_tuple(*id, t))
+                .collect(),
+            truncated,
+        }
     }
 
     /// The whole state as bytes, for a snapshot.
@@ -482,6 +688,7 @@ impl Machine {
                 id,
                 last_active_ms: s.last_active,
                 acked: s.acked,
+                forgotten: s.forgotten,
                 results: s
                     .results
                     .iter()
@@ -507,6 +714,7 @@ impl Machine {
             members: self.members.clone(),
             removed_ids: self.removed_ids.iter().copied().collect(),
             cluster_id: self.cluster_id,
+            limits: self.limits,
         }
         .encode_to_vec()
     }
@@ -523,6 +731,7 @@ impl Machine {
             members: state.members,
             removed_ids: state.removed_ids.into_iter().collect(),
             cluster_id: state.cluster_id,
+            limits: state.limits,
             ..Machine::default()
         };
         for s in state.sessions {
@@ -530,6 +739,8 @@ impl Machine {
                 last_active: s.last_active_ms,
                 acked: s.acked,
                 results: BTreeMap::new(),
+                bytes: 0,
+                forgotten: s.forgotten,
             };
             for r in s.results {
                 let outcome = match r.state {
@@ -546,6 +757,7 @@ impl Machine {
                     }
                     None => return Err("a session result without a state".into()),
                 };
+                session.bytes += outcome_bytes(&outcome);
                 session.results.insert(r.seq, outcome);
             }
             m.by_activity.insert((session.last_active, s.id));
@@ -559,7 +771,7 @@ impl Machine {
 
 enum Admit {
     Apply,
-    Answer(response::Result),
+    Answer(Box<response::Result>),
     StillWaiting,
 }
 
@@ -727,6 +939,154 @@ mod tests {
             result(&c, 1, 3),
             Some(&found(Some((1, tuple!["lock", "a"]))))
         );
+    }
+
+    fn code_of(r: Option<&response::Result>) -> Option<Code> {
+        match r {
+            Some(response::Result::Error(e)) => Code::try_from(e.code).ok(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_space_caps_refuse_outs_and_a_take_makes_room() {
+        let mut log = Log::new();
+        log.apply(
+            0,
+            0,
+            0,
+            command::Op::SetLimits(proto::SpaceLimits {
+                max_tuples: 2,
+                max_bytes: 1 << 20,
+            }),
+        );
+        assert_eq!(log.machine.limits().max_tuples, 2);
+        log.apply(0, 1, 1, out(tuple!["a"]));
+        log.apply(0, 1, 2, out(tuple!["b"]));
+        let full = log.apply(0, 1, 3, out(tuple!["c"]));
+        assert_eq!(code_of(result(&full, 1, 3)), Some(Code::Limit));
+        assert_eq!(log.machine.space().len(), 2);
+        log.apply(0, 1, 4, take(r#"("a")"#, false, 0));
+        let fits = log.apply(0, 1, 5, out(tuple!["c"]));
+        assert!(matches!(
+            result(&fits, 1, 5),
+            Some(response::Result::OutId(_))
+        ));
+        // Bytes count too.
+        log.apply(
+            0,
+            0,
+            0,
+            command::Op::SetLimits(proto::SpaceLimits {
+                max_tuples: 100,
+                max_bytes: 64,
+            }),
+        );
+        let big = log.apply(0, 1, 6, out(tuple!["x".repeat(100)]));
+        assert_eq!(code_of(result(&big, 1, 6)), Some(Code::Limit));
+        // The caps travel in snapshots.
+        let back = Machine::decode(&log.machine.encode()).unwrap();
+        assert_eq!(back.limits().max_bytes, 64);
+    }
+
+    #[test]
+    fn waiters_per_session_are_capped() {
+        let mut log = Log::new();
+        for seq in 1..=MAX_WAITERS_PER_SESSION as u64 {
+            let w = log.apply(0, 1, seq, take(r#"("never")"#, true, 60_000));
+            assert!(w.completions.is_empty(), "waiting");
+        }
+        let over = log.apply(0, 1, 99, take(r#"("never")"#, true, 60_000));
+        assert_eq!(code_of(result(&over, 1, 99)), Some(Code::Limit));
+        assert_eq!(log.machine.space().waiter_count(), MAX_WAITERS_PER_SESSION);
+        // Another session is not held back by this one.
+        let other = log.apply(0, 2, 1, take(r#"("never")"#, true, 60_000));
+        assert!(other.completions.is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_in_takes_nothing() {
+        let mut log = Log::new();
+        log.apply(0, 1, 1, take(r#"("job", ?int)"#, true, 60_000));
+        let cancel = log.apply(0, 1, 0, command::Op::Cancel(proto::Cancel { seq: 1 }));
+        assert_eq!(code_of(result(&cancel, 1, 1)), Some(Code::Cancelled));
+        assert_eq!(result(&cancel, 1, 0), Some(&response::Result::Count(1)));
+        let served = log.apply(0, 2, 1, out(tuple!["job", 1]));
+        assert_eq!(
+            result(&served, 1, 1),
+            None,
+            "the cancelled waiter took nothing"
+        );
+        assert_eq!(log.machine.space().len(), 1);
+        // A retry of the cancelled request answers what it came to; cancelling again does
+        // nothing.
+        let again = log.apply(0, 1, 1, take(r#"("job", ?int)"#, true, 60_000));
+        assert_eq!(code_of(result(&again, 1, 1)), Some(Code::Cancelled));
+        let twice = log.apply(0, 1, 0, command::Op::Cancel(proto::Cancel { seq: 1 }));
+        assert_eq!(result(&twice, 1, 0), Some(&response::Result::Count(0)));
+    }
+
+    #[test]
+    fn forgotten_results_are_refused_never_applied_again() {
+        let mut log = Log::new();
+        // A client that never acknowledges: its oldest results are dropped past the bound.
+        for seq in 1..=(MAX_RESULTS_PER_SESSION as u64 + 5) {
+            let cmd = Command {
+                stamp_ms: 0,
+                session: 9,
+                seq,
+                ack: 0,
+                op: Some(out(tuple!["n", seq as i64])),
+            };
+            log.index += 1;
+            log.machine
+                .apply(log.index, 1, &cmd.encode_to_vec(), false)
+                .unwrap();
+        }
+        let before = log.machine.space().len();
+        let cmd = Command {
+            stamp_ms: 0,
+            session: 9,
+            seq: 1,
+            ack: 0,
+            op: Some(out(tuple!["n", 1])),
+        };
+        log.index += 1;
+        let retry = log
+            .machine
+            .apply(log.index, 1, &cmd.encode_to_vec(), false)
+            .unwrap();
+        assert_eq!(code_of(result(&retry, 9, 1)), Some(Code::SessionExpired));
+        assert_eq!(log.machine.space().len(), before, "not applied again");
+    }
+
+    #[test]
+    fn a_collect_stops_at_the_response_size_limit() {
+        let mut log = Log::new();
+        let payload = "p".repeat(100_000);
+        for i in 0..60 {
+            log.apply(0, 1, i + 1, out(tuple!["big", payload.clone()]));
+        }
+        let read = log
+            .machine
+            .rd_all(&r#"("big", _)"#.parse().unwrap(), &Query::default());
+        assert!(read.truncated && !read.items.is_empty() && read.items.len() < 60);
+        let all = log.apply(
+            0,
+            1,
+            61,
+            command::Op::InAll(proto::InAll {
+                template: codec::template_to_bytes(&r#"("big", _)"#.parse().unwrap()),
+                limit: 0,
+            }),
+        );
+        let Some(response::Result::Tuples(list)) = result(&all, 1, 61) else {
+            panic!("{:?}", all.completions)
+        };
+        assert!(list.truncated);
+        let bytes: usize = list.items.iter().map(|i| i.tuple.len()).sum();
+        assert!(bytes <= MAX_RESPONSE_BYTES, "{bytes}");
+        assert_eq!(log.machine.space().len(), 60 - list.items.len());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::clock::ClusterClock;
 use crate::config::RaftSettings;
 use crate::keys::ClusterId;
 use crate::machine::{Applied, Completion, Machine, error};
-use crate::proto::{self, Command, Found, IdTuple, TupleList, error::Code, response};
+use crate::proto::{self, Command, Found, IdTuple, error::Code, response};
 use crate::refusals::{Refusals, Refuser};
 use crate::snapshot::SnapshotStore;
 use crate::storage::{RaftStorage, StorageError};
@@ -262,6 +262,9 @@ struct LocalReader {
     reply: oneshot::Sender<proto::Response>,
 }
 
+/// Blocking `rd`s waiting on one node at once.
+pub const MAX_LOCAL_READERS: usize = 10_000;
+
 /// How long a batch of reads may wait for the leader to confirm its ReadIndex.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -302,6 +305,8 @@ pub struct NodeSetup {
     pub refusals: Arc<Refusals>,
     /// The cluster this node belongs to (from its key file).
     pub cluster: ClusterId,
+    /// The space's caps this node's cluster file gives (it puts them in the log when it leads).
+    pub limits: proto::SpaceLimits,
     /// The logger.
     pub logger: Logger,
 }
@@ -364,6 +369,10 @@ pub struct Node {
     received_snapshot: Option<Box<Machine>>,
     /// When each peer was last heard from (an admitted batch): who "answers now".
     last_heard: HashMap<u64, Instant>,
+    /// The space's caps this node's cluster file gives.
+    limits: proto::SpaceLimits,
+    /// When this node (as leader) last proposed its caps, so it proposes one at a time.
+    limits_proposed: Option<Instant>,
     logger: Logger,
 }
 
@@ -385,6 +394,7 @@ impl Node {
             inbox_tx,
             refusals,
             cluster,
+            limits,
             logger,
         } = setup;
         let config = raft::Config {
@@ -451,6 +461,8 @@ impl Node {
             cluster,
             received_snapshot: None,
             last_heard: HashMap::new(),
+            limits,
+            limits_proposed: None,
             logger,
         };
         let members = node.members();
@@ -616,6 +628,7 @@ impl Node {
     /// Timer work: leader ticks for deadlines, timeouts of reads and local readers, cleanup.
     fn on_tick(&mut self, now: Instant) {
         self.leave_joint_if_stuck(now);
+        self.propose_limits_if_changed(now);
         if let Some((at, _)) = &self.pending_conf
             && now.duration_since(*at) > CONF_CHANGE_TIMEOUT
             && let Some((_, reply)) = self.pending_conf.take()
@@ -676,6 +689,28 @@ impl Node {
             replies.retain(|r| !r.is_closed());
             !replies.is_empty()
         });
+    }
+
+    /// A leader whose cluster file gives other caps than the log's puts its own in the log.
+    fn propose_limits_if_changed(&mut self, now: Instant) {
+        if self.raw.raft.state != StateRole::Leader
+            || self.machine.limits() == self.limits
+            || self
+                .limits_proposed
+                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(2))
+        {
+            return;
+        }
+        let cmd = Command {
+            stamp_ms: self.clock.stamp(),
+            op: Some(proto::command::Op::SetLimits(self.limits)),
+            ..Default::default()
+        };
+        if self.raw.propose(vec![], cmd.encode_to_vec()).is_ok() {
+            info!(self.logger, "proposing the space's caps from the cluster file";
+                "max_tuples" => self.limits.max_tuples, "max_bytes" => self.limits.max_bytes);
+            self.limits_proposed = Some(now);
+        }
     }
 
     fn on_ready(&mut self) -> Result<(), NodeError> {
@@ -985,6 +1020,15 @@ impl Node {
                 timeout,
             } => match space.rdp(&template, after) {
                 Some((id, t)) => found_one(id, t),
+                None if block && self.readers.len() >= MAX_LOCAL_READERS => {
+                    response::Result::Error(proto::Error {
+                        code: Code::Limit as i32,
+                        message: format!(
+                            "{MAX_LOCAL_READERS} blocking rds wait on this node already (its \
+                             limit); retry later or use another node"
+                        ),
+                    })
+                }
                 None if block => {
                     self.readers.push(LocalReader {
                         template,
@@ -996,9 +1040,9 @@ impl Node {
                 }
                 None => response::Result::Found(Found { item: None }),
             },
-            ReadOp::RdAll { template, query } => response::Result::Tuples(TupleList {
-                items: self.machine.rd_all(&template, &query),
-            }),
+            ReadOp::RdAll { template, query } => {
+                response::Result::Tuples(self.machine.rd_all(&template, &query))
+            }
             ReadOp::ReadId(id) => match space.read_id(id) {
                 Some(t) => found_one(id, t),
                 None => response::Result::Found(Found { item: None }),
@@ -1066,6 +1110,8 @@ impl Node {
             refused: self.refuser.counts.snapshot(),
             cluster_id: self.cluster.0,
             cluster_time_ms: self.clock.now(),
+            space_bytes: self.machine.space().bytes(),
+            limits: Some(self.machine.limits()),
         }
     }
 }

@@ -89,6 +89,7 @@ pub async fn serve(
     info!(logger, "serving clients"; "endpoint" => &router.endpoint);
     let send = router.handle();
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let quotas = crate::quota::Quotas::default();
     tokio::pin!(shutdown);
     loop {
         let frames = tokio::select! {
@@ -112,7 +113,8 @@ pub async fn serve(
             );
             continue;
         }
-        let source = guard::source_of(&frames[0]);
+        let identity = frames[0].clone();
+        let source = guard::source_of(&identity);
         let mut envelope = frames;
         let payload = envelope.pop().unwrap_or_default();
         let mut reply_to = Replier {
@@ -127,7 +129,7 @@ pub async fn serve(
                 payload.len(),
                 crate::MAX_CLIENT_FRAME
             );
-            tokio::spawn(async move { reply_to.send(answer(error(Code::TooLarge, msg))).await });
+            reply_to.send(answer(error(Code::TooLarge, msg)));
             continue;
         }
         let request = match proto::Request::decode(payload) {
@@ -135,7 +137,15 @@ pub async fn serve(
             Err(e) => {
                 let msg = format!("undecodable request: {e}");
                 refuser.refuse(&logger, "client.undecodable", &source, &msg);
-                tokio::spawn(async move { reply_to.send(answer(error(Code::Invalid, msg))).await });
+                reply_to.send(answer(error(Code::Invalid, msg)));
+                continue;
+            }
+        };
+        let share = match quotas.acquire(&identity, &source) {
+            Ok(share) => share,
+            Err(why) => {
+                refuser.refuse(&logger, "client.over_quota", &source, &why);
+                reply_to.send(answer(error(Code::Overloaded, why)));
                 continue;
             }
         };
@@ -146,21 +156,19 @@ pub async fn serve(
                 &source,
                 "all request slots taken",
             );
-            tokio::spawn(async move {
-                reply_to
-                    .send(answer(error(
-                        Code::Overloaded,
-                        "too many requests in flight; back off and retry",
-                    )))
-                    .await
-            });
+            reply_to.send(answer(error(
+                Code::Overloaded,
+                "too many requests in flight; back off and retry",
+            )));
             continue;
         };
         let node = node.clone();
+        let gone = send.closed(&identity);
         tokio::spawn(async move {
-            let resp = execute(&node, request).await;
-            reply_to.send(resp).await;
-            drop(permit);
+            if let Some(resp) = execute_for(&node, request, gone).await {
+                reply_to.send(resp);
+            }
+            drop((permit, share));
         });
     }
     info!(logger, "client endpoint stopped"; "endpoint" => &router.endpoint);
@@ -176,7 +184,7 @@ struct Replier {
 impl Replier {
     /// Queues the answer on the client's connection (written by the connection's own task,
     /// within [`guard::WRITE_TIMEOUT`]); a client that has gone or does not read loses it.
-    async fn send(&mut self, resp: proto::Response) {
+    fn send(&mut self, resp: proto::Response) {
         let mut frames = std::mem::take(&mut self.envelope);
         frames.push(Bytes::from(resp.encode_to_vec()));
         if let Err(e) = self.send.send(frames) {
@@ -203,6 +211,36 @@ fn limit(n: u32) -> usize {
 fn wait_ms(ms: u64) -> u64 {
     ms.min(MAX_WAIT_MS)
 }
+
+/// Runs a request for a client that may go away meanwhile (`gone` resolves when its connection
+/// closes): a blocking `in` whose client has gone is cancelled rather than left to take a tuple
+/// nobody will receive. `None` when there is nobody to answer.
+async fn execute_for(
+    node: &NodeHandle,
+    req: proto::Request,
+    gone: impl Future<Output = ()>,
+) -> Option<proto::Response> {
+    let blocking_in = matches!(&req.op, Some(Op::In(take)) if take.block);
+    if !blocking_in {
+        return Some(execute(node, req).await);
+    }
+    let (session, seq) = (req.session, req.seq);
+    tokio::select! {
+        resp = execute(node, req) => Some(resp),
+        () = gone => {
+            let cancel = Command {
+                session,
+                op: Some(command::Op::Cancel(proto::Cancel { seq })),
+                ..Default::default()
+            };
+            let _ = node.write(cancel, CANCEL_WAIT).await;
+            None
+        }
+    }
+}
+
+/// How long the node waits for the cancel of a departed client's blocking `in` to apply.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Validates a request and runs it on the node.
 pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response {
@@ -321,6 +359,25 @@ pub fn plan(req: proto::Request) -> Result<Plan, response::Result> {
             ReadOp::Count(decode_template(&c.template)?),
             Duration::ZERO,
         )),
+        Op::Cancel(cancel) => {
+            if req.session == 0 {
+                return Err(error(
+                    Code::Invalid,
+                    "a cancel names the session of the request it cancels",
+                ));
+            }
+            // A cancel takes no sequence number of its own: it is seq 0 of its session.
+            Ok(Plan::Write(
+                Command {
+                    stamp_ms: 0,
+                    session: req.session,
+                    seq: 0,
+                    ack: 0,
+                    op: Some(command::Op::Cancel(cancel)),
+                },
+                Duration::ZERO,
+            ))
+        }
         Op::Status(s) => Ok(Plan::Status(s.digest)),
         Op::ConfChange(cc) => Ok(Plan::ConfChange(cc.changes, cc.force)),
     }

@@ -140,6 +140,31 @@ pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn value_len(v: &Value) -> usize {
+    1 + match v {
+        Value::Int(i) => varint_len(((i << 1) ^ (i >> 63)) as u64),
+        Value::Float(_) => 8,
+        Value::Str(s) => varint_len(s.len() as u64) + s.len(),
+        Value::Bool(_) => 0,
+        Value::Bytes(b) => varint_len(b.len() as u64) + b.len(),
+        Value::Tuple(t) => tuple_len(t),
+    }
+}
+
+/// The length of a tuple's encoding ([`encode_tuple`]), without encoding it.
+pub fn tuple_len(t: &[Value]) -> usize {
+    varint_len(t.len() as u64) + t.iter().map(value_len).sum::<usize>()
+}
+
 /// Appends the encoding of a tuple.
 pub fn encode_tuple(t: &[Value], out: &mut Vec<u8>) {
     put_varint(out, t.len() as u64);
@@ -554,6 +579,26 @@ fn next_id(prev: u64, delta: u64, limit: u64) -> Result<u64, DecodeError> {
         ));
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod len_tests {
+    use super::*;
+    use crate::tuple;
+
+    #[test]
+    fn tuple_len_is_the_encoded_length() {
+        let nested = tuple!["a", -1, 2.5, true, false];
+        for t in [
+            tuple![],
+            tuple!["x"],
+            tuple![i64::MIN, i64::MAX, 0, 300, -300],
+            tuple!["é".repeat(200), vec![1u8, 2, 3]],
+            tuple![Value::Tuple(nested), "tail"],
+        ] {
+            assert_eq!(tuple_len(&t), tuple_to_bytes(&t).len(), "{t:?}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ pub struct Space {
     pub(crate) next_waiter: WaiterId,
     /// The clock: the highest value passed to `advance`.
     pub(crate) now: Millis,
+    /// Encoded bytes of the resident tuples (what a space cap counts).
+    bytes: u64,
 }
 
 impl Default for Space {
@@ -112,6 +114,7 @@ impl Space {
             next_id: 1,
             next_waiter: 1,
             now: 0,
+            bytes: 0,
         }
     }
 
@@ -123,6 +126,12 @@ impl Space {
     /// Whether no tuple is resident.
     pub fn is_empty(&self) -> bool {
         self.tuples.is_empty()
+    }
+
+    /// The encoded bytes of the resident tuples (their [`codec::tuple_len`](crate::codec::tuple_len)
+    /// summed).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The clock.
@@ -170,6 +179,7 @@ impl Space {
     }
 
     fn store(&mut self, id: TupleId, tuple: Tuple, expires_at: Option<Millis>) {
+        self.bytes += crate::codec::tuple_len(&tuple) as u64;
         self.index.insert(id, &tuple);
         self.tuples.insert(id, tuple);
         if let Some(at) = expires_at {
@@ -180,6 +190,7 @@ impl Space {
 
     fn remove(&mut self, id: TupleId) -> Option<Tuple> {
         let tuple = self.tuples.remove(&id)?;
+        self.bytes -= crate::codec::tuple_len(&tuple) as u64;
         self.index.remove(id, &tuple, &self.tuples);
         if !self.expiry_of.is_empty()
             && let Some(at) = self.expiry_of.remove(&id)

@@ -210,14 +210,17 @@ fn main() -> ExitCode {
                     }
                     let data_dir = std::env::current_dir()?.join(data_dir);
                     let me = raftnode::node::Address { raft, client };
-                    let Some(key_file) = key_file.or_else(|| file.and_then(|f| f.key_file)) else {
+                    let Some(key_file) =
+                        key_file.or_else(|| file.as_ref().and_then(|f| f.key_file.clone()))
+                    else {
                         anyhow::bail!(
                             "--join needs the cluster's key file: --key-file FILE, or a \
                              --cluster file that names it"
                         );
                     };
+                    let limits = file.as_ref().map(|f| f.limits).unwrap_or_default();
                     raftnode::launch::NodeLaunch::joining(
-                        id, me, data_dir, settings, peers, key_file,
+                        id, me, data_dir, settings, peers, key_file, limits,
                     )
                 } else {
                     let config = raftnode::config::ClusterConfig::load(&cluster)?;
