@@ -1,0 +1,191 @@
+//! Fair share and bounded state against real nodes: one client cannot take every request slot,
+//! a blocking `in` whose client went away takes nothing, and the space's caps refuse an `out`
+//! with a clear error.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message as _;
+use raftnode::client::ClientError;
+use raftnode::proto;
+use tests::{Cluster, bounded, serial};
+use tuplespace::{Template, codec, tuple};
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const LEADER: Duration = Duration::from_secs(20);
+
+fn tpl(text: &str) -> Template {
+    text.parse().expect("a valid template")
+}
+
+fn request(session: u64, seq: u64, op: proto::request::Op) -> ZmqMessage {
+    ZmqMessage::from(Bytes::from(
+        proto::Request {
+            session,
+            seq,
+            ack: seq.saturating_sub(1),
+            op: Some(op),
+        }
+        .encode_to_vec(),
+    ))
+}
+
+fn blocking_in(template: &str, timeout_ms: u64) -> proto::request::Op {
+    proto::request::Op::In(proto::In {
+        template: codec::template_to_bytes(&tpl(template)),
+        block: true,
+        timeout_ms,
+    })
+}
+
+/// A blocking `in` whose client vanishes (its connection closes; or a Rust client dropped
+/// mid-call) is cancelled: a matching tuple written afterwards stays in the space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_in_whose_client_went_away_takes_nothing() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3);
+    bounded(LIMIT, async {
+        cluster.wait_leader(LEADER).await;
+        // A raw client: sends its blocking in, then closes its connection (Ctrl-C, a crash).
+        {
+            let mut socket = zeromq::ReqSocket::new();
+            socket
+                .connect(&cluster.node(2).client)
+                .await
+                .expect("connect");
+            socket
+                .send(request(0xabc, 1, blocking_in(r#"("job", "raw")"#, 30_000)))
+                .await
+                .expect("send");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // A Rust client whose call is abandoned (the future and the client dropped).
+        let mut abandoned = cluster.client();
+        let call = tokio::spawn(async move {
+            let _ = abandoned
+                .in_(&tpl(r#"("job", "rust")"#), Duration::from_secs(30))
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        call.abort();
+        let _ = call.await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+        let mut c = cluster.client();
+        let raw = c.out(&tuple!["job", "raw"]).await.expect("out");
+        let rust = c.out(&tuple!["job", "rust"]).await.expect("out");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            c.read_id(raw).await.unwrap(),
+            Some(tuple!["job", "raw"]),
+            "taken by a gone client"
+        );
+        assert_eq!(
+            c.read_id(rust).await.unwrap(),
+            Some(tuple!["job", "rust"]),
+            "taken by a dropped client"
+        );
+        let status = cluster.status(1).await.expect("status");
+        assert_eq!(status.waiters, 0, "no waiter left behind: {status:?}");
+    })
+    .await;
+}
+
+/// One connection pipelining requests gets `OVERLOADED` beyond its share, at once; another
+/// client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_take_every_request_slot() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3);
+    bounded(LIMIT, async {
+        let leader = cluster.wait_leader(LEADER).await;
+        let endpoint = cluster.node(leader).client.clone();
+        let mut dealer = zeromq::DealerSocket::new();
+        dealer.connect(&endpoint).await.expect("connect");
+        let rd = proto::request::Op::Rd(proto::Rd {
+            template: codec::template_to_bytes(&tpl(r#"("never")"#)),
+            block: true,
+            timeout_ms: 5_000,
+            after_id: 0,
+        });
+        for _ in 0..200 {
+            dealer.send(request(0, 0, rd.clone())).await.expect("send");
+        }
+        // Those past its share are answered OVERLOADED at once (a client that floods faster
+        // than it reads may lose some of those answers: its connection queues at most 64).
+        let mut overloaded = 0;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while overloaded < 136 && Instant::now() < deadline {
+            let Ok(Ok(reply)) =
+                tokio::time::timeout(Duration::from_millis(500), dealer.recv()).await
+            else {
+                break;
+            };
+            let resp = proto::Response::decode(reply.into_vec().last().unwrap().as_ref()).unwrap();
+            if let Some(proto::response::Result::Error(e)) = resp.result
+                && e.code == proto::error::Code::Overloaded as i32
+            {
+                overloaded += 1;
+            }
+        }
+        assert!(overloaded >= 64, "only {overloaded} answered OVERLOADED");
+        // Someone else is served while the 64 blocking rds hold their slots.
+        let started = Instant::now();
+        let mut other = cluster.client_of(leader);
+        other.out(&tuple!["fair"]).await.expect("served");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let status = cluster.status(leader).await.expect("status");
+        let refused = status
+            .refused
+            .get("client.over_quota")
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(
+            refused, 136,
+            "exactly the requests past the share: {status:?}"
+        );
+    })
+    .await;
+}
+
+/// The `[limits]` of the cluster file cap the space: an `out` past them is refused with a clear
+/// error, and a take makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_space_cap_refuses_outs_with_a_clear_error() {
+    let _serial = serial().await;
+    let cluster = Cluster::start_with(3, "[limits]\nmax_tuples = 5\n");
+    bounded(LIMIT, async {
+        let leader = cluster.wait_leader(LEADER).await;
+        // The leader puts the caps in the log.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster
+            .status(leader)
+            .await
+            .and_then(|s| s.limits)
+            .is_none_or(|l| l.max_tuples != 5)
+        {
+            assert!(Instant::now() < deadline, "the caps never reached the log");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut c = cluster.client();
+        for i in 0..5 {
+            c.out(&tuple!["cap", i]).await.expect("room");
+        }
+        match c.out(&tuple!["cap", 5]).await {
+            Err(ClientError::OverLimit(m)) => assert!(m.contains("space is full"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(c.count(&tpl(r#"("cap", _)"#)).await.unwrap(), 5);
+        c.inp(&tpl(r#"("cap", _)"#))
+            .await
+            .unwrap()
+            .expect("one to take");
+        c.out(&tuple!["cap", 6]).await.expect("room again");
+    })
+    .await;
+}
