@@ -293,6 +293,9 @@ impl Client {
     /// cancelled. Sent once, with a short timeout: the node also cancels the waiters of a client
     /// that went away, and a waiter's own deadline ends it in any case.
     pub async fn cancel(&mut self, seq: u64) -> Result<bool, ClientError> {
+        // The socket may still await the blocking request's answer (a REQ sends nothing else
+        // meanwhile): a fresh one carries the cancel.
+        self.socket = None;
         let request = proto::Request {
             session: self.session,
             seq: 0,

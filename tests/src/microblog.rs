@@ -78,6 +78,19 @@ pub async fn finish(mut cmd: tokio::process::Command) -> Run {
     }
 }
 
+/// Waits for a started command (its output piped) to end (within [`COMMAND`]).
+pub async fn finish_child(child: tokio::process::Child) -> Run {
+    let out = tokio::time::timeout(COMMAND, child.wait_with_output())
+        .await
+        .expect("the command finished in time")
+        .expect("wait for microblog");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Runs `microblog --endpoints <endpoints> args...`.
 pub async fn mb(endpoints: &str, args: &[&str]) -> Run {
     finish(command(endpoints, args)).await

@@ -189,3 +189,36 @@ async fn the_space_cap_refuses_outs_with_a_clear_error() {
     })
     .await;
 }
+
+/// Ctrl-C during `microblog tuple in` cancels its waiter: the tuple written afterwards stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_a_blocking_tuple_in_cancels_it() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3);
+    bounded(LIMIT, async {
+        cluster.wait_leader(LEADER).await;
+        let endpoints = cluster.endpoints().join(",");
+        let mut cmd = tests::microblog::command(
+            &endpoints,
+            &["--timeout", "60s", "tuple", "in", r#"("order", ?int)"#],
+        );
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("start microblog");
+        let pid = child.id().expect("a pid") as i32;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("SIGINT");
+        let run = tests::microblog::finish_child(child).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stderr.contains("cancelled"), "{run:?}");
+        let mut c = cluster.client();
+        let id = c.out(&tuple!["order", 7]).await.expect("out");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(c.read_id(id).await.unwrap(), Some(tuple!["order", 7]));
+    })
+    .await;
+}

@@ -25,8 +25,19 @@ pub async fn run(ctx: &mut Context, cmd: TupleCommand) -> Result<()> {
         }
         TupleCommand::In { template } => {
             let template = parse_template(&template)?;
-            let got = ctx.client()?.in_(&template, ctx.timeout).await;
-            print_one(ctx, &template, got.map(Some))
+            let mut client = ctx.client()?;
+            let got = {
+                let call = client.in_(&template, ctx.timeout);
+                tokio::pin!(call);
+                tokio::select! {
+                    got = &mut call => Some(got),
+                    _ = tokio::signal::ctrl_c() => None,
+                }
+            };
+            match got {
+                Some(got) => print_one(ctx, &template, got.map(Some)),
+                None => Err(interrupted(&mut client).await),
+            }
         }
         TupleCommand::Rd { template, after } => {
             let template = parse_template(&template)?;
@@ -129,6 +140,24 @@ async fn read_all(client: &mut Client, template: &Template, mut q: Query) -> Res
 }
 
 /// Collect up to `limit`, in takes of at most [`MAX_LIST`].
+/// Ctrl-C during a blocking `in`: cancel its waiter in the cluster, so it takes nothing.
+async fn interrupted(client: &mut Client) -> crate::error::Error {
+    let Some(seq) = client.pending_take() else {
+        return crate::error::Error::failed("interrupted");
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), client.cancel(seq)).await {
+        Ok(Ok(true)) => crate::error::Error::failed("interrupted: the blocking in was cancelled")
+            .hint("it took nothing"),
+        Ok(Ok(false)) => crate::error::Error::failed(
+            "interrupted: the blocking in had already finished (it may have taken a tuple)",
+        )
+        .hint("check with `microblog tuple rdp TEMPLATE`"),
+        _ => crate::error::Error::failed("interrupted: the cancel did not reach the cluster").hint(
+            "the node cancels the waiter of a client that went away, and it ends at its timeout",
+        ),
+    }
+}
+
 async fn take_all(client: &mut Client, template: &Template, limit: usize) -> Result<Vec<Entry>> {
     let mut all: Vec<Entry> = Vec::new();
     while all.len() < limit {
