@@ -200,6 +200,18 @@ fn fitting(found: Vec<(TupleId, &Tuple)>) -> (usize, bool) {
     (found.len(), false)
 }
 
+/// A copy-collect's answer from owned tuples (a view's scan), cut at [`MAX_RESPONSE_BYTES`].
+pub fn fitting_view(found: Vec<(TupleId, Tuple)>) -> TupleList {
+    let (fit, truncated) = fitting(found.iter().map(|(id, t)| (*id, t)).collect());
+    TupleList {
+        items: found[..fit]
+            .iter()
+            .map(|(id, t)| id_tuple(*id, t))
+            .collect(),
+        truncated,
+    }
+}
+
 fn ttl(ms: u64) -> Option<Millis> {
     (ms > 0).then_some(ms)
 }
@@ -681,6 +693,20 @@ impl Machine {
 
     /// The whole state as bytes, for a snapshot.
     pub fn encode(&self) -> Vec<u8> {
+        self.view().encode()
+    }
+
+    /// A consistent view of the whole state, cheap to take (the space's pages are shared
+    /// copy-on-write, the rest is small): encode it on another thread while the machine goes on.
+    pub fn view(&self) -> MachineView {
+        MachineView {
+            state: self.state_without_space(),
+            space: self.space.view(),
+        }
+    }
+
+    /// Everything but the space, as the snapshot holds it.
+    fn state_without_space(&self) -> MachineState {
         let mut sessions: Vec<SessionState> = self
             .sessions
             .iter()
@@ -709,14 +735,13 @@ impl Machine {
         MachineState {
             applied_index: self.applied_index,
             applied_term: self.applied_term,
-            space: self.space.encode(),
+            space: Vec::new(),
             sessions,
             members: self.members.clone(),
             removed_ids: self.removed_ids.iter().copied().collect(),
             cluster_id: self.cluster_id,
             limits: self.limits,
         }
-        .encode_to_vec()
     }
 
     /// A machine from [`Machine::encode`]'s bytes; anything else is refused.
@@ -766,6 +791,37 @@ impl Machine {
             }
         }
         Ok(m)
+    }
+}
+
+/// The machine's state as it was when [`Machine::view`] took it.
+#[derive(Clone, Debug)]
+pub struct MachineView {
+    state: MachineState,
+    space: tuplespace::SpaceView,
+}
+
+impl MachineView {
+    /// The index of the last entry the view includes.
+    pub fn applied_index(&self) -> u64 {
+        self.state.applied_index
+    }
+
+    /// The term of that entry.
+    pub fn applied_term(&self) -> u64 {
+        self.state.applied_term
+    }
+
+    /// The space as it was.
+    pub fn space(&self) -> &tuplespace::SpaceView {
+        &self.space
+    }
+
+    /// The bytes [`Machine::decode`] reads back (the space's part is most of the work: do it
+    /// off the raft thread).
+    pub fn encode(mut self) -> Vec<u8> {
+        self.state.space = self.space.encode();
+        self.state.encode_to_vec()
     }
 }
 

@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use tuplespace::{Query, Template, TupleId};
 
 mod admission;
+mod heavy;
 mod membership;
 
 use crate::clock::ClusterClock;
@@ -373,6 +374,8 @@ pub struct Node {
     limits: proto::SpaceLimits,
     /// When this node (as leader) last proposed its caps, so it proposes one at a time.
     limits_proposed: Option<Instant>,
+    /// The workers that digest the space and run scans the index cannot narrow.
+    heavy: heavy::Heavy,
     logger: Logger,
 }
 
@@ -463,6 +466,7 @@ impl Node {
             last_heard: HashMap::new(),
             limits,
             limits_proposed: None,
+            heavy: heavy::Heavy::start(),
             logger,
         };
         let members = node.members();
@@ -567,11 +571,12 @@ impl Node {
             NodeMsg::Write { cmd, reply } => self.propose(cmd, reply),
             NodeMsg::Read { op, reply } => self.unsent_reads.push((op, reply)),
             NodeMsg::Status(reply, digest) => {
-                let mut status = self.status();
+                let status = self.status();
                 if digest {
-                    status.digest = self.machine.space().digest();
+                    self.status_with_digest(status, reply);
+                } else {
+                    let _ = reply.send(status);
                 }
-                let _ = reply.send(status);
             }
             NodeMsg::ConfChange {
                 changes,
@@ -865,21 +870,30 @@ impl Node {
             return;
         }
         self.snapshotting = true;
+        // The view costs a page table; the encoding (most of the work) happens on the writer
+        // thread, so the raft loop never stalls on a large state.
         let started = Instant::now();
-        let data = self.machine.encode();
-        let mut snapshot = Snapshot::default();
-        snapshot.set_data(data.into());
-        let meta = snapshot.mut_metadata();
-        meta.index = applied;
-        meta.term = self.machine.applied_term();
-        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let view = self.machine.view();
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
         info!(self.logger, "taking a snapshot"; "index" => applied,
-            "bytes" => snapshot.get_data().len(), "encode_ms" => started.elapsed().as_millis() as u64);
+            "tuples" => view.space().len(), "view_us" => started.elapsed().as_micros() as u64);
         let store = Arc::clone(&self.snapshots);
         let tx = self.inbox_tx.clone();
+        let logger = self.logger.clone();
         let spawned = std::thread::Builder::new()
             .name("snapshot-writer".into())
             .spawn(move || {
+                let started = Instant::now();
+                let (index, term) = (view.applied_index(), view.applied_term());
+                let data = view.encode();
+                info!(logger, "snapshot encoded"; "index" => index, "bytes" => data.len(),
+                    "encode_ms" => started.elapsed().as_millis() as u64);
+                let mut snapshot = Snapshot::default();
+                snapshot.set_data(data.into());
+                let meta = snapshot.mut_metadata();
+                meta.index = index;
+                meta.term = term;
+                meta.set_conf_state(conf_state);
                 let meta = snapshot.get_metadata();
                 let error = store
                     .save(
@@ -1011,6 +1025,9 @@ impl Node {
     }
 
     fn read(&mut self, op: ReadOp, reply: oneshot::Sender<proto::Response>) {
+        if heavy::is_heavy(&op) {
+            return self.read_heavy(op, reply);
+        }
         let space = self.machine.space();
         let result = match op {
             ReadOp::Rd {

@@ -11,7 +11,7 @@
 
 use std::ops::Bound;
 
-use crate::space::Space;
+use crate::space::{Space, SpaceView};
 use crate::template::{Field, Range, Template};
 use crate::value::{Kind, Text, Tuple, Value};
 use crate::waiters::{WaitKind, Waiter};
@@ -463,8 +463,9 @@ fn get_opt(r: &mut Reader<'_>) -> Result<Option<Millis>, DecodeError> {
     })
 }
 
-impl Space {
-    /// The whole space (tuples, ids, expiries, waiters, clock) as bytes.
+impl SpaceView {
+    /// The whole space (tuples, ids, expiries, waiters, clock) as bytes: what
+    /// [`Space::decode`] reads back.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.len() * 64);
         out.extend_from_slice(SNAPSHOT_MAGIC);
@@ -474,15 +475,15 @@ impl Space {
         out.extend_from_slice(&self.next_waiter.to_le_bytes());
         put_varint(&mut out, self.len() as u64);
         let mut prev = 0;
-        for (id, tuple) in self.iter() {
+        for (id, expires, tuple) in self.iter() {
             put_varint(&mut out, id - prev);
             prev = id;
-            put_opt(&mut out, self.expiry(id));
+            put_opt(&mut out, expires);
             encode_tuple(tuple, &mut out);
         }
-        put_varint(&mut out, self.waiter_count() as u64);
+        put_varint(&mut out, self.waiters.len() as u64);
         let mut prev = 0;
-        for (id, w) in self.waiters() {
+        for (id, w) in self.waiters.iter().map(|(id, w)| (*id, w)) {
             put_varint(&mut out, id - prev);
             prev = id;
             out.push(match w.kind {
@@ -496,6 +497,19 @@ impl Space {
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
+    }
+
+    /// A checksum of the viewed state: equal on replicas that hold the same state.
+    pub fn digest(&self) -> u32 {
+        let bytes = self.encode();
+        u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap_or([0; 4]))
+    }
+}
+
+impl Space {
+    /// The whole space (tuples, ids, expiries, waiters, clock) as bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        self.view().encode()
     }
 
     /// A space from bytes made by [`Space::encode`]; anything else is refused with an error.
@@ -561,8 +575,7 @@ impl Space {
 
     /// A checksum of the space's whole state: equal on replicas that hold the same state.
     pub fn digest(&self) -> u32 {
-        let bytes = self.encode();
-        u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap_or([0; 4]))
+        self.view().digest()
     }
 }
 

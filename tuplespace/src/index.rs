@@ -8,15 +8,11 @@
 //! skipping, which is bounded by the live length.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
+use crate::store::Store;
 use crate::value::Value;
 use crate::{Template, Tuple, TupleId};
-
-/// The resident tuples, by id: what decides whether an id in a posting list is live. A hash map
-/// (one cache miss per lookup, where a B-tree of a million entries takes several): order comes
-/// from the posting lists, which are in id order.
-pub(crate) type Store = HashMap<TupleId, Tuple, BuildHasherDefault<IdHasher>>;
 
 /// Hashes tuple ids by one multiplication. Ids are assigned by the space itself, never chosen by
 /// a client, so nobody can aim collisions at it; sequential ids spread over the table's low bits

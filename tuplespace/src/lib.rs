@@ -9,7 +9,9 @@
 //! - [`value`]: values (`int`, `float`, `str`, `bool`, `bytes`, nested tuples) and tuples.
 //! - [`template`]: templates and the matching rules.
 //! - [`syntax`]: the text syntax, `("post", "alice", 42)` and `("post", ?str, _)`.
-//! - [`space`]: the [`Space`]: ids, the index, blocking waiters, TTL expiry.
+//! - [`space`]: the [`Space`]: ids, the index, blocking waiters, TTL expiry; and [`SpaceView`], a
+//!   consistent read-only view of it that costs a page table (the store's pages are shared
+//!   copy-on-write), for encoding, digests and scans off the caller's thread.
 //! - [`waiters`]: FIFO queues of blocked `in` and `rd` operations.
 //! - [`codec`]: the compact binary encoding of values, templates and whole spaces (snapshots).
 //!
@@ -30,13 +32,14 @@
 pub mod codec;
 mod index;
 pub mod space;
+mod store;
 pub mod syntax;
 pub mod template;
 pub mod value;
 pub mod waiters;
 
 pub use codec::DecodeError;
-pub use space::{Expired, OutOutcome, Query, Space, Wait};
+pub use space::{Expired, OutOutcome, Query, Space, SpaceView, Wait};
 pub use syntax::ParseError;
 pub use template::{Field, Range, RangeError, Template};
 pub use value::{Kind, Text, Tuple, Value};

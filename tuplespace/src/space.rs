@@ -1,8 +1,9 @@
 //! The space: tuples with ids, the index, waiters and expiry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use crate::index::{Index, Posting, Store};
+use crate::index::{Index, Posting};
+use crate::store::Store;
 use crate::waiters::{Served, WaitKind, Waiter, Waiters};
 use crate::{Millis, Template, Tuple, TupleId, WaiterId};
 
@@ -69,6 +70,62 @@ impl Query {
     }
 }
 
+/// A consistent, read-only view of a [`Space`] as it was when [`Space::view`] took it: what a
+/// snapshot encodes, a digest sums, and a long scan reads, on another thread while the space goes
+/// on changing. Taking one costs a page table (the tuples' pages are shared copy-on-write).
+#[derive(Clone, Debug)]
+pub struct SpaceView {
+    pub(crate) tuples: Store,
+    pub(crate) waiters: Vec<(WaiterId, Waiter)>,
+    pub(crate) now: Millis,
+    pub(crate) next_id: TupleId,
+    pub(crate) next_waiter: WaiterId,
+}
+
+impl SpaceView {
+    /// How many tuples the view holds.
+    pub fn len(&self) -> usize {
+        self.tuples.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.tuples.is_empty()
+    }
+
+    /// Every tuple, with its id and expiry, in id order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (TupleId, Option<Millis>, &Tuple)> {
+        self.tuples.iter_sorted()
+    }
+
+    /// How many tuples match (a scan of every tuple: for templates the index cannot narrow).
+    pub fn count(&self, template: &Template) -> usize {
+        self.iter().filter(|(_, _, t)| template.matches(t)).count()
+    }
+
+    /// A copy-collect over the view (a scan of every tuple in the query's order).
+    pub fn rd_all(&self, template: &Template, query: &Query) -> Vec<(TupleId, Tuple)> {
+        let inside = |id: TupleId| id > query.after && id < query.before;
+        let matching =
+            |(id, _, t): &(TupleId, Option<Millis>, &Tuple)| inside(*id) && template.matches(t);
+        let pick = |(id, _, t): (TupleId, Option<Millis>, &Tuple)| (id, t.clone());
+        if query.newest_first {
+            self.iter()
+                .rev()
+                .filter(matching)
+                .take(query.limit)
+                .map(pick)
+                .collect()
+        } else {
+            self.iter()
+                .filter(matching)
+                .take(query.limit)
+                .map(pick)
+                .collect()
+        }
+    }
+}
+
 /// A tuple space: the pure, deterministic core of the replicated state machine.
 ///
 /// Ids are assigned in increasing order from 1. Time is whatever the caller says it is: `out`
@@ -80,10 +137,8 @@ pub struct Space {
     pub(crate) tuples: Store,
     /// Arity and (arity, first field) postings over `tuples`.
     index: Index,
-    /// Tuples with a time to live, by expiry time.
+    /// Tuples with a time to live, by expiry time (each tuple's own expiry is in the store).
     expiries: BTreeSet<(Millis, TupleId)>,
-    /// The expiry of each tuple that has one, to unschedule it when it is taken.
-    expiry_of: HashMap<TupleId, Millis>,
     /// Blocked `in`s and `rd`s.
     waiters: Waiters,
     /// The id the next tuple gets.
@@ -109,7 +164,6 @@ impl Space {
             tuples: Store::default(),
             index: Index::default(),
             expiries: BTreeSet::new(),
-            expiry_of: HashMap::new(),
             waiters: Waiters::default(),
             next_id: 1,
             next_waiter: 1,
@@ -139,6 +193,17 @@ impl Space {
         self.now
     }
 
+    /// A consistent view of the space as it is now, for reading elsewhere (see [`SpaceView`]).
+    pub fn view(&self) -> SpaceView {
+        SpaceView {
+            tuples: self.tuples.clone(),
+            waiters: self.waiters().map(|(id, w)| (id, w.clone())).collect(),
+            now: self.now,
+            next_id: self.next_id,
+            next_waiter: self.next_waiter,
+        }
+    }
+
     /// The id the next `out` will assign.
     pub fn next_id(&self) -> TupleId {
         self.next_id
@@ -146,15 +211,13 @@ impl Space {
 
     /// The expiry time of a resident tuple, if it has one.
     pub fn expiry(&self, id: TupleId) -> Option<Millis> {
-        self.expiry_of.get(&id).copied()
+        self.tuples.expiry(id)
     }
 
     /// Every resident tuple, oldest first (sorts the ids: for snapshots and checks, not hot
     /// paths).
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (TupleId, &Tuple)> {
-        let mut all: Vec<(TupleId, &Tuple)> = self.tuples.iter().map(|(&id, t)| (id, t)).collect();
-        all.sort_unstable_by_key(|&(id, _)| id);
-        all.into_iter()
+        self.tuples.iter_sorted().map(|(id, _, t)| (id, t))
     }
 
     /// Adds a tuple, which expires `ttl` after the current clock if given. If a blocked `in`
@@ -181,20 +244,22 @@ impl Space {
     fn store(&mut self, id: TupleId, tuple: Tuple, expires_at: Option<Millis>) {
         self.bytes += crate::codec::tuple_len(&tuple) as u64;
         self.index.insert(id, &tuple);
-        self.tuples.insert(id, tuple);
+        self.tuples.insert(id, tuple, expires_at);
         if let Some(at) = expires_at {
             self.expiries.insert((at, id));
-            self.expiry_of.insert(id, at);
         }
     }
 
     fn remove(&mut self, id: TupleId) -> Option<Tuple> {
+        let expires_at = if self.expiries.is_empty() {
+            None
+        } else {
+            self.tuples.expiry(id)
+        };
         let tuple = self.tuples.remove(&id)?;
         self.bytes -= crate::codec::tuple_len(&tuple) as u64;
         self.index.remove(id, &tuple, &self.tuples);
-        if !self.expiry_of.is_empty()
-            && let Some(at) = self.expiry_of.remove(&id)
-        {
+        if let Some(at) = expires_at {
             self.expiries.remove(&(at, id));
         }
         Some(tuple)
