@@ -544,6 +544,29 @@ node catches up from a snapshot and the log tail).")]
         #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration::parse)]
         catch_up_timeout: Duration,
     },
+    /// Load N tuples, then run writers beside clients that keep asking for digests of the whole
+    /// space and for scans the index cannot narrow; report acknowledged writes per second, the
+    /// longest window with none, and leader changes.
+    #[command(after_help = "\
+Example:
+  microblog bench stall --tuples 1000000 --duration 30s
+  microblog --endpoints tcp://127.0.0.1:7201,... bench stall --tuples 1000000   # a running cluster
+
+Starts its own cluster unless --endpoints or --cluster is given.")]
+    Stall {
+        /// How many tuples to load first (64-byte tuples).
+        #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        tuples: u64,
+        /// Concurrent writers during the measurement.
+        #[arg(long, value_name = "C", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+        writers: u64,
+        /// Clients asking for digests (and as many asking for scans).
+        #[arg(long, value_name = "C", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+        heavy: u64,
+        /// How long to measure.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
+        duration: Duration,
+    },
 }
 
 impl Command {

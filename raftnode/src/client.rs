@@ -479,6 +479,28 @@ impl Client {
         }
     }
 
+    /// Node `endpoint`'s status with a digest of its space (a checksum of everything it holds:
+    /// replicas that applied the same log agree). The node computes it off its raft thread.
+    pub async fn digest_of(
+        endpoint: &str,
+        options: &ClientOptions,
+    ) -> Result<proto::Status, ClientError> {
+        let mut one = Client::with_options([endpoint], options.clone());
+        one.options.retry_window = options.request_timeout;
+        match one
+            .call(
+                Op::Status(proto::StatusRequest { digest: true }),
+                false,
+                Duration::ZERO,
+                true,
+            )
+            .await?
+        {
+            response::Result::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The status of one particular node (no retries elsewhere).
     pub async fn status_of(
         endpoint: &str,

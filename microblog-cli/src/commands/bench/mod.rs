@@ -9,6 +9,8 @@
 //!   write; restart it and wait until it has caught up; repeat.
 //! - `catchup`: load N tuples, then time a new empty node from `add` (learner) until it has
 //!   caught up, and check its tuple count.
+//! - `stall`: load N tuples, then run writers beside clients asking for digests and unindexed
+//!   scans; report writes per second, the longest window without one, and leader changes.
 //!
 //! Progress goes to stderr once a second; the result to stdout as text, or with `--json` as one
 //! JSON object. Clusters the bench starts ([`local::LocalCluster`]) are killed by pid when it
@@ -19,6 +21,7 @@ mod failover;
 mod histogram;
 mod load;
 mod local;
+mod stall;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +85,20 @@ pub async fn run(ctx: &mut Context, args: BenchArgs) -> Result<()> {
                 max_lag,
                 catch_up_timeout,
             }) => catchup::run(ctx, tuples, size, clients, max_lag, catch_up_timeout).await,
+            Some(BenchCommand::Stall {
+                tuples,
+                writers,
+                heavy,
+                duration,
+            }) => {
+                let args = stall::StallArgs {
+                    tuples,
+                    writers,
+                    heavy,
+                    duration,
+                };
+                stall::run(ctx, args).await
+            }
         }
     };
     tokio::select! {
