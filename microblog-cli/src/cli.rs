@@ -544,6 +544,19 @@ node catches up from a snapshot and the log tail).")]
         #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration::parse)]
         catch_up_timeout: Duration,
     },
+    /// A well-behaved client's latencies alone, then while one connection floods the leader with
+    /// pipelined blocking rds and outs as fast as it can send them.
+    #[command(after_help = "\
+Example:
+  microblog bench flood --duration 10s
+
+Always starts its own cluster. The flooder is one DEALER connection that never waits for answers;
+the node answers what is past its share OVERLOADED at once.")]
+    Flood {
+        /// How long each phase lasts.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+        duration: Duration,
+    },
     /// Load N tuples, then run writers beside clients that keep asking for digests of the whole
     /// space and for scans the index cannot narrow; report acknowledged writes per second, the
     /// longest window with none, and leader changes.

@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -216,8 +216,9 @@ impl Reader {
         }
     }
 
-    /// Consumes a prefix of `input` and appends every message it completes to `out`. It stops
-    /// right after a frame header that needs a reservation ([`Fed::reserve`]).
+    /// Consumes a prefix of `input` and appends the message it completes (at most one) to
+    /// `out`. It stops right after a message, and right after a frame header that needs a
+    /// reservation ([`Fed::reserve`]).
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<Vec<Bytes>>) -> Result<Fed, GuardError> {
         let mut pos = 0;
         while pos < input.len() {
@@ -287,8 +288,8 @@ impl Reader {
                         remaining: size,
                         more,
                     };
-                    if size == 0 {
-                        self.end_frame(out);
+                    if size == 0 && self.end_frame(out) {
+                        break;
                     }
                 }
                 State::Reserving { .. } => {
@@ -307,8 +308,9 @@ impl Reader {
                     frame.extend_from_slice(&rest[..take]);
                     pos += take;
                     *remaining -= take as u64;
-                    if *remaining == 0 {
-                        self.end_frame(out);
+                    if *remaining == 0 && self.end_frame(out) {
+                        // One message at a time: the caller decides whether to take the next.
+                        break;
                     }
                 }
             }
@@ -397,16 +399,18 @@ impl Reader {
     }
 
     /// The frame being received is complete: into the message, and the message out if it was
-    /// the last frame.
-    fn end_frame(&mut self, out: &mut Vec<Vec<Bytes>>) {
+    /// the last frame (then true).
+    fn end_frame(&mut self, out: &mut Vec<Vec<Bytes>>) -> bool {
         let state = std::mem::replace(&mut self.state, State::Header);
         if let State::Body { frame, more, .. } = state {
             self.message.push(frame.freeze());
             if !more {
                 out.push(std::mem::take(&mut self.message));
                 self.message_bytes = 0;
+                return true;
             }
         }
+        false
     }
 }
 
@@ -490,6 +494,10 @@ pub struct GuardConfig {
     pub max_connections: usize,
     /// Bytes of large frames in flight at once, over all connections (at least `max_message`).
     pub budget: u64,
+    /// Messages of one connection the server may hold unanswered: past this the connection is
+    /// not read until an answer goes out, so one client cannot crowd out the others (TCP's
+    /// back-pressure slows it down).
+    pub max_in_flight: usize,
 }
 
 /// One live connection, as the router's table holds it.
@@ -498,6 +506,8 @@ struct Conn {
     replies: mpsc::Sender<Vec<Bytes>>,
     /// Dropped with the connection: what [`RouterHandle::closed`] waits for.
     gone: tokio::sync::watch::Sender<()>,
+    /// Its messages handed to the server and not answered yet.
+    in_flight: Arc<AtomicUsize>,
     /// Milliseconds since the router started, at its last complete message (or its start).
     last_active: Arc<AtomicU64>,
 }
@@ -538,6 +548,10 @@ impl RouterHandle {
         let identity = frames.remove(0);
         let table = self.table();
         let conn = table.get(&identity).ok_or(SendError::Gone)?;
+        // Answered (or dropped): the connection may be read again.
+        let _ = conn
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         conn.replies.try_send(frames).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Gone,
@@ -578,6 +592,15 @@ pub fn source_of(identity: &[u8]) -> String {
     match text.rsplit_once('#') {
         Some((addr, _)) => addr.to_string(),
         None => text.into_owned(),
+    }
+}
+
+/// The host (IP address, without the port) an identity names: what per-address limits count.
+pub fn host_of(identity: &[u8]) -> String {
+    let source = source_of(identity);
+    match source.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
+        _ => source,
     }
 }
 
@@ -689,6 +712,7 @@ impl Acceptor {
             let identity = Bytes::from(format!("{peer}#{number}"));
             self.make_room(&peer);
             let last_active = Arc::new(AtomicU64::new(self.started.elapsed().as_millis() as u64));
+            let in_flight = Arc::new(AtomicUsize::new(0));
             let (replies_tx, replies) = mpsc::channel(REPLY_QUEUE);
             let connection = Connection {
                 identity: identity.clone(),
@@ -698,6 +722,7 @@ impl Acceptor {
                 logger: self.logger.clone(),
                 budget: Arc::clone(&self.budget),
                 last_active: Arc::clone(&last_active),
+                in_flight: Arc::clone(&in_flight),
                 started: self.started,
                 handle: self.handle.clone(),
                 incoming: self.incoming.clone(),
@@ -711,6 +736,7 @@ impl Acceptor {
                     abort: task.abort_handle(),
                     replies: replies_tx,
                     gone: tokio::sync::watch::channel(()).0,
+                    in_flight,
                     last_active,
                 },
             );
@@ -752,6 +778,8 @@ struct Connection {
     logger: Logger,
     budget: Arc<Semaphore>,
     last_active: Arc<AtomicU64>,
+    /// Its messages the server holds unanswered.
+    in_flight: Arc<AtomicUsize>,
     started: Instant,
     handle: RouterHandle,
     incoming: mpsc::Sender<Vec<Bytes>>,
@@ -784,11 +812,28 @@ impl Connection {
         }
         let mut reader = Reader::new(self.config.limits.clone());
         let mut buf = vec![0u8; 16 * 1024];
+        // Bytes read but not fed yet (the server holds enough of this connection's messages).
+        let mut pending = BytesMut::new();
         let mut messages = Vec::new();
         let mut held: Option<OwnedSemaphorePermit> = None;
         let opened = tokio::time::Instant::now();
         let mut frame_started: Option<tokio::time::Instant> = None;
         loop {
+            let room = self.in_flight.load(Ordering::Relaxed) < self.config.max_in_flight;
+            if room && !pending.is_empty() {
+                let ended = self
+                    .take_in(&mut reader, &mut pending, &mut messages, &mut held)
+                    .await;
+                if let Some(ended) = ended {
+                    return ended;
+                }
+                frame_started = match (reader.in_frame(), frame_started) {
+                    (Some(_), None) => Some(tokio::time::Instant::now()),
+                    (Some(_), started) => started,
+                    (None, _) => None,
+                };
+                continue;
+            }
             let deadline = if !reader.handshake_done() {
                 Some(opened + HANDSHAKE_TIMEOUT)
             } else {
@@ -804,22 +849,11 @@ impl Connection {
                 }
             };
             tokio::select! {
-                read = reader_half.read(&mut buf) => {
-                    let n = match read {
+                read = reader_half.read(&mut buf), if room && pending.is_empty() => {
+                    match read {
                         Ok(0) | Err(_) => return Ended::Closed,
-                        Ok(n) => n,
-                    };
-                    let ended = self
-                        .take_in(&mut reader, &buf[..n], &mut messages, &mut held)
-                        .await;
-                    if let Some(ended) = ended {
-                        return ended;
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
                     }
-                    frame_started = match (reader.in_frame(), frame_started) {
-                        (Some(_), None) => Some(tokio::time::Instant::now()),
-                        (Some(_), started) => started,
-                        (None, _) => None,
-                    };
                 }
                 reply = replies.recv() => {
                     let Some(reply) = reply else { return Ended::Closed };
@@ -847,22 +881,26 @@ impl Connection {
         }
     }
 
-    /// Feeds what was read to the reader, reserving budget for large frames, and hands every
-    /// complete message to the server. `Some` when the connection must end.
+    /// Feeds what was read to the reader, reserving budget for large frames, and hands each
+    /// complete message to the server while it holds fewer than `max_in_flight` of this
+    /// connection's; what is left stays in `pending`. `Some` when the connection must end.
     async fn take_in(
         &self,
         reader: &mut Reader,
-        mut input: &[u8],
+        pending: &mut BytesMut,
         messages: &mut Vec<Vec<Bytes>>,
         held: &mut Option<OwnedSemaphorePermit>,
     ) -> Option<Ended> {
-        while !input.is_empty() {
-            let fed = match reader.feed(input, messages) {
+        while !pending.is_empty()
+            && self.in_flight.load(Ordering::Relaxed) < self.config.max_in_flight
+        {
+            let fed = match reader.feed(pending, messages) {
                 Ok(fed) => fed,
                 Err(e) => return Some(Ended::Refused(e.kind(), e.to_string())),
             };
-            input = &input[fed.consumed..];
+            let _ = pending.split_to(fed.consumed);
             for message in messages.drain(..) {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
                 // The message is complete: what it reserved is the server's to bound now.
                 *held = None;
                 self.last_active
@@ -1170,6 +1208,7 @@ mod tests {
             },
             max_connections: 8,
             budget: 1 << 20,
+            max_in_flight: 4,
         };
         let refuser = Arc::new(Refuser::default());
         let mut router = Router::bind(

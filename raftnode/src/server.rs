@@ -66,6 +66,7 @@ pub fn guard_config() -> GuardConfig {
             socket_types: &["REQ", "DEALER"],
         },
         max_connections: MAX_CLIENT_CONNECTIONS,
+        max_in_flight: crate::quota::MAX_IN_FLIGHT_PER_CONNECTION,
         // Sixteen largest frames at once; small requests need none of it.
         budget: 16 * max_frame,
     }
@@ -141,7 +142,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let share = match quotas.acquire(&identity, &source) {
+        let share = match quotas.acquire(&guard::host_of(&identity)) {
             Ok(share) => share,
             Err(why) => {
                 refuser.refuse(&logger, "client.over_quota", &source, &why);

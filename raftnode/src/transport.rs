@@ -665,6 +665,8 @@ pub fn guard_config(max_frame: usize) -> GuardConfig {
             socket_types: &["REQ"],
         },
         max_connections: MAX_PEER_CONNECTIONS,
+        // A REQ has one request in flight.
+        max_in_flight: 2,
         // One frame of the largest size and some room for the others.
         budget: max_frame + (32 << 20),
     }

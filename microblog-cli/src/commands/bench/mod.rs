@@ -9,6 +9,8 @@
 //!   write; restart it and wait until it has caught up; repeat.
 //! - `catchup`: load N tuples, then time a new empty node from `add` (learner) until it has
 //!   caught up, and check its tuple count.
+//! - `flood`: a well-behaved client's latencies alone and while one connection floods the
+//!   leader with pipelined blocking `rd`s and `out`s.
 //! - `stall`: load N tuples, then run writers beside clients asking for digests and unindexed
 //!   scans; report writes per second, the longest window without one, and leader changes.
 //!
@@ -18,6 +20,7 @@
 
 mod catchup;
 mod failover;
+mod flood;
 mod histogram;
 mod load;
 mod local;
@@ -85,6 +88,7 @@ pub async fn run(ctx: &mut Context, args: BenchArgs) -> Result<()> {
                 max_lag,
                 catch_up_timeout,
             }) => catchup::run(ctx, tuples, size, clients, max_lag, catch_up_timeout).await,
+            Some(BenchCommand::Flood { duration }) => flood::run(ctx, duration).await,
             Some(BenchCommand::Stall {
                 tuples,
                 writers,
