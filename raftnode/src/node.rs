@@ -975,6 +975,15 @@ impl Node {
         } in applied.completions
         {
             if let Some(replies) = self.pending_writes.remove(&(session, seq)) {
+                // A request refused for a limit of the cluster's is counted and logged by the
+                // node that holds the client's request (one node, not every replica).
+                if let response::Result::Error(e) = &result
+                    && e.code == Code::Limit as i32
+                {
+                    let source = format!("session {session:016x}");
+                    self.refuser
+                        .refuse(&self.logger, "client.over_limit", &source, &e.message);
+                }
                 let resp = self.with_hint(response(result));
                 for reply in replies {
                     let _ = reply.send(resp.clone());
@@ -1038,12 +1047,15 @@ impl Node {
             } => match space.rdp(&template, after) {
                 Some((id, t)) => found_one(id, t),
                 None if block && self.readers.len() >= MAX_LOCAL_READERS => {
+                    let message = format!(
+                        "{MAX_LOCAL_READERS} blocking rds wait on this node already (its limit); \
+                         retry later or use another node"
+                    );
+                    self.refuser
+                        .refuse(&self.logger, "client.over_limit", "a client", &message);
                     response::Result::Error(proto::Error {
                         code: Code::Limit as i32,
-                        message: format!(
-                            "{MAX_LOCAL_READERS} blocking rds wait on this node already (its \
-                             limit); retry later or use another node"
-                        ),
+                        message,
                     })
                 }
                 None if block => {

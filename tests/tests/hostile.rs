@@ -521,3 +521,56 @@ async fn phantom_voters_and_unsafe_changes_are_refused() {
     })
     .await;
 }
+
+/// The cluster key is rotated without downtime, each step put in force node by node with
+/// SIGHUP (so nodes with different key sets talk meanwhile): add a key, promote it, retire the
+/// old one. Writes succeed at every step, and afterwards the old key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_key_rotates_without_downtime() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3);
+    bounded(LIMIT, async {
+        cluster.wait_leader(LEADER).await;
+        let file = cluster.key_file();
+        let old = Keys::load(&file).expect("the key");
+        let steps: [(&str, fn(&Keys) -> Keys); 3] = [
+            ("add", |k| k.with_new_key().expect("room for a key")),
+            ("promote", Keys::promote_newest),
+            ("retire", Keys::retire_others),
+        ];
+        let mut client = cluster.client();
+        for (step, change) in steps {
+            let keys = change(&Keys::load(&file).expect("the key"));
+            keys.replace(&file).expect("write the key file");
+            for id in cluster.ids() {
+                let pid = cluster.pid(id).expect("running") as i32;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGHUP,
+                )
+                .expect("SIGHUP");
+                // Between two nodes' reloads their key sets differ: the cluster keeps working.
+                client
+                    .out(&tuple!["rotation", step, id as i64])
+                    .await
+                    .unwrap_or_else(|e| panic!("a write during step {step}: {e}"));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        still_serving(&cluster, "after-rotation").await;
+        let log = cluster.log(1);
+        assert_eq!(
+            log.matches("reloaded the cluster key file").count(),
+            3,
+            "three reloads"
+        );
+        // The old key is gone: a batch signed with it is refused.
+        let sender = PeerAuth::new(KeyRing::new(old), 2, u64::MAX / 2);
+        let (frame, _) =
+            sender.seal_batch(1, &batch(&[raft_msg(MessageType::MsgHeartbeat, 2, 1, 1)]));
+        assert!(send_frame(&cluster.node(1).raft, frame).await.is_none());
+        let counts = refused(&cluster, 1).await;
+        assert!(counts.contains_key("peer.unknown_key"), "{counts:?}");
+    })
+    .await;
+}

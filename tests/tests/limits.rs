@@ -168,6 +168,13 @@ async fn the_space_cap_refuses_outs_with_a_clear_error() {
             other => panic!("expected a refusal, got {other:?}"),
         }
         assert_eq!(c.count(&tpl(r#"("cap", _)"#)).await.unwrap(), 5);
+        let mut counted = 0;
+        for id in cluster.ids() {
+            if let Some(s) = cluster.status(id).await {
+                counted += s.refused.get("client.over_limit").copied().unwrap_or(0);
+            }
+        }
+        assert_eq!(counted, 1, "counted once, by the node that had the request");
         c.inp(&tpl(r#"("cap", _)"#))
             .await
             .unwrap()
