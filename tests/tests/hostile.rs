@@ -533,7 +533,8 @@ async fn the_cluster_key_rotates_without_downtime() {
         cluster.wait_leader(LEADER).await;
         let file = cluster.key_file();
         let old = Keys::load(&file).expect("the key");
-        let steps: [(&str, fn(&Keys) -> Keys); 3] = [
+        type Step = fn(&Keys) -> Keys;
+        let steps: [(&str, Step); 3] = [
             ("add", |k| k.with_new_key().expect("room for a key")),
             ("promote", Keys::promote_newest),
             ("retire", Keys::retire_others),
