@@ -885,8 +885,8 @@ fn tuples(r: response::Result) -> Result<(Vec<Entry>, bool), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::answer::error as error_result;
     use crate::guard::{Router, RouterHandle};
-    use crate::machine::error as error_result;
     use std::sync::Arc;
     use tuplespace::tuple;
 
@@ -928,13 +928,6 @@ mod tests {
         (endpoint, seen)
     }
 
-    fn answer(result: response::Result) -> proto::Response {
-        proto::Response {
-            result: Some(result),
-            ..Default::default()
-        }
-    }
-
     fn quick() -> ClientOptions {
         ClientOptions {
             request_timeout: Duration::from_millis(300),
@@ -950,7 +943,7 @@ mod tests {
     async fn an_unknown_outcome_is_never_resent_as_a_new_request() {
         let (endpoint, seen) = fake_node(|_, n| {
             (n > 1).then(|| {
-                answer(error_result(
+                crate::answer::respond(error_result(
                     Code::SessionExpired,
                     "session unknown; nothing applied",
                 ))
@@ -972,9 +965,9 @@ mod tests {
     async fn a_certainly_unapplied_write_is_resent_in_a_new_session() {
         let (endpoint, seen) = fake_node(|_, n| {
             Some(if n == 1 {
-                answer(error_result(Code::SessionExpired, "session unknown"))
+                crate::answer::respond(error_result(Code::SessionExpired, "session unknown"))
             } else {
-                answer(response::Result::OutId(7))
+                crate::answer::respond(response::Result::OutId(7))
             })
         })
         .await;

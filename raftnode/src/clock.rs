@@ -25,13 +25,17 @@
 //!   disappears within about a tick (the leader's timer, 50 ms by default) plus a commit after
 //!   that. Blocking waits and session expiry are measured the same way.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tuplespace::Millis;
 
+use crate::env::Clock;
+
 /// This node's view of cluster time.
-#[derive(Debug)]
 pub struct ClusterClock {
+    /// The node's monotonic clock.
+    clock: Arc<dyn Clock>,
     /// The stamp the view is anchored at.
     base: Millis,
     /// When (on this node's monotonic clock) it was anchored.
@@ -41,18 +45,20 @@ pub struct ClusterClock {
 }
 
 impl ClusterClock {
-    /// A clock anchored at `applied` (the machine's clock after a restart), now.
-    pub fn new(applied: Millis) -> ClusterClock {
+    /// A clock anchored at `applied` (the machine's clock after a restart), now on `clock`.
+    pub fn new(applied: Millis, clock: Arc<dyn Clock>) -> ClusterClock {
         ClusterClock {
             base: applied,
-            at: Instant::now(),
+            at: clock.now(),
+            clock,
             given: applied,
         }
     }
 
     /// The anchored time plus the monotonic time since.
     fn projected(&self) -> Millis {
-        let elapsed = u64::try_from(self.at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = self.clock.now().saturating_duration_since(self.at);
+        let elapsed = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         self.base.saturating_add(elapsed).max(self.given)
     }
 
@@ -63,7 +69,7 @@ impl ClusterClock {
     pub fn observe(&mut self, applied: Millis, leader: bool) {
         if !leader || applied > self.projected() {
             self.base = applied;
-            self.at = Instant::now();
+            self.at = self.clock.now();
             self.given = self.given.max(applied);
         }
     }
@@ -88,7 +94,7 @@ mod tests {
 
     #[test]
     fn stamps_never_go_backwards_and_follow_the_monotonic_clock() {
-        let mut c = ClusterClock::new(1_000);
+        let mut c = ClusterClock::new(1_000, Arc::new(crate::env::SystemClock));
         let a = c.stamp();
         assert!(a >= 1_000);
         std::thread::sleep(Duration::from_millis(30));

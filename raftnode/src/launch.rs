@@ -228,7 +228,12 @@ pub async fn run_node(
         machine,
         snapshots: Arc::new(snapshots),
         kept_snapshots,
-        transport,
+        env: crate::env::Env {
+            clock: Arc::new(crate::env::SystemClock),
+            background: crate::env::Threads::start(),
+            network: Box::new(transport),
+            election_draw: None,
+        },
         removed_peers: removed_peers.clone(),
         inbox: rx,
         inbox_tx: tx.clone(),

@@ -22,16 +22,22 @@
 //!   address).
 //! - [`machine`]: the state machine: the space, exactly-once client sessions, the applied index.
 //! - [`clock`]: cluster time, which only the leader's monotonic clock advances.
-//! - [`node`]: the one task that owns raft's `RawNode` and runs the ready loop.
+//! - [`env`]: the node's clock, network and background work, as traits (production and
+//!   simulated).
+//! - [`node`]: the one thread that owns raft's `RawNode`, in rooms: the ready loop, writes,
+//!   reads, snapshots, membership, admission, status.
+//! - [`answer`]: building the answers clients get.
 //! - [`server`]: the client endpoint, a ZeroMQ ROUTER speaking [`proto::Request`].
 //! - [`client`]: the async Rust API for programs.
 //! - [`launch`]: wiring one node process together, and `raftnode up` for a local cluster.
 //! - [`logging`]: slog setup.
 #![warn(missing_docs)]
 
+pub mod answer;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod env;
 pub mod guard;
 pub mod keys;
 pub mod launch;

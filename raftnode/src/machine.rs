@@ -25,9 +25,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost::Message;
 use tuplespace::{Millis, Query, Space, Template, Tuple, TupleId, Wait, WaiterId, codec};
 
+use crate::answer::{self, error, id_tuple};
 use crate::proto::{
-    self, Command, Found, IdTuple, MachineState, SessionResult, SessionState, TupleList, command,
-    error::Code, response, session_result,
+    self, Command, MachineState, SessionResult, SessionState, TupleList, command, error::Code,
+    response, session_result,
 };
 
 /// Log time after which a session that sent nothing expires.
@@ -143,25 +144,9 @@ pub struct Machine {
     limits: Option<proto::SpaceLimits>,
 }
 
-/// An error response.
-pub fn error(code: Code, message: impl Into<String>) -> response::Result {
-    response::Result::Error(proto::Error {
-        code: code as i32,
-        message: message.into(),
-    })
-}
-
+/// A take's or read's answer from an owned result.
 fn found(item: Option<(TupleId, Tuple)>) -> response::Result {
-    response::Result::Found(Found {
-        item: item.map(|(id, t)| id_tuple(id, &t)),
-    })
-}
-
-fn id_tuple(id: TupleId, t: &Tuple) -> IdTuple {
-    IdTuple {
-        id,
-        tuple: codec::tuple_to_bytes(t),
-    }
+    answer::found(item.as_ref().map(|(id, t)| (*id, t)))
 }
 
 /// Decodes a template from the wire, or the error to answer.

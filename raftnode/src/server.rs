@@ -26,7 +26,8 @@ use crate::refusals::Refuser;
 use tokio::sync::Semaphore;
 use tuplespace::{Query, TupleId};
 
-use crate::machine::{MAX_WAIT_MS, decode_template, decode_tuple, error};
+use crate::answer::{error, respond};
+use crate::machine::{MAX_WAIT_MS, decode_template, decode_tuple};
 use crate::node::{COMMIT_TIMEOUT, NodeHandle, ReadOp};
 use crate::proto::{self, Command, command, error::Code, request::Op, response};
 
@@ -130,7 +131,7 @@ pub async fn serve(
                 payload.len(),
                 crate::MAX_CLIENT_FRAME
             );
-            reply_to.send(answer(error(Code::TooLarge, msg)));
+            reply_to.send(respond(error(Code::TooLarge, msg)));
             continue;
         }
         let request = match proto::Request::decode(payload) {
@@ -138,7 +139,7 @@ pub async fn serve(
             Err(e) => {
                 let msg = format!("undecodable request: {e}");
                 refuser.refuse(&logger, "client.undecodable", &source, &msg);
-                reply_to.send(answer(error(Code::Invalid, msg)));
+                reply_to.send(respond(error(Code::Invalid, msg)));
                 continue;
             }
         };
@@ -146,7 +147,7 @@ pub async fn serve(
             Ok(share) => share,
             Err(why) => {
                 refuser.refuse(&logger, "client.over_quota", &source, &why);
-                reply_to.send(answer(error(Code::Overloaded, why)));
+                reply_to.send(respond(error(Code::Overloaded, why)));
                 continue;
             }
         };
@@ -157,7 +158,7 @@ pub async fn serve(
                 &source,
                 "all request slots taken",
             );
-            reply_to.send(answer(error(
+            reply_to.send(respond(error(
                 Code::Overloaded,
                 "too many requests in flight; back off and retry",
             )));
@@ -191,13 +192,6 @@ impl Replier {
         if let Err(e) = self.send.send(frames) {
             debug!(self.logger, "could not answer a client"; "err" => %e);
         }
-    }
-}
-
-fn answer(result: response::Result) -> proto::Response {
-    proto::Response {
-        result: Some(result),
-        ..Default::default()
     }
 }
 
@@ -252,10 +246,10 @@ pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response 
             node.conf_change(changes, force, CONF_CHANGE_WAIT).await
         }
         Ok(Plan::Status(digest)) => match node.status(digest).await {
-            Some(status) => answer(response::Result::Status(status)),
-            None => answer(error(Code::Unavailable, "the node is shutting down")),
+            Some(status) => respond(response::Result::Status(status)),
+            None => respond(error(Code::Unavailable, "the node is shutting down")),
         },
-        Err(result) => answer(result),
+        Err(result) => respond(result),
     }
 }
 

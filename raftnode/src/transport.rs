@@ -314,6 +314,24 @@ impl Transport {
     }
 }
 
+impl crate::env::Network for Transport {
+    fn set_self_url(&mut self, url: String) {
+        Transport::set_self_url(self, url);
+    }
+
+    fn add_peer(&mut self, id: u64, raft_url: String) {
+        Transport::add_peer(self, id, raft_url);
+    }
+
+    fn remove_peer(&mut self, id: u64) {
+        Transport::remove_peer(self, id);
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        Transport::send(self, msgs);
+    }
+}
+
 impl Drop for Transport {
     fn drop(&mut self) {
         for peer in self.peers.values() {

@@ -30,7 +30,7 @@ impl Node {
             msgs,
             snapshot,
         } = delivery;
-        let members = self.members();
+        let members = self.members_now();
         if members.is_empty() {
             // Waiting to be added: whoever holds the cluster key may be the leader adding us.
             self.learn_peer(from, from_url);
@@ -45,9 +45,10 @@ impl Node {
             );
             return;
         }
-        self.last_heard.insert(from, std::time::Instant::now());
-        if snapshot.is_some() {
-            self.received_snapshot = snapshot;
+        let now = self.env.clock.now();
+        self.members.heard(from, now);
+        if let Some(machine) = snapshot {
+            self.snapshots.received(machine);
         }
         for mut msg in msgs {
             let view = RaftView::of(&self.raw);
@@ -95,22 +96,17 @@ impl Node {
         if from == 0 || from == self.id {
             return;
         }
-        if self
-            .removed_peers
-            .lock()
-            .map(|removed| removed.contains(&from))
-            .unwrap_or(false)
-        {
+        if self.members.saw_removed(from) {
             return;
         }
-        let raft = match self.addresses.get(&from) {
+        let raft = match self.book.get(from) {
             Some(known) => known.raft.clone(),
             None => {
                 if from_url.is_empty() || crate::config::check_endpoint(&from_url).is_err() {
                     return;
                 }
                 info!(self.logger, "learned a peer's address"; "peer" => from, "raft" => &from_url);
-                self.addresses.insert(
+                self.book.set(
                     from,
                     Address {
                         raft: from_url.clone(),
@@ -121,6 +117,6 @@ impl Node {
             }
         };
         // Does nothing when the transport already sends to it at that address.
-        self.transport.add_peer(from, raft);
+        self.env.network.add_peer(from, raft);
     }
 }

@@ -6,72 +6,56 @@
 //! heartbeats and writes go on meanwhile. The queue is bounded: past it a read is answered
 //! `OVERLOADED` at once.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 use tuplespace::{Query, SpaceView, Template};
 
-use super::{Node, ReadOp, response};
-use crate::machine::{error, fitting_view};
+use super::{Node, ReadOp};
+use crate::answer::{error, respond};
+use crate::env::{Job, Work};
+use crate::machine::fitting_view;
 use crate::proto::{self, error::Code};
 
-/// Worker threads for heavy reads.
-const WORKERS: usize = 2;
-
-/// Heavy reads waiting for a worker at once.
+/// Heavy reads queued or running at once.
 const QUEUE: usize = 256;
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The workers and their queue.
+/// How many heavy reads are queued or running.
+#[derive(Default)]
 pub(super) struct Heavy {
-    queue: SyncSender<Job>,
-    /// Jobs queued or running.
     pending: Arc<AtomicUsize>,
 }
 
 impl Heavy {
-    /// Starts the workers (they end when the node, and so the queue, is dropped).
-    pub(super) fn start() -> Heavy {
-        let (queue, jobs) = sync_channel::<Job>(QUEUE);
-        let jobs = Arc::new(Mutex::new(jobs));
-        let pending = Arc::new(AtomicUsize::new(0));
-        for i in 0..WORKERS {
-            let (jobs, pending) = (Arc::clone(&jobs), Arc::clone(&pending));
-            let _ = std::thread::Builder::new()
-                .name(format!("heavy-reads-{i}"))
-                .spawn(move || work(&jobs, &pending));
-        }
-        Heavy { queue, pending }
-    }
-
     /// Whether the queue is full.
     fn full(&self) -> bool {
         self.pending.load(Ordering::Relaxed) >= QUEUE
     }
+}
 
-    /// Queues a job (the caller checked [`Heavy::full`] on this same thread).
-    fn submit(&self, job: Job) {
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        if self.queue.try_send(job).is_err() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-        }
+/// Counts one job as pending until it has run (or was dropped without running).
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-fn work(jobs: &Mutex<Receiver<Job>>, pending: &AtomicUsize) {
-    loop {
-        let job = {
-            let Ok(jobs) = jobs.lock() else { return };
-            match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
-        };
-        job();
-        pending.fetch_sub(1, Ordering::Relaxed);
+impl Node {
+    /// Runs a job in the background, counted against the queue (the caller checked
+    /// [`Heavy::full`] on this same thread).
+    fn submit_heavy(&self, job: Job) {
+        self.heavy.pending.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(Arc::clone(&self.heavy.pending));
+        let job = Box::new(move || {
+            let _counted = counted;
+            job();
+        });
+        if let Err(e) = self.env.background.spawn(Work::HeavyRead, job) {
+            slog::error!(self.logger, "cannot run a heavy read"; "err" => e);
+        }
     }
 }
 
@@ -104,12 +88,12 @@ impl Node {
             let why = format!("{QUEUE} scans are queued on this node already; retry later");
             self.refuser
                 .refuse(&self.logger, "client.heavy_reads_queued", "a client", &why);
-            let _ = reply.send(self.with_hint(response(error(Code::Overloaded, why))));
+            let _ = reply.send(self.with_hint(respond(error(Code::Overloaded, why))));
             return;
         }
         let view = self.machine.space().view();
-        let hint = self.with_hint(response(proto::response::Result::Count(0)));
-        self.heavy.submit(Box::new(move || {
+        let hint = self.with_hint(respond(proto::response::Result::Count(0)));
+        self.submit_heavy(Box::new(move || {
             let resp = proto::Response {
                 result: Some(scan(&view, op)),
                 ..hint
@@ -136,7 +120,7 @@ impl Node {
             return;
         }
         let view = self.machine.space().view();
-        self.heavy.submit(Box::new(move || {
+        self.submit_heavy(Box::new(move || {
             status.digest = view.digest();
             let _ = reply.send(status);
         }));

@@ -8,7 +8,8 @@
 //! addresses only for nodes it adds that were not members: it never rewrites a current member's
 //! address. Transport tasks exist only for members.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -19,7 +20,7 @@ use slog::{error, info, warn};
 use tokio::sync::oneshot;
 
 use super::{Address, Node, NodeError};
-use crate::machine::error;
+use crate::answer::{error, respond};
 use crate::proto::{self, error::Code, member_change::Kind, response};
 
 /// The most changes one membership request may make.
@@ -62,6 +63,63 @@ fn quorum_reachable(voters: &BTreeSet<u64>, answering: &BTreeSet<u64>) -> Result
     ))
 }
 
+/// How long a membership change may wait to be applied before its client is told to retry.
+const CONF_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This node's view of the membership beyond raft's own: who it was, who it heard from, who it
+/// saw removed, and the change it proposed.
+pub(super) struct Members {
+    /// The client waiting for the membership change this node proposed.
+    pending_conf: Option<(Instant, oneshot::Sender<proto::Response>)>,
+    /// When this node (as leader) last proposed leaving a joint configuration.
+    leave_proposed: Option<Instant>,
+    /// Peers seen removed from the cluster, shared with the peer endpoint.
+    removed_peers: Arc<Mutex<HashSet<u64>>>,
+    /// This node has been a member of the configuration (a joining node is not, until added).
+    was_member: bool,
+    /// The members of the configuration as last applied.
+    last: BTreeSet<u64>,
+    /// When each peer was last heard from (an admitted batch): who "answers now".
+    last_heard: HashMap<u64, Instant>,
+}
+
+impl Members {
+    pub(super) fn new(removed_peers: Arc<Mutex<HashSet<u64>>>) -> Members {
+        Members {
+            pending_conf: None,
+            leave_proposed: None,
+            removed_peers,
+            was_member: false,
+            last: BTreeSet::new(),
+            last_heard: HashMap::new(),
+        }
+    }
+
+    /// The configuration `members` this node (`me`) starts in.
+    pub(super) fn start(&mut self, members: BTreeSet<u64>, me: u64) {
+        self.was_member = members.contains(&me);
+        self.last = members;
+    }
+
+    /// Whether this node has been a member (only then can it be removed).
+    pub(super) fn was_member(&self) -> bool {
+        self.was_member
+    }
+
+    /// Whether this node has seen `peer` removed from the cluster.
+    pub(super) fn saw_removed(&self, peer: u64) -> bool {
+        self.removed_peers
+            .lock()
+            .map(|removed| removed.contains(&peer))
+            .unwrap_or(false)
+    }
+
+    /// `peer` was heard from `at`.
+    pub(super) fn heard(&mut self, peer: u64, at: Instant) {
+        self.last_heard.insert(peer, at);
+    }
+}
+
 /// What a membership request comes to on the leader.
 enum ConfPlan {
     /// Propose this change with this context (the added nodes' addresses).
@@ -75,18 +133,17 @@ impl Node {
     /// the transport.
     pub(super) fn adopt_members(&mut self) {
         for m in self.machine.members().to_vec() {
-            if m.id == 0 || m.id == self.id || m.raft_url.is_empty() || self.pinned.contains(&m.id)
-            {
+            if m.id == 0 || m.id == self.id || m.raft_url.is_empty() || self.book.is_pinned(m.id) {
                 continue;
             }
-            self.addresses.insert(
+            self.book.set(
                 m.id,
                 Address {
                     raft: m.raft_url.clone(),
                     client: m.client_url.clone(),
                 },
             );
-            self.transport.add_peer(m.id, m.raft_url.clone());
+            self.env.network.add_peer(m.id, m.raft_url.clone());
         }
     }
 
@@ -150,11 +207,11 @@ impl Node {
         // The empty change that leaves a joint state answers nobody; the change this node proposed
         // is the first conf entry applied after it.
         if !cc.changes.is_empty()
-            && let Some((_, reply)) = self.pending_conf.take()
+            && let Some((_, reply)) = self.members.pending_conf.take()
         {
             let resp = match outcome {
-                None => super::response(response::Result::Status(self.status())),
-                Some(e) => super::response(error(
+                None => respond(response::Result::Status(self.status())),
+                Some(e) => respond(error(
                     Code::Invalid,
                     format!("membership change refused: {e}"),
                 )),
@@ -184,12 +241,12 @@ impl Node {
             if m.id == 0 || m.raft_url.is_empty() || !adds(m.id) {
                 continue;
             }
-            if self.addresses.contains_key(&m.id) {
+            if self.book.get(m.id).is_some() {
                 slog::debug!(self.logger, "a membership change names a known node's address; kept the known one";
                     "node" => m.id);
                 continue;
             }
-            self.addresses.insert(
+            self.book.set(
                 m.id,
                 Address {
                     raft: m.raft_url,
@@ -202,12 +259,12 @@ impl Node {
     /// Brings the transport, the address book and the machine's member list in line with the
     /// current configuration; notices when this node is no longer in it.
     pub(super) fn sync_members(&mut self) {
-        let members = self.members();
+        let members = self.members_now();
         let mut list = Vec::new();
         for &id in &members {
-            if let Some(addr) = self.addresses.get(&id).cloned() {
+            if let Some(addr) = self.book.get(id).cloned() {
                 if id != self.id {
-                    self.transport.add_peer(id, addr.raft.clone());
+                    self.env.network.add_peer(id, addr.raft.clone());
                 }
                 list.push(proto::Member {
                     id,
@@ -219,14 +276,15 @@ impl Node {
         }
         // Removed: members of the previous configuration that are not in this one. (Peers this
         // node only learned of, such as the leader of a cluster it is joining, are left alone.)
-        let gone: Vec<u64> = self.last_members.difference(&members).copied().collect();
+        let gone: Vec<u64> = self.members.last.difference(&members).copied().collect();
         let mut removed = self
+            .members
             .removed_peers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for &peer in &gone {
             if peer != self.id {
-                self.transport.remove_peer(peer);
+                self.env.network.remove_peer(peer);
                 if members.contains(&self.id) {
                     removed.insert(peer);
                 }
@@ -234,14 +292,30 @@ impl Node {
         }
         removed.retain(|id| !members.contains(id));
         drop(removed);
-        self.last_members = members.clone();
+        self.members.last = members.clone();
         self.machine.set_members(list);
         // Only a node that was a member can be removed: a joining node replays configurations
         // from before it was added.
         if members.contains(&self.id) {
-            self.was_member = true;
-        } else if self.was_member {
+            self.members.was_member = true;
+        } else if self.members.was_member {
             self.removed = true;
+        }
+    }
+
+    /// The membership change this node proposed was not applied in time: its client is told to
+    /// check and retry.
+    pub(super) fn expire_conf_change(&mut self, now: Instant) {
+        if let Some((at, _)) = &self.members.pending_conf
+            && now.duration_since(*at) > CONF_CHANGE_TIMEOUT
+            && let Some((_, reply)) = self.members.pending_conf.take()
+        {
+            let resp = self.with_hint(respond(error(
+                Code::Unavailable,
+                "the membership change was not applied in time (leader change?); check the \
+                 status and retry",
+            )));
+            let _ = reply.send(resp);
         }
     }
 
@@ -258,6 +332,7 @@ impl Node {
                 .is_empty()
             || self.raw.raft.has_pending_conf()
             || self
+                .members
                 .leave_proposed
                 .is_some_and(|at| now.duration_since(at) < Duration::from_secs(2))
         {
@@ -270,7 +345,7 @@ impl Node {
         {
             warn!(self.logger, "could not propose leaving the joint configuration"; "err" => %e);
         }
-        self.leave_proposed = Some(now);
+        self.members.leave_proposed = Some(now);
     }
 
     /// Proposes a membership change from a client; only the leader does.
@@ -282,7 +357,7 @@ impl Node {
     ) {
         if self.raw.raft.state == StateRole::Leader && self.already_in_effect(&changes) {
             // A retry of a change that was applied: answer, do not change anything.
-            let status = super::response(response::Result::Status(self.status()));
+            let status = respond(response::Result::Status(self.status()));
             let _ = reply.send(self.with_hint(status));
             return;
         }
@@ -292,7 +367,7 @@ impl Node {
             Err((code, msg)) => {
                 self.refuser
                     .refuse(&self.logger, "admin.conf_change_refused", "a client", &msg);
-                let _ = reply.send(self.with_hint(super::response(error(code, msg))));
+                let _ = reply.send(self.with_hint(respond(error(code, msg))));
                 return;
             }
         };
@@ -300,11 +375,11 @@ impl Node {
             Ok(()) => {
                 info!(self.logger, "proposed a membership change"; "changes" => ?changes,
                     "force" => force);
-                self.pending_conf = Some((Instant::now(), reply));
+                self.members.pending_conf = Some((self.env.clock.now(), reply));
             }
             Err(e) => {
                 let resp = error(Code::Invalid, format!("membership change refused: {e}"));
-                let _ = reply.send(self.with_hint(super::response(resp)));
+                let _ = reply.send(self.with_hint(respond(resp)));
             }
         }
     }
@@ -320,8 +395,8 @@ impl Node {
         let same_address = |c: &proto::MemberChange| {
             (c.raft_url.is_empty() && c.client_url.is_empty())
                 || self
-                    .addresses
-                    .get(&c.id)
+                    .book
+                    .get(c.id)
                     .is_some_and(|a| a.raft == c.raft_url && a.client == c.client_url)
         };
         changes.iter().all(|c| match Kind::try_from(c.kind) {
@@ -350,7 +425,7 @@ impl Node {
             )));
         }
         let cs = self.raw.raft.prs().conf().to_conf_state();
-        if self.pending_conf.is_some()
+        if self.members.pending_conf.is_some()
             || self.raw.raft.has_pending_conf()
             || !cs.voters_outgoing.is_empty()
         {
@@ -422,7 +497,7 @@ impl Node {
         }
         let member = cs.voters.contains(&c.id) || cs.learners.contains(&c.id);
         let given = !c.raft_url.is_empty() || !c.client_url.is_empty();
-        match self.addresses.get(&c.id) {
+        match self.book.get(c.id) {
             Some(known)
                 if member
                     && given
@@ -482,8 +557,9 @@ impl Node {
     fn answering_now(&self) -> BTreeSet<u64> {
         let window =
             Duration::from_millis(self.settings.tick_ms * self.settings.election_ticks as u64);
-        let now = Instant::now();
+        let now = self.env.clock.now();
         let mut answering: BTreeSet<u64> = self
+            .members
             .last_heard
             .iter()
             .filter(|(_, at)| now.duration_since(**at) <= window)
@@ -525,7 +601,7 @@ impl Node {
         } else {
             Code::Invalid
         };
-        let _ = reply.send(self.with_hint(super::response(error(code, msg))));
+        let _ = reply.send(self.with_hint(respond(error(code, msg))));
     }
 }
 

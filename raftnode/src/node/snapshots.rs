@@ -1,0 +1,188 @@
+//! Snapshots: taking one every so many applied entries (encoded and written in the background),
+//! installing one from the leader (its file written and synced before the log is replaced), and
+//! compacting the log behind the older kept snapshot file.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use raft::Storage as _;
+use raft::eraftpb::Snapshot;
+use slog::{error, info};
+
+use super::{Node, NodeError, NodeMsg};
+use crate::env::Work;
+use crate::machine::Machine;
+use crate::snapshot::SnapshotStore;
+
+/// The snapshot files this node keeps, and the one being written.
+pub(super) struct Snapshots {
+    /// Snapshot files.
+    store: Arc<SnapshotStore>,
+    /// Indexes of snapshot files on disk, oldest first (the log is compacted behind the oldest).
+    kept: Vec<u64>,
+    /// A snapshot is being written.
+    writing: bool,
+    /// A snapshot's state decoded by the peer endpoint, for the snapshot raft is restoring.
+    received: Option<Box<Machine>>,
+}
+
+impl Snapshots {
+    pub(super) fn new(store: Arc<SnapshotStore>, kept: Vec<u64>) -> Snapshots {
+        Snapshots {
+            store,
+            kept,
+            writing: false,
+            received: None,
+        }
+    }
+
+    /// The state the peer endpoint decoded from the snapshot a leader sent.
+    pub(super) fn received(&mut self, machine: Box<Machine>) {
+        self.received = Some(machine);
+    }
+
+    fn note_kept(&mut self, index: u64) {
+        if self.kept.last().is_none_or(|&last| last < index) {
+            self.kept.push(index);
+        }
+        let keep = self.store.keep();
+        if self.kept.len() > keep {
+            self.kept.drain(..self.kept.len() - keep);
+        }
+    }
+}
+
+impl Node {
+    /// Installs a snapshot from the leader: its file is written (and synced) first, then the log
+    /// is replaced, then the machine.
+    pub(super) fn apply_snapshot(&mut self, snap: Snapshot) -> Result<(), NodeError> {
+        let meta = snap.get_metadata().clone();
+        // The peer endpoint decoded and checked the state before raft saw the snapshot; a
+        // snapshot raft restored that was not checked there cannot be trusted.
+        let machine = match self.snapshots.received.take() {
+            Some(m) if m.applied_index() == meta.index && m.applied_term() == meta.term => *m,
+            _ => Machine::decode(snap.get_data()).map_err(|e| NodeError::BadSnapshot {
+                index: meta.index,
+                detail: e,
+            })?,
+        };
+        let started = Instant::now();
+        let path = self.snapshots.store.save(
+            meta.index,
+            meta.term,
+            meta.get_conf_state(),
+            snap.get_data(),
+        )?;
+        self.raw.mut_store().apply_snapshot(&snap)?;
+        self.machine = machine;
+        self.machine.mark_applied(meta.index, meta.term);
+        self.clock.observe(self.machine.now(), false);
+        self.snapshots.note_kept(meta.index);
+        self.adopt_members();
+        info!(self.logger, "installed a snapshot from the leader";
+            "index" => meta.index, "term" => meta.term, "bytes" => snap.get_data().len(),
+            "tuples" => self.machine.space().len(), "file" => %path.display(),
+            "ms" => started.elapsed().as_millis() as u64);
+        Ok(())
+    }
+
+    /// After applying: write a snapshot every `snapshot_entries` applied entries, or at once when
+    /// raft needs one for a follower that the newest snapshot does not cover.
+    pub(super) fn maybe_snapshot(&mut self) {
+        let applied = self.machine.applied_index();
+        let last = self.snapshots.kept.last().copied().unwrap_or(0);
+        let wanted = self.raw.store().take_snapshot_wanted() && applied > last;
+        // Encoding costs time in proportion to the state, so a large state is snapshotted less
+        // often: after at least a quarter as many entries as it holds tuples. The encode cost per
+        // applied entry stays bounded (about four tuples' worth), and so does the log.
+        let interval = self
+            .settings
+            .snapshot_entries
+            .max(self.machine.space().len() as u64 / 4);
+        if self.snapshots.writing || (applied < last + interval && !wanted) {
+            return;
+        }
+        self.snapshots.writing = true;
+        // The view costs a page table; the encoding (most of the work) happens in the
+        // background, so the raft loop never stalls on a large state.
+        let started = Instant::now();
+        let view = self.machine.view();
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
+        info!(self.logger, "taking a snapshot"; "index" => applied,
+            "tuples" => view.space().len(), "view_us" => started.elapsed().as_micros() as u64);
+        let store = Arc::clone(&self.snapshots.store);
+        let tx = self.inbox_tx.clone();
+        let logger = self.logger.clone();
+        let job = Box::new(move || {
+            let started = Instant::now();
+            let (index, term) = (view.applied_index(), view.applied_term());
+            let data = view.encode();
+            info!(logger, "snapshot encoded"; "index" => index, "bytes" => data.len(),
+                "encode_ms" => started.elapsed().as_millis() as u64);
+            let mut snapshot = Snapshot::default();
+            snapshot.set_data(data.into());
+            let meta = snapshot.mut_metadata();
+            meta.index = index;
+            meta.term = term;
+            meta.set_conf_state(conf_state);
+            let meta = snapshot.get_metadata();
+            let error = store
+                .save(
+                    meta.index,
+                    meta.term,
+                    meta.get_conf_state(),
+                    snapshot.get_data(),
+                )
+                .err()
+                .map(|e| e.to_string());
+            let _ = tx.send(NodeMsg::SnapshotSaved {
+                snapshot: Box::new(snapshot),
+                error,
+            });
+        });
+        if let Err(e) = self.env.background.spawn(Work::Snapshot, job) {
+            error!(self.logger, "cannot write a snapshot"; "err" => %e);
+            self.snapshots.writing = false;
+        }
+    }
+
+    /// The snapshot file is on disk: raft may hand it to lagging followers, and the log may be
+    /// compacted behind the older kept snapshot (keeping `log_tail` entries).
+    pub(super) fn snapshot_saved(
+        &mut self,
+        snapshot: Snapshot,
+        failed: Option<String>,
+    ) -> Result<(), NodeError> {
+        self.snapshots.writing = false;
+        let index = snapshot.get_metadata().index;
+        if let Some(e) = failed {
+            error!(self.logger, "writing a snapshot failed; will try again later";
+                "index" => index, "err" => e);
+            return Ok(());
+        }
+        if index <= self.raw.store().snapshot_metadata().index {
+            return Ok(());
+        }
+        self.raw.mut_store().set_snapshot(snapshot)?;
+        self.snapshots.note_kept(index);
+        info!(self.logger, "snapshot written"; "index" => index);
+        self.compact();
+        Ok(())
+    }
+
+    fn compact(&mut self) {
+        let [older, .., newest] = self.snapshots.kept[..] else {
+            return;
+        };
+        let up_to = (older + 1).min(newest.saturating_sub(self.settings.log_tail) + 1);
+        let first = self.raw.store().first_index().unwrap_or(0);
+        if up_to <= first {
+            return;
+        }
+        match self.raw.mut_store().compact(up_to) {
+            Ok(()) => info!(self.logger, "log compacted"; "first_index" => up_to,
+                "engine_bytes" => self.raw.store().engine_used_bytes()),
+            Err(e) => error!(self.logger, "log compaction failed"; "up_to" => up_to, "err" => %e),
+        }
+    }
+}

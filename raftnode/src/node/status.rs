@@ -1,0 +1,134 @@
+//! The address book (where each member is reached), the leader hint every answer carries, and
+//! the node's status.
+
+use std::collections::{HashMap, HashSet};
+
+use raft::StateRole;
+
+use super::{Address, Node};
+use crate::proto;
+
+/// Every member's addresses, for dialling peers, leader hints and the status.
+pub(super) struct AddressBook {
+    addresses: HashMap<u64, Address>,
+    /// Peers whose addresses came from this node's cluster file: never replaced by addresses
+    /// learned at run time (they may be local routes: a proxy, a NAT).
+    pinned: HashSet<u64>,
+}
+
+impl AddressBook {
+    /// The book of node `me` at `own`: the cluster file's `addresses` (pinned), then the
+    /// addresses the log and snapshots gave `members`.
+    pub(super) fn new(
+        me: u64,
+        own: Address,
+        mut addresses: HashMap<u64, Address>,
+        members: &[proto::Member],
+    ) -> AddressBook {
+        let pinned: HashSet<u64> = addresses.keys().copied().collect();
+        for m in members {
+            if m.id != 0 && !m.raft_url.is_empty() && !pinned.contains(&m.id) {
+                addresses.insert(
+                    m.id,
+                    Address {
+                        raft: m.raft_url.clone(),
+                        client: m.client_url.clone(),
+                    },
+                );
+            }
+        }
+        addresses.insert(me, own);
+        AddressBook { addresses, pinned }
+    }
+
+    /// Where `id` is reached, if known.
+    pub(super) fn get(&self, id: u64) -> Option<&Address> {
+        self.addresses.get(&id)
+    }
+
+    /// Whether the cluster file gave `id`'s address.
+    pub(super) fn is_pinned(&self, id: u64) -> bool {
+        self.pinned.contains(&id)
+    }
+
+    /// Records `id`'s address (the caller decides whether it may replace a known one).
+    pub(super) fn set(&mut self, id: u64, address: Address) {
+        self.addresses.insert(id, address);
+    }
+}
+
+impl Node {
+    /// `resp` with the leader this node knows, and where clients reach it.
+    pub(super) fn with_hint(&self, mut resp: proto::Response) -> proto::Response {
+        let leader = self.raw.raft.leader_id;
+        resp.leader_id = leader;
+        if let Some(addr) = self.book.get(leader) {
+            resp.leader_client_url = addr.client.clone();
+        }
+        resp
+    }
+
+    /// The node's status (without the space's digest, which takes a worker).
+    pub fn status(&self) -> proto::Status {
+        let raft = &self.raw.raft;
+        let cs = raft.prs().conf().to_conf_state();
+        let is_leader = raft.state == StateRole::Leader;
+        let mut members = Vec::new();
+        let roles = cs
+            .voters
+            .iter()
+            .map(|&id| (id, "voter"))
+            .chain(cs.learners.iter().map(|&id| (id, "learner")))
+            .chain(
+                cs.voters_outgoing
+                    .iter()
+                    .filter(|id| !cs.voters.contains(id))
+                    .map(|&id| (id, "outgoing voter")),
+            );
+        for (id, role) in roles {
+            let addr = self.book.get(id);
+            members.push(proto::Member {
+                id,
+                raft_url: addr.map(|a| a.raft.clone()).unwrap_or_default(),
+                client_url: addr.map(|a| a.client.clone()).unwrap_or_default(),
+                role: role.to_string(),
+                matched: if is_leader {
+                    raft.prs().get(id).map_or(0, |p| p.matched)
+                } else {
+                    0
+                },
+            });
+        }
+        let store = self.raw.store();
+        proto::Status {
+            id: self.id,
+            role: role_name(raft.state).to_string(),
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.machine.applied_index(),
+            members,
+            tuples: self.machine.space().len() as u64,
+            waiters: self.machine.space().waiter_count() as u64,
+            sessions: self.machine.session_count() as u64,
+            first_index: raft::Storage::first_index(store).unwrap_or(0),
+            last_index: raft::Storage::last_index(store).unwrap_or(0),
+            digest: 0,
+            refused: self.refuser.counts.snapshot(),
+            cluster_id: self.cluster.0,
+            cluster_time_ms: self.clock.now(),
+            space_bytes: self.machine.space().bytes(),
+            limits: Some(self.machine.limits()),
+        }
+    }
+}
+
+/// The name a role has in the status.
+pub fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Leader => "leader",
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::PreCandidate => "pre-candidate",
+    }
+}
