@@ -29,6 +29,7 @@
 //! - [`answer`]: building the answers clients get.
 //! - [`server`]: the client endpoint, a ZeroMQ ROUTER speaking [`proto::Request`].
 //! - [`client`]: the async Rust API for programs.
+//! - [`recovery`]: a node's state from its disk (identity, founding membership, snapshot).
 //! - [`launch`]: wiring one node process together, and `raftnode up` for a local cluster.
 //! - [`logging`]: slog setup.
 #![warn(missing_docs)]
@@ -47,6 +48,7 @@ pub mod node;
 pub mod peer_auth;
 pub mod quota;
 pub mod raft_check;
+pub mod recovery;
 pub mod refusals;
 pub mod server;
 pub mod snapshot;

@@ -1,24 +1,27 @@
-//! Wiring a node process together, and `raftnode up`: a whole local cluster as child processes.
+//! Wiring a node process together: its key file, disk, endpoints and the node thread, until
+//! it is told to stop. `raftnode up` (a whole local cluster as child processes) is in [`up`].
+
+mod up;
+
+pub use up::up;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use slog::{Logger, error, info};
 use tokio::sync::watch;
 
-use raft::Storage as _;
 use slog::warn;
 
 use crate::config::{ClusterConfig, RaftSettings};
 use crate::keys::{KeyRing, Keys};
-use crate::machine::Machine;
 use crate::node::{Address, Exit, Node, NodeHandle, NodeMsg, NodeSetup};
 use crate::peer_auth::PeerAuth;
+use crate::recovery::{Recovered, recover};
 use crate::refusals::{Refusals, Refuser};
 use crate::snapshot::SnapshotStore;
 use crate::storage::RaftStorage;
@@ -114,58 +117,6 @@ impl NodeLaunch {
     }
 }
 
-/// Loads the newest valid snapshot file into a machine and lines the log storage up with it.
-///
-/// A corrupt snapshot file is refused (by the store) and an older one used; the log is compacted
-/// only behind the older kept snapshot, so its entries after that snapshot are still there.
-fn restore(
-    snapshots: &SnapshotStore,
-    storage: &mut RaftStorage,
-    logger: &Logger,
-) -> anyhow::Result<(Machine, Vec<u64>)> {
-    let first = storage.first_index().unwrap_or(1);
-    let last = storage.last_index().unwrap_or(0);
-    let kept: Vec<u64> = snapshots.list()?.iter().map(|s| s.index).collect();
-    let Some(loaded) = snapshots.load_newest()? else {
-        if first > 1 {
-            bail!(
-                "no valid snapshot file in {} but the log starts at index {first}: this node \
-                 cannot rebuild its state locally; remove it from the cluster, wipe its data \
-                 dir and add it back (it then receives a snapshot from the leader)",
-                snapshots.dir().display()
-            );
-        }
-        return Ok((Machine::new(), kept));
-    };
-    let machine = Machine::decode(&loaded.data).map_err(|e| {
-        anyhow::anyhow!(
-            "snapshot {} passes its checksum but does not decode: {e}",
-            loaded.path.display()
-        )
-    })?;
-    let index = loaded.index;
-    let snapshot = crate::snapshot::to_raft_snapshot(&loaded);
-    if index > last {
-        // Written when it arrived from the leader, but the node died before installing it.
-        storage.apply_snapshot(&snapshot)?;
-    } else if index + 1 < first {
-        bail!(
-            "the newest valid snapshot (index {index}) is older than the compacted log (first \
-             index {first}): this node cannot rebuild its state locally; remove it from the \
-             cluster, wipe its data dir and add it back"
-        );
-    } else if index >= storage.snapshot_metadata().index
-        && let Err(e) = storage.set_snapshot(snapshot)
-    {
-        warn!(logger, "the restored snapshot cannot be offered to followers"; "err" => %e);
-    }
-    info!(logger, "restored state from snapshot";
-        "index" => index, "term" => loaded.term, "tuples" => machine.space().len(),
-        "file" => %loaded.path.display(), "log_first" => first, "log_last" => last);
-    let kept = kept.into_iter().filter(|&i| i <= index).collect();
-    Ok((machine, kept))
-}
-
 /// Runs one node until `shutdown` resolves, it is removed from the cluster, or it fails.
 pub async fn run_node(
     launch: NodeLaunch,
@@ -185,22 +136,16 @@ pub async fn run_node(
     let logger = logger.new(slog::o!("node" => id));
     let keys = Keys::load(&key_file)?;
     let cluster = keys.cluster;
-    let mut storage = RaftStorage::open(&data_dir, &voters, logger.clone())
+    let storage = RaftStorage::open(&data_dir, &voters, logger.clone())
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
-    let incarnation = storage.begin_incarnation(cluster.0)?;
-    // A founding member writes the initial membership as the log's first entries.
-    storage.bootstrap(&voters, cluster.0)?;
     let snapshots = SnapshotStore::open(&data_dir, logger.clone())?;
-    let (machine, kept_snapshots) = restore(&snapshots, &mut storage, &logger)?;
-    if machine.cluster_id() != 0 && machine.cluster_id() != cluster.0 {
-        bail!(
-            "the snapshot in {} is of cluster {:016x}, but the key file {} is for cluster \
-             {cluster}",
-            data_dir.display(),
-            machine.cluster_id(),
-            key_file.display()
-        );
-    }
+    let Recovered {
+        storage,
+        machine,
+        kept_snapshots,
+        incarnation,
+    } = recover(storage, &snapshots, &voters, cluster, &logger)
+        .with_context(|| format!("recovering data dir {}", data_dir.display()))?;
     info!(logger, "cluster identity"; "cluster" => %cluster, "incarnation" => incarnation,
         "signing_key" => keys.signing().fingerprint(), "keys" => keys.all().len());
     let auth = PeerAuth::new(KeyRing::new(keys), id, incarnation);
@@ -387,141 +332,5 @@ pub async fn termination() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// Starts every node of `cluster` as a child process running `exe run`, prints the endpoints,
-/// and stops them all on Ctrl-C or SIGTERM.
-pub async fn up(
-    exe: PathBuf,
-    cluster: &ClusterConfig,
-    cluster_path: &Path,
-    log_level: &str,
-) -> anyhow::Result<()> {
-    let key_file = cluster.require_key_file(cluster_path)?;
-    if !key_file.exists() {
-        let keys = Keys::generate();
-        keys.create(key_file)?;
-        println!(
-            "created the cluster key file {} (cluster {}; mode 0600: keep it secret)",
-            key_file.display(),
-            keys.cluster
-        );
-    }
-    // Refuse a bad key file here, once, rather than in every node.
-    Keys::load(key_file)?;
-    let mut children = Vec::new();
-    for n in &cluster.nodes {
-        let child = tokio::process::Command::new(&exe)
-            .arg("run")
-            .arg("--cluster")
-            .arg(cluster_path)
-            .arg("--id")
-            .arg(n.id.to_string())
-            .arg("--log-level")
-            .arg(log_level)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting node {}", n.id))?;
-        println!(
-            "node {}  pid {}  raft {}  client {}  data {}",
-            n.id,
-            child.id().unwrap_or(0),
-            n.raft,
-            n.client,
-            n.data_dir.display()
-        );
-        children.push((n.id, child));
-    }
-    println!(
-        "cluster up: MICROBLOG_ENDPOINTS={}",
-        cluster.client_endpoints().join(",")
-    );
-    println!("Ctrl-C or SIGTERM stops every node.");
-    // A node that dies is reported; the others keep running (that is what a replicated cluster
-    // is for). `up` ends on Ctrl-C or SIGTERM, or when every node has exited.
-    let watch_children = async {
-        let mut exited = vec![false; children.len()];
-        loop {
-            for (i, (id, child)) in children.iter_mut().enumerate() {
-                if !exited[i]
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    exited[i] = true;
-                    eprintln!("node {id} exited ({status}); the other nodes keep running");
-                }
-            }
-            if exited.iter().all(|&e| e) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    let all_exited = tokio::select! {
-        _ = termination() => false,
-        _ = watch_children => true,
-    };
-    for (_, child) in children.iter_mut() {
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    for (id, child) in children.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!("node {id} did not stop within 5 s; killing it");
-            let _ = child.kill().await;
-        }
-    }
-    if all_exited {
-        bail!("every node exited");
-    }
-    println!("cluster stopped");
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use raft::eraftpb::ConfState;
-
-    fn logger() -> Logger {
-        crate::logging::discard()
-    }
-
-    /// A node that died after writing a snapshot from the leader to disk but before installing
-    /// it in its log comes back with the snapshot installed, and restarts cleanly again.
-    #[test]
-    fn a_crash_between_saving_and_installing_a_snapshot_recovers() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut storage = RaftStorage::open(dir.path(), &[1, 2, 3], logger()).unwrap();
-            storage.bootstrap(&[1, 2, 3], 7).unwrap();
-            let snapshots = SnapshotStore::open(dir.path(), logger()).unwrap();
-            let mut machine = Machine::new();
-            machine.set_cluster_id(7);
-            machine.mark_applied(40, 2);
-            let cs = ConfState::from((vec![1, 2, 3], vec![]));
-            snapshots.save(40, 2, &cs, &machine.encode()).unwrap();
-            // The crash: nothing after the save ran.
-        }
-        for _ in 0..2 {
-            let mut storage = RaftStorage::open(dir.path(), &[1, 2, 3], logger()).unwrap();
-            let snapshots = SnapshotStore::open(dir.path(), logger()).unwrap();
-            let (machine, kept) = restore(&snapshots, &mut storage, &logger()).unwrap();
-            assert_eq!(machine.applied_index(), 40);
-            assert_eq!(machine.cluster_id(), 7);
-            assert_eq!(kept, vec![40]);
-            assert_eq!(storage.first_index().unwrap(), 41);
-            assert_eq!(storage.last_index().unwrap(), 40);
-            assert!(storage.hard_state().commit >= 40);
-            assert_eq!(storage.snapshot_metadata().index, 40);
-        }
     }
 }
