@@ -29,6 +29,10 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::proto::{self, error::Code, request::Op, response};
 
+pub mod retry;
+
+use retry::{Attempt, Call, Next, Route};
+
 /// What can go wrong, each with a message that says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -158,10 +162,9 @@ impl Default for ClientOptions {
 
 /// A connection to a cluster.
 pub struct Client {
-    /// Where the cluster's client endpoints are (leader hints may add more).
-    endpoints: Vec<String>,
-    /// Which endpoint the socket talks to.
-    current: usize,
+    /// Where the cluster's client endpoints are (leader hints may add more), and which one the
+    /// socket talks to.
+    route: Route,
     /// The REQ socket, recreated after every failure (zmq.rs never reconnects one).
     socket: Option<zeromq::ReqSocket>,
     /// This client's exactly-once session.
@@ -181,9 +184,9 @@ impl Drop for Client {
         else {
             return;
         };
-        let mut canceller = Client::with_options(self.endpoints.clone(), self.options.clone());
+        let mut canceller = Client::with_options(Vec::<String>::new(), self.options.clone());
         canceller.session = self.session;
-        canceller.current = self.current;
+        canceller.route = self.route.clone();
         runtime.spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), canceller.cancel(seq)).await;
         });
@@ -217,14 +220,8 @@ impl Client {
         S: Into<String>,
     {
         let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
-        let current = if endpoints.is_empty() {
-            0
-        } else {
-            (rand::random::<u32>() as usize) % endpoints.len()
-        };
         Client {
-            endpoints,
-            current,
+            route: Route::new(endpoints, rand::random::<u32>() as usize),
             socket: None,
             session: random_session(),
             seq: 0,
@@ -235,7 +232,7 @@ impl Client {
 
     /// The endpoints this client knows.
     pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
+        self.route.endpoints()
     }
 
     /// The session id writes carry.
@@ -311,7 +308,12 @@ impl Client {
                 "unexpected answer {other:?}"
             ))),
             Err(failure) => Err(ClientError::NoLeader {
-                tried: vec![self.endpoints[self.current].clone()],
+                tried: self
+                    .route
+                    .current()
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect(),
                 last: failure.what,
             }),
         }
@@ -560,7 +562,7 @@ impl Client {
         while status.members.iter().any(|m| m.role == "outgoing voter") {
             if Instant::now() >= deadline {
                 return Err(ClientError::NoLeader {
-                    tried: self.endpoints.clone(),
+                    tried: self.route.endpoints().to_vec(),
                     last: "the cluster did not leave its joint configuration in time".into(),
                 });
             }
@@ -584,12 +586,13 @@ impl Client {
                 .find(|m| m.id == status.leader_id)
                 .map(|m| m.client_url.clone())
                 .unwrap_or_default();
-            if !self.follow_hint(&hint) {
-                self.rotate();
+            if !self.route.follow_hint(&hint) {
+                self.route.rotate();
             }
+            self.socket = None;
             if Instant::now() >= deadline {
                 return Err(ClientError::NoLeader {
-                    tried: self.endpoints.clone(),
+                    tried: self.route.endpoints().to_vec(),
                     last: "no node reports being the leader".into(),
                 });
             }
@@ -649,7 +652,7 @@ impl Client {
             }
             if Instant::now() >= deadline {
                 return Err(ClientError::NoLeader {
-                    tried: self.endpoints.clone(),
+                    tried: self.route.endpoints().to_vec(),
                     last: format!(
                         "node {id} did not catch up within {timeout:?} (replicated {}, commit {})",
                         matched.unwrap_or(0),
@@ -670,7 +673,8 @@ impl Client {
         self.call(op, false, wait, false).await
     }
 
-    /// Sends one operation until some node gives a definite answer or the retry window closes.
+    /// Sends one operation until some node gives a definite answer or the retry window closes
+    /// (the rules are in [`retry`]).
     async fn call(
         &mut self,
         op: Op,
@@ -678,20 +682,20 @@ impl Client {
         wait: Duration,
         pinned: bool,
     ) -> Result<response::Result, ClientError> {
-        if self.endpoints.is_empty() {
+        if self.route.current().is_none() {
             return Err(ClientError::NoLeader {
                 tried: vec![],
                 last: "no endpoints given".into(),
             });
         }
-        let deadline = Instant::now() + self.options.retry_window + wait;
-        let mut tried: Vec<String> = Vec::new();
-        let mut last;
-        let mut backoff = Duration::from_millis(20);
-        let mut renewed = false;
-        // Whether an earlier attempt of this request may have been applied: it reached a node
-        // and no definite answer came back. Such a request is never sent as a new one.
-        let mut maybe_applied = false;
+        let window = self.options.retry_window + wait;
+        let mut call = Call::new(
+            is_write,
+            pinned,
+            self.options.follow_leader,
+            Instant::now(),
+            window,
+        );
         loop {
             let request = proto::Request {
                 session: if is_write { self.session } else { 0 },
@@ -699,89 +703,29 @@ impl Client {
                 ack: if is_write { self.seq - 1 } else { 0 },
                 op: Some(op.clone()),
             };
-            let endpoint = self.endpoints[self.current].clone();
-            if !tried.contains(&endpoint) {
-                tried.push(endpoint.clone());
-            }
-            match self.exchange(&request, wait).await {
-                Ok(resp) => match resp.result {
-                    Some(response::Result::Error(e)) => match Code::try_from(e.code) {
-                        Ok(code @ (Code::Unavailable | Code::Overloaded)) => {
-                            // OVERLOADED is refused before anything is proposed; UNAVAILABLE may
-                            // come after the proposal (a leader change, a commit timeout).
-                            maybe_applied |= code == Code::Unavailable;
-                            last = format!("{endpoint}: {}", e.message);
-                            if !pinned && !self.follow_hint(&resp.leader_client_url) {
-                                self.rotate();
-                            }
-                        }
-                        Ok(Code::SessionExpired) if is_write && maybe_applied => {
-                            return Err(ClientError::OutcomeUnknown(format!(
-                                "an earlier attempt of this request may have been applied, and \
-                                 its session is gone now ({}); it was not sent again",
-                                e.message
-                            )));
-                        }
-                        Ok(Code::SessionExpired) if is_write && !renewed => {
-                            // Refused, and no earlier attempt can have been applied: a fresh
-                            // session may send it.
-                            renewed = true;
-                            self.session = random_session();
-                            self.seq = 1;
-                            continue;
-                        }
-                        Ok(Code::TimedOut) => return Err(ClientError::Timeout),
-                        Ok(code) => return Err(error_of(code, e.message)),
-                        Err(_) => return Err(ClientError::Protocol(e.message)),
-                    },
-                    Some(result) => {
-                        if !pinned && self.options.follow_leader {
-                            self.follow_hint(&resp.leader_client_url);
-                        }
-                        return Ok(result);
-                    }
-                    None => return Err(ClientError::Protocol("an empty answer".into())),
-                },
-                Err(failure) => {
-                    maybe_applied |= failure.sent;
-                    last = format!("{endpoint}: {}", failure.what);
+            let before = self.route.current().unwrap_or_default().to_string();
+            call.trying(&before);
+            let attempt = match self.exchange(&request, wait).await {
+                Ok(resp) => Attempt::Answer(Box::new(resp)),
+                Err(Failure { what, sent }) => {
+                    // zmq.rs never reconnects a REQ socket: a fresh one next time.
                     self.socket = None;
-                    if !pinned {
-                        self.rotate();
-                    }
+                    Attempt::Failed { what, sent }
                 }
+            };
+            let next = call.judge(&mut self.route, attempt, Instant::now());
+            if self.route.current() != Some(before.as_str()) {
+                self.socket = None;
             }
-            if Instant::now() + backoff >= deadline {
-                return Err(ClientError::NoLeader { tried, last });
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
-        }
-    }
-
-    fn rotate(&mut self) {
-        self.socket = None;
-        self.current = (self.current + 1) % self.endpoints.len();
-    }
-
-    /// Switches to the leader's endpoint if the answer named one we are not talking to.
-    fn follow_hint(&mut self, leader_url: &str) -> bool {
-        if leader_url.is_empty() || self.endpoints[self.current] == leader_url {
-            return false;
-        }
-        let index = match self.endpoints.iter().position(|e| e == leader_url) {
-            Some(i) => i,
-            None => {
-                if crate::config::check_endpoint(leader_url).is_err() {
-                    return false;
+            match next {
+                Next::Done(result) => return result,
+                Next::RenewSession => {
+                    self.session = random_session();
+                    self.seq = 1;
                 }
-                self.endpoints.push(leader_url.to_string());
-                self.endpoints.len() - 1
+                Next::Retry(pause) => tokio::time::sleep(pause).await,
             }
-        };
-        self.current = index;
-        self.socket = None;
-        true
+        }
     }
 
     /// One request and its answer on the current endpoint, every wait bounded.
@@ -796,7 +740,7 @@ impl Client {
             let mut options = zeromq::SocketOptions::default();
             options.connect_timeout(self.options.connect_timeout);
             let mut socket = zeromq::ReqSocket::with_options(options);
-            let endpoint = &self.endpoints[self.current];
+            let endpoint = self.route.current().unwrap_or_default();
             match tokio::time::timeout(self.options.connect_timeout, socket.connect(endpoint)).await
             {
                 Ok(Ok(())) => self.socket = Some(socket),
@@ -836,7 +780,7 @@ struct Failure {
     sent: bool,
 }
 
-fn error_of(code: Code, message: String) -> ClientError {
+pub(crate) fn error_of(code: Code, message: String) -> ClientError {
     match code {
         Code::Invalid => ClientError::Invalid(message),
         Code::TooLarge => ClientError::TooLarge(message),
