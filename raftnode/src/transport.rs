@@ -1356,7 +1356,11 @@ mod tests {
             assert!(!frames[0].is_empty() && frames[1].is_empty());
             let (header, body) = auth(2).open_batch(frames[2].as_ref()).expect("authentic");
             let batch = RaftBatch::decode(body).expect("batch");
-            assert_eq!((header.from, batch.messages.len()), (1, 2));
+            // Both messages, unless this thread was preempted between queueing them long enough
+            // for the peer's task to connect (a loaded machine): then the snapshot waits in the
+            // queue and is reported lost with the rest below.
+            assert_eq!(header.from, 1);
+            assert!(matches!(batch.messages.len(), 1 | 2), "{}", batch.messages.len());
 
             // While the peer hangs, queueing never waits on it. (A send that waited on the
             // frozen peer would take at least the 1 s send timeout per batch; the bound is loose
