@@ -8,7 +8,9 @@
 //! - [`config`]: cluster files (nodes, endpoints, data dirs, raft settings).
 //! - [`proto`]: the prost wire types (client protocol, peer batches, log commands), compiled
 //!   from `proto/raftnode.proto` without a system `protoc`.
-//! - [`storage`]: raft-engine as raft's log storage (entries, hard state, conf state).
+//! - [`disk`]: the disk's seams (log engine, snapshot directory): raft-engine and the file
+//!   system in production, an in-memory disk that loses power in the simulator.
+//! - [`storage`]: raft's log storage (entries, hard state, conf state) on a log engine.
 //! - [`snapshot`]: snapshot files (`<data_dir>/snapshots/`): atomic save, checked load with
 //!   fallback to the older kept snapshot, pruning.
 //! - [`transport`]: ZeroMQ peer transport, one long-lived REQ per peer into each peer's ROUTER.
@@ -38,6 +40,7 @@ pub mod answer;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod disk;
 pub mod env;
 pub mod guard;
 pub mod keys;

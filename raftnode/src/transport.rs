@@ -1360,7 +1360,11 @@ mod tests {
             // for the peer's task to connect (a loaded machine): then the snapshot waits in the
             // queue and is reported lost with the rest below.
             assert_eq!(header.from, 1);
-            assert!(matches!(batch.messages.len(), 1 | 2), "{}", batch.messages.len());
+            assert!(
+                matches!(batch.messages.len(), 1 | 2),
+                "{}",
+                batch.messages.len()
+            );
 
             // While the peer hangs, queueing never waits on it. (A send that waited on the
             // frozen peer would take at least the 1 s send timeout per batch; the bound is loose

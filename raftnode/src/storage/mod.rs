@@ -10,7 +10,8 @@
 //!   ...           (snapshot files are written next to it by another module)
 //! ```
 //!
-//! The engine holds one raft group, region [`REGION_ID`] (1), with:
+//! The engine ([`crate::disk::LogEngine`]: raft-engine in production, an in-memory disk in the
+//! simulator) holds one raft group (raft-engine region 1), with:
 //!
 //! | what | raft-engine | written by |
 //! |---|---|---|
@@ -52,18 +53,19 @@
 //! `Engine::fetch_entries_to`; `term` uses an in-memory run-length index of the terms (a handful of
 //! `(first index, term)` runs), so raft's very frequent `term` calls never touch the disk.
 
-use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use fs2::FileExt;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
-use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
-use slog::{Logger, debug, error, info, o, warn};
+use slog::{Logger, debug, error, info, warn};
 
-/// The one raft group this node stores (raft-engine "region").
-pub const REGION_ID: u64 = 1;
+use crate::disk::{EngineError, LogEngine, LogOp};
+
+mod open;
+mod terms;
+
+use terms::TermRuns;
 
 /// The name of the lock file inside the data dir.
 pub const LOCK_FILE: &str = "LOCK";
@@ -81,13 +83,10 @@ const KEY_CONF_INDEX: &[u8] = b"conf_index";
 /// The data dir's cluster id and incarnation: 16 bytes, two little-endian `u64`s.
 const KEY_IDENTITY: &[u8] = b"identity";
 
-/// Entries read per call while scanning the log on open.
-const SCAN_CHUNK: u64 = 1024;
-
 /// Errors of the raft log storage. Every variant names the data dir (or file) it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// raft-engine failed.
+    /// The log engine failed.
     #[error("raft log in {}: {op}: {source}", dir.display())]
     Engine {
         /// The engine directory (`<data_dir>/raft`).
@@ -96,7 +95,7 @@ pub enum StorageError {
         op: &'static str,
         /// The engine's error.
         #[source]
-        source: raft_engine::Error,
+        source: EngineError,
     },
     /// A file system operation failed.
     #[error("{op} {}: {source}", path.display())]
@@ -171,88 +170,13 @@ pub enum StorageError {
     },
 }
 
-/// The raft-engine marker type for raft's `Entry`.
-struct EntryExt;
-
-impl MessageExt for EntryExt {
-    type Entry = Entry;
-
-    fn index(e: &Entry) -> u64 {
-        e.index
-    }
-}
-
-/// The terms of the stored log, run-length encoded: `runs[i] = (first index, term)`, the run
-/// lasting until the next run's first index (the last run until the last index of the log).
-#[derive(Clone, Debug, Default, PartialEq)]
-struct TermRuns {
-    runs: Vec<(u64, u64)>,
-}
-
-impl TermRuns {
-    fn clear(&mut self) {
-        self.runs.clear();
-    }
-
-    /// Forgets every index `>= index`.
-    fn truncate(&mut self, index: u64) {
-        let keep = self.runs.partition_point(|&(start, _)| start < index);
-        self.runs.truncate(keep);
-    }
-
-    /// Records entry `index` with `term`; everything `>= index` must have been truncated.
-    fn push(&mut self, index: u64, term: u64) {
-        match self.runs.last() {
-            Some(&(_, t)) if t == term => {}
-            _ => self.runs.push((index, term)),
-        }
-    }
-
-    /// Forgets every index `< index`.
-    fn compact(&mut self, index: u64) {
-        // Runs whose successor starts at or before `index` end before it.
-        let drop = self
-            .runs
-            .partition_point(|&(start, _)| start <= index)
-            .saturating_sub(1);
-        self.runs.drain(..drop);
-        if let Some(first) = self.runs.first_mut() {
-            first.0 = first.0.max(index);
-        }
-    }
-
-    /// The term of `index`, which the caller has checked is within the log.
-    fn get(&self, index: u64) -> Option<u64> {
-        let i = self.runs.partition_point(|&(start, _)| start <= index);
-        i.checked_sub(1).map(|i| self.runs[i].1)
-    }
-}
-
-/// Engine settings; tests shrink the files to exercise rotation and purging.
-#[derive(Clone, Copy, Debug)]
-struct Tuning {
-    target_file_size: u64,
-    purge_threshold: u64,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            // Small files so that compaction frees disk space soon after a snapshot.
-            target_file_size: 32 << 20,
-            // Purging (dropping or rewriting old files) starts once the append queue is this big.
-            purge_threshold: 256 << 20,
-        }
-    }
-}
-
 /// raft's log storage on raft-engine: see the [module documentation](self).
 ///
 /// Owned by the node's `RawNode`; the `&mut self` methods are the writes the ready loop makes.
 pub struct RaftStorage {
-    // Field order matters: the engine is dropped (and its files closed) before the lock is released.
-    engine: Engine,
-    engine_dir: PathBuf,
+    /// Where entries and keys are written (raft-engine, or a simulated disk).
+    engine: Box<dyn LogEngine>,
+    /// The data dir, for messages.
     data_dir: PathBuf,
     state: RaftState,
     /// Index and term of the entry just before the first stored one.
@@ -268,7 +192,6 @@ pub struct RaftStorage {
     snapshot_wanted: std::cell::Cell<bool>,
     terms: TermRuns,
     logger: Logger,
-    _lock: File,
 }
 
 impl std::fmt::Debug for RaftStorage {
@@ -282,44 +205,6 @@ impl std::fmt::Debug for RaftStorage {
             .field("snapshot_index", &self.snapshot_meta.index)
             .finish()
     }
-}
-
-/// Reads a protobuf message stored under `key`; `None` if absent.
-fn load<M: protobuf::Message>(
-    engine: &Engine,
-    data_dir: &Path,
-    key: &[u8],
-) -> Result<Option<M>, StorageError> {
-    match engine.get(REGION_ID, key) {
-        None => Ok(None),
-        Some(bytes) => M::parse_from_bytes(&bytes)
-            .map(Some)
-            .map_err(|e| StorageError::Corrupt {
-                path: data_dir.to_path_buf(),
-                detail: format!(
-                    "stored {} does not decode: {e}",
-                    String::from_utf8_lossy(key)
-                ),
-            }),
-    }
-}
-
-/// Sizes of raft-engine's log files, to notice the truncations it makes on open.
-fn log_file_sizes(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.filter_map(Result::ok)
-        .filter_map(|e| {
-            let path = e.path();
-            let name = path.file_name()?.to_str()?;
-            if name.ends_with(".raftlog") || name.ends_with(".rewrite") {
-                Some((path.clone(), e.metadata().ok()?.len()))
-            } else {
-                None
-            }
-        })
-        .collect()
 }
 
 fn boundary_meta(index: u64, term: u64) -> SnapshotMetadata {
@@ -338,282 +223,6 @@ fn voters_set(cs: &ConfState) -> Vec<u64> {
 }
 
 impl RaftStorage {
-    /// Opens (creating if needed) the storage in `data_dir`, locking `<data_dir>/LOCK`.
-    ///
-    /// A fresh dir is initialised with a default `HardState` and, if `initial_voters` is not empty,
-    /// `ConfState { voters: initial_voters }` (an empty list is a node that joins later and waits
-    /// for a snapshot). An existing dir keeps its stored state; a disagreeing `initial_voters` is
-    /// only logged.
-    pub fn open(
-        data_dir: &Path,
-        initial_voters: &[u64],
-        logger: Logger,
-    ) -> Result<RaftStorage, StorageError> {
-        Self::open_tuned(data_dir, initial_voters, logger, Tuning::default())
-    }
-
-    fn open_tuned(
-        data_dir: &Path,
-        initial_voters: &[u64],
-        logger: Logger,
-        tuning: Tuning,
-    ) -> Result<RaftStorage, StorageError> {
-        let logger = logger.new(o!("dir" => data_dir.display().to_string()));
-        Self::open_inner(data_dir, initial_voters, &logger, tuning).inspect_err(|e| {
-            error!(logger, "cannot open raft storage"; "error" => %e);
-        })
-    }
-
-    fn open_inner(
-        data_dir: &Path,
-        initial_voters: &[u64],
-        logger: &Logger,
-        tuning: Tuning,
-    ) -> Result<RaftStorage, StorageError> {
-        let data_dir = data_dir.to_path_buf();
-        match fs::metadata(&data_dir) {
-            Ok(m) if !m.is_dir() => return Err(StorageError::NotADirectory { path: data_dir }),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&data_dir).map_err(|source| StorageError::Io {
-                    op: "cannot create data dir",
-                    path: data_dir.clone(),
-                    source,
-                })?;
-            }
-            Err(source) => {
-                return Err(StorageError::Io {
-                    op: "cannot access data dir",
-                    path: data_dir,
-                    source,
-                });
-            }
-        }
-
-        let lock_path = data_dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|source| StorageError::Io {
-                op: "cannot open lock file",
-                path: lock_path.clone(),
-                source,
-            })?;
-        if let Err(e) = lock.try_lock_exclusive() {
-            let contended = e.kind() == io::ErrorKind::WouldBlock
-                || e.raw_os_error() == fs2::lock_contended_error().raw_os_error();
-            return Err(if contended {
-                StorageError::Locked { dir: data_dir }
-            } else {
-                StorageError::Io {
-                    op: "cannot lock",
-                    path: lock_path,
-                    source: e,
-                }
-            });
-        }
-
-        let engine_dir = data_dir.join(ENGINE_DIR);
-        let engine_dir_str = engine_dir
-            .to_str()
-            .ok_or_else(|| StorageError::InvalidRequest {
-                dir: data_dir.clone(),
-                detail: "the data dir path is not valid UTF-8 (raft-engine needs a UTF-8 path)"
-                    .into(),
-            })?
-            .to_owned();
-        let before = log_file_sizes(&engine_dir);
-        let cfg = Config {
-            dir: engine_dir_str,
-            recovery_mode: RecoveryMode::TolerateTailCorruption,
-            target_file_size: ReadableSize(tuning.target_file_size),
-            purge_threshold: ReadableSize(tuning.purge_threshold),
-            ..Default::default()
-        };
-        let engine = Engine::open(cfg).map_err(|source| StorageError::Engine {
-            dir: engine_dir.clone(),
-            op: "cannot open (recover) the log",
-            source,
-        })?;
-        let after = log_file_sizes(&engine_dir);
-        for (path, old) in &before {
-            if let Some((_, new)) = after.iter().find(|(p, _)| p == path)
-                && new < old
-            {
-                warn!(logger, "raft-engine truncated a broken tail of a log file on recovery";
-                    "file" => %path.display(), "bytes_before" => old, "bytes_after" => new,
-                    "bytes_cut" => old - new);
-            }
-        }
-
-        let corrupt = |detail: String| StorageError::Corrupt {
-            path: data_dir.clone(),
-            detail,
-        };
-        let hard_state: Option<HardState> = load(&engine, &data_dir, KEY_HARD_STATE)?;
-        let conf_state: Option<ConfState> = load(&engine, &data_dir, KEY_CONF_STATE)?;
-        let boundary: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_LOG_BOUNDARY)?;
-        let snapshot_meta: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_SNAPSHOT_META)?;
-        let conf_index: Option<SnapshotMetadata> = load(&engine, &data_dir, KEY_CONF_INDEX)?;
-        let engine_first = engine.first_index(REGION_ID);
-        let engine_last = engine.last_index(REGION_ID);
-
-        let mut fresh = false;
-        let state = match hard_state {
-            Some(hs) => {
-                let cs = conf_state.unwrap_or_default();
-                if !initial_voters.is_empty() {
-                    let mut wanted = initial_voters.to_vec();
-                    wanted.sort_unstable();
-                    wanted.dedup();
-                    if wanted != voters_set(&cs) {
-                        info!(logger, "stored membership differs from the configured initial voters; using the stored one";
-                            "stored_voters" => ?cs.voters, "stored_learners" => ?cs.learners,
-                            "initial_voters" => ?initial_voters);
-                    }
-                }
-                RaftState::new(hs, cs)
-            }
-            None => {
-                if engine_last.is_some() || boundary.is_some() || snapshot_meta.is_some() {
-                    return Err(corrupt(
-                        "the log holds entries or snapshot metadata but no hard state".into(),
-                    ));
-                }
-                fresh = true;
-                let hs = HardState::default();
-                let cs = ConfState {
-                    voters: initial_voters.to_vec(),
-                    ..Default::default()
-                };
-                let mut batch = LogBatch::default();
-                let put = |batch: &mut LogBatch, key: &[u8], m: &dyn protobuf::Message| {
-                    let bytes = m.write_to_bytes().map_err(|e| StorageError::Engine {
-                        dir: engine_dir.clone(),
-                        op: "cannot encode the initial state",
-                        source: e.into(),
-                    })?;
-                    batch.put(REGION_ID, key.to_vec(), bytes).map_err(|source| {
-                        StorageError::Engine {
-                            dir: engine_dir.clone(),
-                            op: "cannot write the initial state",
-                            source,
-                        }
-                    })
-                };
-                put(&mut batch, KEY_HARD_STATE, &hs)?;
-                if !initial_voters.is_empty() {
-                    put(&mut batch, KEY_CONF_STATE, &cs)?;
-                }
-                engine
-                    .write(&mut batch, true)
-                    .map_err(|source| StorageError::Engine {
-                        dir: engine_dir.clone(),
-                        op: "cannot write the initial state",
-                        source,
-                    })?;
-                RaftState::new(
-                    hs,
-                    if initial_voters.is_empty() {
-                        ConfState::default()
-                    } else {
-                        cs
-                    },
-                )
-            }
-        };
-        let boundary = boundary.unwrap_or_default();
-        let snapshot_meta = snapshot_meta.unwrap_or_default();
-
-        // The stored log must start right after the boundary.
-        let last = match (engine_first, engine_last) {
-            (Some(first), Some(last)) => {
-                if first != boundary.index + 1 {
-                    return Err(corrupt(format!(
-                        "the log starts at index {first} but the stored boundary is index {} (expected the log to start at {})",
-                        boundary.index,
-                        boundary.index + 1
-                    )));
-                }
-                last
-            }
-            _ => boundary.index,
-        };
-        let hs = &state.hard_state;
-        if hs.commit > last {
-            return Err(corrupt(format!(
-                "the hard state's commit index {} is past the last log index {last}",
-                hs.commit
-            )));
-        }
-        if hs.commit < boundary.index {
-            return Err(corrupt(format!(
-                "the hard state's commit index {} is before the log boundary {}",
-                hs.commit, boundary.index
-            )));
-        }
-
-        // Read every entry once: checks the indexes and the entry blocks' checksums, and builds
-        // the term index.
-        let mut terms = TermRuns::default();
-        let mut next = boundary.index + 1;
-        let mut buf = Vec::new();
-        while next <= last {
-            let end = (next + SCAN_CHUNK).min(last + 1);
-            buf.clear();
-            engine
-                .fetch_entries_to::<EntryExt>(REGION_ID, next, end, None, &mut buf)
-                .map_err(|e| corrupt(format!("cannot read log entries [{next}, {end}): {e}")))?;
-            for (i, e) in buf.iter().enumerate() {
-                let want = next + i as u64;
-                if e.index != want {
-                    return Err(corrupt(format!(
-                        "log entry at position {want} says index {}",
-                        e.index
-                    )));
-                }
-                terms.push(e.index, e.term);
-            }
-            if buf.len() as u64 != end - next {
-                return Err(corrupt(format!(
-                    "log entries [{next}, {end}) came back as {} entries",
-                    buf.len()
-                )));
-            }
-            next = end;
-        }
-
-        let storage = RaftStorage {
-            engine,
-            engine_dir,
-            data_dir,
-            state,
-            boundary,
-            snapshot_meta,
-            snapshot: None,
-            conf_index: conf_index.map_or(0, |m| m.index),
-            snapshot_wanted: std::cell::Cell::new(false),
-            terms,
-            logger: logger.clone(),
-            _lock: lock,
-        };
-        let hs = &storage.state.hard_state;
-        let cs = &storage.state.conf_state;
-        info!(storage.logger, "raft storage open";
-            "fresh" => fresh,
-            "first_index" => storage.first(), "last_index" => storage.last(),
-            "term" => hs.term, "vote" => hs.vote, "commit" => hs.commit,
-            "voters" => ?cs.voters, "learners" => ?cs.learners,
-            "voters_outgoing" => ?cs.voters_outgoing, "learners_next" => ?cs.learners_next,
-            "snapshot_index" => storage.snapshot_meta.index,
-            "snapshot_term" => storage.snapshot_meta.term,
-            "engine_bytes" => storage.engine_used_bytes());
-        Ok(storage)
-    }
-
     /// A founding member's first log: one committed `AddNode` entry (term 1) per initial voter,
     /// identical on every founding member. The membership is then in the log itself, so a node
     /// that joins later and replays the log from the start sees the same configurations.
@@ -670,7 +279,10 @@ impl RaftStorage {
     /// every start (synced), so the batches a node sends after a restart are numbered after
     /// every batch it sent before, and peers can refuse replayed ones.
     pub fn begin_incarnation(&mut self, cluster: u64) -> Result<u64, StorageError> {
-        let stored = self.engine.get(REGION_ID, KEY_IDENTITY);
+        let stored = self
+            .engine
+            .get(KEY_IDENTITY)
+            .map_err(|e| self.engine_err("cannot read the identity", e))?;
         let previous = match stored.as_deref() {
             None => 0,
             Some(bytes) if bytes.len() == 16 => {
@@ -698,11 +310,8 @@ impl RaftStorage {
         let mut value = Vec::with_capacity(16);
         value.extend_from_slice(&cluster.to_le_bytes());
         value.extend_from_slice(&incarnation.to_le_bytes());
-        let mut batch = LogBatch::default();
-        batch
-            .put(REGION_ID, KEY_IDENTITY.to_vec(), value)
-            .map_err(|e| self.engine_err("cannot record the identity", e))?;
-        self.write(&mut batch, "cannot record the identity")?;
+        let ops = vec![LogOp::Put(KEY_IDENTITY, value)];
+        self.write(ops, "cannot record the identity")?;
         Ok(incarnation)
     }
 
@@ -725,7 +334,7 @@ impl RaftStorage {
 
     /// Bytes of log files raft-engine currently holds (append and rewrite queues).
     pub fn engine_used_bytes(&self) -> usize {
-        self.engine.get_used_size()
+        self.engine.used_bytes()
     }
 
     /// Metadata (index, term, conf state) of the newest snapshot this node knows, persisted across
@@ -745,9 +354,7 @@ impl RaftStorage {
     }
 
     fn last(&self) -> u64 {
-        self.engine
-            .last_index(REGION_ID)
-            .unwrap_or(self.boundary.index)
+        self.engine.last_index().unwrap_or(self.boundary.index)
     }
 
     // ---- writes ----
@@ -765,9 +372,9 @@ impl RaftStorage {
         })
     }
 
-    fn engine_err(&self, op: &'static str, source: raft_engine::Error) -> StorageError {
+    fn engine_err(&self, op: &'static str, source: EngineError) -> StorageError {
         self.fail(StorageError::Engine {
-            dir: self.engine_dir.clone(),
+            dir: self.engine.dir().to_path_buf(),
             op,
             source,
         })
@@ -775,23 +382,22 @@ impl RaftStorage {
 
     fn put(
         &self,
-        batch: &mut LogBatch,
-        key: &[u8],
+        ops: &mut Vec<LogOp<'_>>,
+        key: &'static [u8],
         m: &dyn protobuf::Message,
         op: &'static str,
     ) -> Result<(), StorageError> {
         let bytes = m
             .write_to_bytes()
-            .map_err(|e| self.engine_err(op, e.into()))?;
-        batch
-            .put(REGION_ID, key.to_vec(), bytes)
-            .map_err(|e| self.engine_err(op, e))
+            .map_err(|e| self.engine_err(op, EngineError::Encode(e.to_string())))?;
+        ops.push(LogOp::Put(key, bytes));
+        Ok(())
     }
 
-    fn write(&self, batch: &mut LogBatch, op: &'static str) -> Result<(), StorageError> {
+    /// Writes `ops` in one atomic, synced engine write.
+    fn write(&mut self, ops: Vec<LogOp<'_>>, op: &'static str) -> Result<(), StorageError> {
         self.engine
-            .write(batch, true)
-            .map(|_| ())
+            .write(ops, true)
             .map_err(|e| self.engine_err(op, e))
     }
 
@@ -825,21 +431,14 @@ impl RaftStorage {
                 }
             }
         }
-        let mut batch = LogBatch::default();
+        let mut ops = Vec::new();
         if !entries.is_empty() {
-            batch
-                .add_entries::<EntryExt>(REGION_ID, entries)
-                .map_err(|e| self.engine_err("cannot encode entries", e))?;
+            ops.push(LogOp::Entries(entries));
         }
         if let Some(hs) = hard_state {
-            self.put(
-                &mut batch,
-                KEY_HARD_STATE,
-                hs,
-                "cannot encode the hard state",
-            )?;
+            self.put(&mut ops, KEY_HARD_STATE, hs, "cannot encode the hard state")?;
         }
-        self.write(&mut batch, "cannot persist entries and hard state")?;
+        self.write(ops, "cannot persist entries and hard state")?;
         if let Some(first) = entries.first() {
             self.terms.truncate(first.index);
             for e in entries {
@@ -860,38 +459,33 @@ impl RaftStorage {
         }
         let mut hs = self.state.hard_state.clone();
         hs.commit = commit;
-        let mut batch = LogBatch::default();
+        let mut ops = Vec::new();
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_HARD_STATE,
             &hs,
             "cannot encode the hard state",
         )?;
-        self.write(&mut batch, "cannot persist the commit index")?;
+        self.write(ops, "cannot persist the commit index")?;
         self.state.hard_state = hs;
         Ok(())
     }
 
     /// Stores the conf state after a conf change was applied.
     pub fn set_conf_state(&mut self, cs: &ConfState, index: u64) -> Result<(), StorageError> {
-        let mut batch = LogBatch::default();
-        self.put(
-            &mut batch,
-            KEY_CONF_STATE,
-            cs,
-            "cannot encode the conf state",
-        )?;
+        let mut ops = Vec::new();
+        self.put(&mut ops, KEY_CONF_STATE, cs, "cannot encode the conf state")?;
         let at = SnapshotMetadata {
             index,
             ..Default::default()
         };
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_CONF_INDEX,
             &at,
             "cannot encode the conf index",
         )?;
-        self.write(&mut batch, "cannot persist the conf state")?;
+        self.write(ops, "cannot persist the conf state")?;
         self.state.conf_state = cs.clone();
         self.conf_index = index;
         Ok(())
@@ -930,35 +524,37 @@ impl RaftStorage {
         let boundary = boundary_meta(meta.index, meta.term);
         let cs = meta.get_conf_state().clone();
 
-        let mut batch = LogBatch::default();
+        let mut ops = Vec::new();
         // Clean drops the whole raft group (entries and keys); everything is put back after it,
         // in the same batch.
-        batch.add_command(REGION_ID, Command::Clean);
-        if let Some(identity) = self.engine.get(REGION_ID, KEY_IDENTITY) {
-            batch
-                .put(REGION_ID, KEY_IDENTITY.to_vec(), identity)
-                .map_err(|e| self.engine_err("cannot keep the identity", e))?;
+        ops.push(LogOp::Clean);
+        let identity = self
+            .engine
+            .get(KEY_IDENTITY)
+            .map_err(|e| self.engine_err("cannot read the identity", e))?;
+        if let Some(identity) = identity {
+            ops.push(LogOp::Put(KEY_IDENTITY, identity));
         }
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_HARD_STATE,
             &hs,
             "cannot encode the hard state",
         )?;
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_CONF_STATE,
             &cs,
             "cannot encode the conf state",
         )?;
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_LOG_BOUNDARY,
             &boundary,
             "cannot encode the log boundary",
         )?;
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_SNAPSHOT_META,
             meta,
             "cannot encode snapshot metadata",
@@ -968,12 +564,12 @@ impl RaftStorage {
             ..Default::default()
         };
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_CONF_INDEX,
             &at,
             "cannot encode the conf index",
         )?;
-        self.write(&mut batch, "cannot persist an applied snapshot")?;
+        self.write(ops, "cannot persist an applied snapshot")?;
         self.conf_index = meta.index;
 
         self.state.hard_state = hs;
@@ -1023,15 +619,15 @@ impl RaftStorage {
             return Err(self.invalid(format!("cannot compact to {up_to}: no term for {drop_to}")));
         };
         let boundary = boundary_meta(drop_to, term);
-        let mut batch = LogBatch::default();
-        batch.add_command(REGION_ID, Command::Compact { index: up_to });
+        let mut ops = Vec::new();
+        ops.push(LogOp::Compact(up_to));
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_LOG_BOUNDARY,
             &boundary,
             "cannot encode the log boundary",
         )?;
-        self.write(&mut batch, "cannot persist a compaction")?;
+        self.write(ops, "cannot persist a compaction")?;
         self.boundary = boundary;
         self.terms.compact(up_to);
         debug!(self.logger, "compacted the log"; "first_index" => up_to, "last_index" => last,
@@ -1043,15 +639,14 @@ impl RaftStorage {
     /// data out of old files once the log files exceed the purge threshold. Called by
     /// [`compact`](Self::compact).
     pub fn purge(&mut self) -> Result<(), StorageError> {
-        let before = self.engine.get_used_size();
-        let regions = self
-            .engine
-            .purge_expired_files()
+        let before = self.engine.used_bytes();
+        self.engine
+            .purge()
             .map_err(|e| self.engine_err("cannot purge old log files", e))?;
-        let after = self.engine.get_used_size();
-        if after != before || !regions.is_empty() {
+        let after = self.engine.used_bytes();
+        if after != before {
             debug!(self.logger, "purged log files"; "bytes_before" => before,
-                "bytes_after" => after, "regions_to_compact" => ?regions);
+                "bytes_after" => after);
         }
         Ok(())
     }
@@ -1094,9 +689,9 @@ impl RaftStorage {
             }
             Some(_) => {}
         }
-        let mut batch = LogBatch::default();
+        let mut ops = Vec::new();
         self.put(
-            &mut batch,
+            &mut ops,
             KEY_SNAPSHOT_META,
             meta,
             "cannot encode snapshot metadata",
@@ -1107,14 +702,9 @@ impl RaftStorage {
             hs
         });
         if let Some(hs) = &raised {
-            self.put(
-                &mut batch,
-                KEY_HARD_STATE,
-                hs,
-                "cannot encode the hard state",
-            )?;
+            self.put(&mut ops, KEY_HARD_STATE, hs, "cannot encode the hard state")?;
         }
-        self.write(&mut batch, "cannot persist snapshot metadata")?;
+        self.write(ops, "cannot persist snapshot metadata")?;
         if let Some(hs) = raised {
             info!(self.logger, "raised the stored commit index to a snapshot's index";
                 "from" => self.state.hard_state.commit, "to" => hs.commit);
@@ -1142,7 +732,7 @@ impl RaftStorage {
         }
         // Not reachable while the term index is maintained; read the entry as a fallback.
         warn!(self.logger, "term index has no entry; reading the log"; "index" => idx);
-        match self.engine.get_entry::<EntryExt>(REGION_ID, idx) {
+        match self.engine.entry(idx) {
             Ok(Some(e)) => Ok(Some(e.term)),
             Ok(None) => Ok(None),
             Err(e) => Err(self.engine_err("cannot read a log entry", e)),
@@ -1184,10 +774,7 @@ impl Storage for RaftStorage {
             None | Some(raft::NO_LIMIT) => None,
             Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
         };
-        if let Err(e) = self
-            .engine
-            .fetch_entries_to::<EntryExt>(REGION_ID, low, high, limit, &mut ents)
-        {
+        if let Err(e) = self.engine.fetch(low, high, limit, &mut ents) {
             return Err(Self::to_raft(self.engine_err("cannot read log entries", e)));
         }
         if ents.is_empty() || ents[0].index != low {
@@ -1267,6 +854,9 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::disk::Tuning;
+    use slog::o;
+    use std::fs::{self, OpenOptions};
 
     fn logger() -> Logger {
         Logger::root(slog::Discard, o!())
@@ -1410,7 +1000,7 @@ mod tests {
                 "term index at {}",
                 e.index
             );
-            let on_disk = s.engine.get_entry::<EntryExt>(REGION_ID, e.index).unwrap();
+            let on_disk = s.engine.entry(e.index).unwrap();
             assert_eq!(on_disk.map(|d| d.term), Some(e.term));
         }
     }
@@ -1957,48 +1547,36 @@ mod tests {
         check_terms(&s);
     }
 
-    #[test]
-    fn term_runs() {
-        let mut t = TermRuns::default();
-        for (i, term) in [(1, 1), (2, 1), (3, 2), (4, 2), (5, 5), (6, 5)] {
-            t.push(i, term);
-        }
-        assert_eq!(t.runs, vec![(1, 1), (3, 2), (5, 5)]);
-        assert_eq!(
-            (1..=6).map(|i| t.get(i).unwrap()).collect::<Vec<_>>(),
-            [1, 1, 2, 2, 5, 5]
-        );
-        t.truncate(4);
-        t.push(4, 3);
-        assert_eq!(t.runs, vec![(1, 1), (3, 2), (4, 3)]);
-        t.truncate(3);
-        t.push(3, 1);
-        assert_eq!(t.runs, vec![(1, 1)]);
-        t.push(4, 2);
-        t.compact(3);
-        assert_eq!(t.runs, vec![(3, 1), (4, 2)]);
-        t.compact(4);
-        assert_eq!(t.runs, vec![(4, 2)]);
-        t.compact(9);
-        assert_eq!(t.runs, vec![(9, 2)]);
-        assert_eq!(t.get(0), None);
-    }
-
     /// The same random operations on MemStorage and on RaftStorage (with reopens) give the same
     /// answers; the one intended difference: after a compaction RaftStorage still knows
     /// `term(first_index - 1)`, where MemStorage says Compacted.
     #[test]
     fn randomized_against_mem_storage() {
         for seed in 0..6u64 {
-            randomized_run(seed, 250);
+            let dir = tempfile::tempdir().unwrap();
+            randomized_run(seed, 250, &mut || open(dir.path(), &[1]));
         }
     }
 
-    fn randomized_run(seed: u64, steps: usize) {
+    /// The same on the simulator's in-memory disk, whose every reopen follows a power loss:
+    /// every write the storage makes is synced, so nothing may be lost.
+    #[test]
+    fn randomized_on_a_disk_that_loses_power() {
+        for seed in 0..6u64 {
+            let disk = crate::disk::memory::MemDisk::new("n1", seed);
+            randomized_run(seed, 250, &mut || {
+                disk.power_loss();
+                disk.power_on();
+                RaftStorage::on_engine(disk.log_engine(), Path::new("/sim/n1"), &[1], logger())
+                    .unwrap()
+            });
+        }
+    }
+
+    fn randomized_run(seed: u64, steps: usize, reopen: &mut dyn FnMut() -> RaftStorage) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let dir = tempfile::tempdir().unwrap();
         let mem = MemStorage::new_with_conf_state(ConfState::from((vec![1u64], vec![])));
-        let mut s = Some(open(dir.path(), &[1]));
+        let mut s = Some(reopen());
         let mut compacted_boundary: Option<(u64, u64)> = None;
 
         for step in 0..steps {
@@ -2048,7 +1626,7 @@ mod tests {
                 }
                 75..=84 => {
                     drop(s.take());
-                    s = Some(open(dir.path(), &[1]));
+                    s = Some(reopen());
                 }
                 85..=92 => {
                     let cs = ConfState {

@@ -1,0 +1,84 @@
+//! The production snapshot directory: a directory on the file system.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::{FileReader, SnapshotDir};
+
+/// A directory on the file system.
+#[derive(Debug)]
+pub struct FsDir {
+    dir: PathBuf,
+}
+
+impl FsDir {
+    /// The directory `dir`, created if it does not exist.
+    pub fn create(dir: &Path) -> io::Result<FsDir> {
+        fs::create_dir_all(dir)?;
+        Ok(FsDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl SnapshotDir for FsDir {
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn list(&self) -> io::Result<Vec<(String, u64)>> {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            // Follows symlinks, as opening the file does.
+            match fs::metadata(entry.path()) {
+                Ok(meta) if meta.is_file() => files.push((name, meta.len())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(files)
+    }
+
+    fn open(&self, name: &str) -> io::Result<FileReader> {
+        let file = File::open(self.dir.join(name))?;
+        let len = file.metadata()?.len();
+        Ok((Box::new(file), len))
+    }
+
+    fn write(&self, name: &str, parts: &[&[u8]], sync: bool) -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.dir.join(name))?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.dir.join(name))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
+    }
+}
