@@ -67,14 +67,16 @@
 //! by an internal lock; loads may run alongside them.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Snapshot, SnapshotMetadata};
 use slog::{Logger, debug, error, info, warn};
+
+use crate::disk::{FsDir, SnapshotDir};
 
 /// The snapshot directory inside the data dir.
 pub const SNAPSHOT_DIR: &str = "snapshots";
@@ -212,13 +214,22 @@ pub struct SnapshotInfo {
 }
 
 /// The snapshot files of one node, in `<data_dir>/snapshots/`. See the [module docs](self).
-#[derive(Debug)]
 pub struct SnapshotStore {
-    dir: PathBuf,
+    /// The directory (on the file system, or on a simulated disk).
+    dir: Box<dyn SnapshotDir>,
     keep: usize,
     logger: Logger,
     /// Names of the files this store wrote or fully checked. Held during a whole save.
     verified: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("dir", &self.dir.path())
+            .field("keep", &self.keep)
+            .finish()
+    }
 }
 
 impl SnapshotStore {
@@ -226,16 +237,24 @@ impl SnapshotStore {
     /// interrupted save left behind, logging each. Reads no snapshot.
     pub fn open(data_dir: &Path, logger: Logger) -> Result<SnapshotStore, SnapshotError> {
         let dir = data_dir.join(SNAPSHOT_DIR);
-        fs::create_dir_all(&dir).map_err(io_err("cannot create snapshot dir", &dir))?;
-        let entries = fs::read_dir(&dir).map_err(io_err("cannot read snapshot dir", &dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err("cannot read snapshot dir", &dir))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let path = entry.path();
+        let fs_dir = FsDir::create(&dir).map_err(io_err("cannot create snapshot dir", &dir))?;
+        Self::in_dir(Box::new(fs_dir), logger)
+    }
+
+    /// The store in `dir` (the file system's, or a simulated disk's), opened as
+    /// [`open`](Self::open) describes.
+    pub fn in_dir(
+        dir: Box<dyn SnapshotDir>,
+        logger: Logger,
+    ) -> Result<SnapshotStore, SnapshotError> {
+        let files = dir
+            .list()
+            .map_err(io_err("cannot read snapshot dir", dir.path()))?;
+        for (name, _) in files {
+            let path = dir.path().join(&name);
             if name.ends_with(TMP_SUFFIX) {
-                fs::remove_file(&path).map_err(io_err("cannot remove temp snapshot", &path))?;
+                dir.remove(&name)
+                    .map_err(io_err("cannot remove temp snapshot", &path))?;
                 warn!(logger, "removed a temp snapshot file left by an interrupted save";
                     "file" => %path.display());
             } else if !name.ends_with(CORRUPT_SUFFIX) && parse_name(&name).is_none() {
@@ -264,7 +283,7 @@ impl SnapshotStore {
 
     /// The snapshot directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Writes a snapshot atomically and durably (see the [module docs](self)), then deletes all
@@ -282,12 +301,12 @@ impl SnapshotStore {
     ) -> Result<PathBuf, SnapshotError> {
         let mut verified = self.lock();
         let name = file_name(index, term);
-        let path = self.dir.join(&name);
+        let path = self.dir.path().join(&name);
         if let Some(newest) = self.list()?.last()
             && (newest.index, newest.term) > (index, term)
         {
             return Err(SnapshotError::Stale {
-                dir: self.dir.clone(),
+                dir: self.dir.path().to_path_buf(),
                 index,
                 term,
                 newest_index: newest.index,
@@ -317,21 +336,27 @@ impl SnapshotStore {
         hasher.update(data);
         let crc = hasher.finalize();
 
-        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
-        let written = write_synced(&tmp, &[&header, data, &crc.to_le_bytes()]);
+        let tmp = format!("{name}{TMP_SUFFIX}");
+        let written = self
+            .dir
+            .write(&tmp, &[&header, data, &crc.to_le_bytes()], true);
         if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+            let _ = self.dir.remove(&tmp);
+            return Err(SnapshotError::Io {
+                op: "cannot write (and fsync) temp snapshot",
+                path: self.dir.path().join(&tmp),
+                source: e,
+            });
         }
-        if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = self.dir.rename(&tmp, &name) {
+            let _ = self.dir.remove(&tmp);
             return Err(SnapshotError::Io {
                 op: "cannot rename temp snapshot into place",
                 path: path.clone(),
                 source: e,
             });
         }
-        sync_dir(&self.dir)?;
+        self.sync_dir()?;
         verified.insert(name);
         let size = header.len() as u64 + data.len() as u64 + 4;
         info!(self.logger, "saved snapshot"; "file" => %path.display(), "index" => index,
@@ -358,7 +383,7 @@ impl SnapshotStore {
                     kept += 1;
                     continue;
                 }
-                match read_snapshot(&info.path) {
+                match self.read(&info) {
                     Ok(_) => {
                         verified.insert(name);
                         kept += 1;
@@ -375,7 +400,7 @@ impl SnapshotStore {
                     }
                 }
             } else {
-                match fs::remove_file(&info.path) {
+                match self.dir.remove(&name) {
                     Ok(()) => {
                         verified.remove(&name);
                         info!(self.logger, "deleted old snapshot"; "file" => %info.path.display(),
@@ -400,7 +425,7 @@ impl SnapshotStore {
     /// returned (the file is left alone).
     pub fn load_newest(&self) -> Result<Option<LoadedSnapshot>, SnapshotError> {
         for info in self.list()?.into_iter().rev() {
-            match read_snapshot(&info.path) {
+            match self.read(&info) {
                 Ok(loaded) => {
                     self.lock().insert(file_name(info.index, info.term));
                     info!(self.logger, "loaded snapshot"; "file" => %info.path.display(),
@@ -420,7 +445,7 @@ impl SnapshotStore {
                 Err(e) => return Err(e),
             }
         }
-        info!(self.logger, "no valid snapshot"; "dir" => %self.dir.display());
+        info!(self.logger, "no valid snapshot"; "dir" => %self.dir().display());
         Ok(None)
     }
 
@@ -429,8 +454,14 @@ impl SnapshotStore {
     /// header). A bad file gives [`SnapshotError::Corrupt`]; unlike `load_newest` it is left
     /// where it is. The file need not be in this store's directory.
     pub fn load(&self, path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
-        let loaded = read_snapshot(path)?;
-        if path.parent() == Some(self.dir.as_path()) {
+        name_of(path)?;
+        let file = File::open(path).map_err(io_err("cannot open snapshot", path))?;
+        let len = file
+            .metadata()
+            .map_err(io_err("cannot stat snapshot", path))?
+            .len();
+        let loaded = read_snapshot(Box::new(file), len, path)?;
+        if path.parent() == Some(self.dir()) {
             self.lock().insert(file_name(loaded.index, loaded.term));
         }
         Ok(loaded)
@@ -440,34 +471,21 @@ impl SnapshotStore {
     /// contents are not checked. After a [`save`](Self::save) the first one is the oldest kept
     /// snapshot: the log may be compacted up to its index, not further.
     pub fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotError> {
-        let dir = &self.dir;
+        let dir = self.dir.path();
         let mut files = Vec::new();
-        let entries = fs::read_dir(dir).map_err(io_err("cannot read snapshot dir", dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err("cannot read snapshot dir", dir))?;
-            let Some((index, term)) = entry.file_name().to_str().and_then(parse_name) else {
+        let listed = self
+            .dir
+            .list()
+            .map_err(io_err("cannot read snapshot dir", dir))?;
+        for (name, size) in listed {
+            let Some((index, term)) = parse_name(&name) else {
                 continue;
             };
-            let path = entry.path();
-            let meta = match fs::metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(SnapshotError::Io {
-                        op: "cannot stat snapshot",
-                        path,
-                        source: e,
-                    });
-                }
-            };
-            if !meta.is_file() {
-                continue;
-            }
             files.push(SnapshotInfo {
                 index,
                 term,
-                path,
-                size: meta.len(),
+                path: dir.join(name),
+                size,
             });
         }
         files.sort_by_key(|f| (f.index, f.term));
@@ -480,24 +498,45 @@ impl SnapshotStore {
         if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
             verified.remove(name);
         }
-        let mut target = corrupt_path(path, 0);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let mut target = corrupt_name(name, 0);
         let mut n = 1;
-        while target.exists() && n < 1000 {
-            target = corrupt_path(path, n);
+        while self.dir.exists(&target) && n < 1000 {
+            target = corrupt_name(name, n);
             n += 1;
         }
-        match fs::rename(path, &target) {
+        let target_path = self.dir.path().join(&target);
+        match self.dir.rename(name, &target) {
             Ok(()) => {
-                let _ = sync_dir(&self.dir);
-                error!(self.logger, "refusing snapshot file: {why}; moved it to {}", target.display();
-                    "file" => %path.display(), "moved_to" => %target.display());
+                let _ = self.sync_dir();
+                error!(self.logger, "refusing snapshot file: {why}; moved it to {}", target_path.display();
+                    "file" => %path.display(), "moved_to" => %target_path.display());
             }
             Err(e) => {
                 error!(self.logger,
-                    "refusing snapshot file: {why}; cannot move it to {}: {e}", target.display();
+                    "refusing snapshot file: {why}; cannot move it to {}: {e}", target_path.display();
                     "file" => %path.display());
             }
         }
+    }
+
+    /// Reads and fully checks a listed file.
+    fn read(&self, info: &SnapshotInfo) -> Result<LoadedSnapshot, SnapshotError> {
+        let name = file_name(info.index, info.term);
+        let (reader, len) = self
+            .dir
+            .open(&name)
+            .map_err(io_err("cannot open snapshot", &info.path))?;
+        read_snapshot(reader, len, &info.path)
+    }
+
+    fn sync_dir(&self) -> Result<(), SnapshotError> {
+        self.dir
+            .sync()
+            .map_err(io_err("cannot fsync snapshot dir", self.dir.path()))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashSet<String>> {
@@ -522,13 +561,12 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((number(index)?, number(term)?))
 }
 
-fn corrupt_path(path: &Path, n: u32) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(CORRUPT_SUFFIX);
+fn corrupt_name(name: &str, n: u32) -> String {
     if n > 0 {
-        name.push(format!(".{n}"));
+        format!("{name}{CORRUPT_SUFFIX}.{n}")
+    } else {
+        format!("{name}{CORRUPT_SUFFIX}")
     }
-    path.with_file_name(name)
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + use<> {
@@ -536,32 +574,8 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotEr
     move |source| SnapshotError::Io { op, path, source }
 }
 
-/// Creates (or truncates) `path`, writes `parts` and fsyncs it.
-fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<(), SnapshotError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_err("cannot create temp snapshot", path))?;
-    for part in parts {
-        file.write_all(part)
-            .map_err(io_err("cannot write temp snapshot", path))?;
-    }
-    file.sync_all()
-        .map_err(io_err("cannot fsync temp snapshot", path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("cannot fsync snapshot dir", dir))
-}
-
-/// Reads and fully checks one snapshot file. Every problem with the file's contents (including
-/// a file that ends early) is [`SnapshotError::Corrupt`]; other I/O errors are
-/// [`SnapshotError::Io`].
-fn read_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
+/// The `(index, term)` a snapshot file's name gives, or why it is not a snapshot's name.
+fn name_of(path: &Path) -> Result<(u64, u64), SnapshotError> {
     let corrupt = |detail: String| SnapshotError::Corrupt {
         path: path.to_path_buf(),
         detail,
@@ -570,19 +584,32 @@ fn read_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| corrupt("the file name is not valid UTF-8".into()))?;
-    let (name_index, name_term) = parse_name(name).ok_or_else(|| {
+    parse_name(name).ok_or_else(|| {
         corrupt(format!(
             "the file name {name:?} is not of the form snap-<index:020>-<term:020>.snap"
         ))
-    })?;
+    })
+}
 
-    let mut file = File::open(path).map_err(io_err("cannot open snapshot", path))?;
-    let len = file
-        .metadata()
-        .map_err(io_err("cannot stat snapshot", path))?
-        .len();
+/// Reads and fully checks one snapshot file. Every problem with the file's contents (including
+/// a file that ends early) is [`SnapshotError::Corrupt`]; other I/O errors are
+/// [`SnapshotError::Io`].
+fn read_snapshot(
+    mut file: Box<dyn Read + Send>,
+    len: u64,
+    path: &Path,
+) -> Result<LoadedSnapshot, SnapshotError> {
+    let corrupt = |detail: String| SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let (name_index, name_term) = name_of(path)?;
+
     // Reads exactly `buf.len()` bytes; a file that ends early is torn.
-    let read = |file: &mut File, buf: &mut [u8], what: &str| -> Result<(), SnapshotError> {
+    let read = |file: &mut Box<dyn Read + Send>,
+                buf: &mut [u8],
+                what: &str|
+     -> Result<(), SnapshotError> {
         file.read_exact(buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 corrupt(format!(
@@ -703,12 +730,22 @@ fn read_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use std::fmt::Write as _;
+    use std::fs;
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
     use slog::o;
 
     use super::*;
+
+    /// Where a refused file goes (the test's view of [`corrupt_name`]).
+    fn corrupt_path(path: &Path, n: u32) -> PathBuf {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        path.with_file_name(corrupt_name(name, n))
+    }
 
     /// A logger that keeps every line (level, message and key-values).
     struct Collect(Arc<Mutex<Vec<String>>>);
@@ -1173,6 +1210,34 @@ mod tests {
         assert_eq!(listed, [10, 30]);
         assert!(corrupt_path(&twenty, 0).exists());
         assert!(lines.lock().unwrap().iter().any(|l| l.starts_with("ERRO")));
+    }
+
+    /// On a disk that loses power in the middle of a save (at its temp file, its rename, its
+    /// directory sync or its pruning), the store comes back with the old snapshot or the new one,
+    /// whole, never a torn one.
+    #[test]
+    fn a_save_cut_by_power_loss_leaves_the_old_snapshot_or_the_new_one() {
+        use crate::disk::memory::MemDisk;
+        let mut outcomes = HashSet::new();
+        for seed in 0..80u64 {
+            let disk = MemDisk::new("n1", seed);
+            let logger = crate::logging::discard();
+            let store = SnapshotStore::in_dir(disk.snapshot_dir(), logger.clone()).unwrap();
+            store.save(10, 1, &conf(&[1]), b"ten").unwrap();
+            disk.crash_at_write(seed % 5);
+            let saved = store.save(20, 1, &conf(&[1]), b"twenty").is_ok();
+            disk.power_loss();
+            disk.power_on();
+            let store = SnapshotStore::in_dir(disk.snapshot_dir(), logger).unwrap();
+            let loaded = store.load_newest().unwrap().expect("a snapshot");
+            match (loaded.index, loaded.data.as_slice()) {
+                (10, b"ten") => assert!(!saved, "seed {seed}: a completed save was lost"),
+                (20, b"twenty") => {}
+                other => panic!("seed {seed}: {other:?}"),
+            }
+            outcomes.insert(loaded.index);
+        }
+        assert_eq!(outcomes, HashSet::from([10, 20]));
     }
 
     #[test]
