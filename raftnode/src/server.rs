@@ -239,12 +239,12 @@ const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Validates a request and runs it on the node.
 pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response {
-    match plan(req) {
-        Ok(Plan::Write(cmd, extra)) => node.write(cmd, COMMIT_TIMEOUT + extra).await,
-        Ok(Plan::Read(op, extra)) => node.read(op, READ_TIMEOUT + extra).await,
-        Ok(Plan::ConfChange(changes, force)) => {
-            node.conf_change(changes, force, CONF_CHANGE_WAIT).await
-        }
+    let plan = plan(req);
+    let wait = plan.as_ref().map_or(Duration::ZERO, Plan::wait);
+    match plan {
+        Ok(Plan::Write(cmd, _)) => node.write(cmd, wait).await,
+        Ok(Plan::Read(op, _)) => node.read(op, wait).await,
+        Ok(Plan::ConfChange(changes, force)) => node.conf_change(changes, force, wait).await,
         Ok(Plan::Status(digest)) => match node.status(digest).await {
             Some(status) => respond(response::Result::Status(status)),
             None => respond(error(Code::Unavailable, "the node is shutting down")),
@@ -268,6 +268,19 @@ pub enum Plan {
 
 /// How long a membership change may take to be applied.
 const CONF_CHANGE_WAIT: Duration = Duration::from_secs(15);
+
+impl Plan {
+    /// How long the endpoint waits for the node's answer before telling the client the outcome
+    /// is not known yet ([`crate::node::handle::unanswered`]).
+    pub fn wait(&self) -> Duration {
+        match self {
+            Plan::Write(_, extra) => COMMIT_TIMEOUT + *extra,
+            Plan::Read(_, extra) => READ_TIMEOUT + *extra,
+            Plan::ConfChange(..) => CONF_CHANGE_WAIT,
+            Plan::Status(_) => Duration::from_secs(2),
+        }
+    }
+}
 
 /// Checks a decoded request (every tuple and template in it decodes and is within its limits,
 /// writes carry a session) and says what the node will do with it; the error is the answer to

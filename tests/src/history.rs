@@ -584,11 +584,21 @@ struct RecorderState {
     write_error: Option<io::Error>,
 }
 
-#[derive(Debug)]
+/// Nanoseconds since the start of a run.
+pub type TimeSource = Box<dyn Fn() -> u64 + Send + Sync>;
+
 struct RecorderInner {
-    start: Instant,
+    now_ns: TimeSource,
     next_op: AtomicU64,
     state: Mutex<RecorderState>,
+}
+
+impl fmt::Debug for RecorderInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecorderInner")
+            .field("next_op", &self.next_op)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Collects events from many tasks (it is `Clone + Send + Sync`; clones share one history), with
@@ -630,10 +640,20 @@ impl Recorder {
         Ok(Recorder::with_writer(HistoryWriter::create(path)?))
     }
 
+    /// A recorder in memory whose times come from `now_ns` (the simulator's virtual clock).
+    pub fn with_time_source(now_ns: TimeSource) -> Recorder {
+        Recorder::build_with(None, now_ns)
+    }
+
     fn build(writer: Option<HistoryWriter>) -> Recorder {
+        let start = Instant::now();
+        Recorder::build_with(writer, Box::new(move || start.elapsed().as_nanos() as u64))
+    }
+
+    fn build_with(writer: Option<HistoryWriter>, now_ns: TimeSource) -> Recorder {
         Recorder {
             inner: Arc::new(RecorderInner {
-                start: Instant::now(),
+                now_ns,
                 next_op: AtomicU64::new(1),
                 state: Mutex::new(RecorderState {
                     events: Vec::new(),
@@ -649,9 +669,9 @@ impl Recorder {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Nanoseconds since the recorder was made.
+    /// Nanoseconds since the recorder was made (or on its time source).
     pub fn now_ns(&self) -> u64 {
-        self.inner.start.elapsed().as_nanos() as u64
+        (self.inner.now_ns)()
     }
 
     fn record(&self, kind: EventKind, process: u64, op_id: u64, f: Op, value: Value) {

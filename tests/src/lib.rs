@@ -21,6 +21,7 @@ pub mod chaos;
 pub mod checker;
 pub mod history;
 pub mod microblog;
+pub mod ops;
 
 /// Cluster tests share two cores: they run one at a time. (An async mutex: each test holds it
 /// across its awaits, on its own runtime.)

@@ -794,7 +794,8 @@ pub(crate) fn error_of(code: Code, message: String) -> ClientError {
     }
 }
 
-fn unexpected(r: response::Result) -> ClientError {
+/// The error for an answer of the wrong kind.
+pub fn unexpected(r: response::Result) -> ClientError {
     ClientError::Protocol(format!("unexpected answer {r:?}"))
 }
 
@@ -804,7 +805,8 @@ fn decode_entry(item: proto::IdTuple) -> Result<Entry, ClientError> {
     Ok((item.id, tuple))
 }
 
-fn found(r: response::Result) -> Result<Option<Entry>, ClientError> {
+/// The tuple a read or take answer carries (if it found one).
+pub fn found(r: response::Result) -> Result<Option<Entry>, ClientError> {
     match r {
         response::Result::Found(f) => f.item.map(decode_entry).transpose(),
         other => Err(unexpected(other)),
@@ -812,7 +814,7 @@ fn found(r: response::Result) -> Result<Option<Entry>, ClientError> {
 }
 
 /// The entries of a list answer, and whether the node cut it short at its size limit.
-fn tuples(r: response::Result) -> Result<(Vec<Entry>, bool), ClientError> {
+pub fn tuples(r: response::Result) -> Result<(Vec<Entry>, bool), ClientError> {
     match r {
         response::Result::Tuples(list) => {
             let entries = list

@@ -22,19 +22,12 @@ use raftnode::client::{Client, ClientError, ClientOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
-use tuplespace::{Query, Template, Tuple, TupleId};
+use tuplespace::{Query, Tuple, TupleId};
 
 use super::topology::SharedMembers;
 use crate::history::{self, Recorder, Value};
-
-/// Which operations the clients choose from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mix {
-    /// Every operation.
-    Full,
-    /// Only writes (`out` and `cas`): for the unavailability test.
-    Writes,
-}
+pub use crate::ops::{Mix, is_definite};
+use crate::ops::{Op, Planner};
 
 /// Workload settings.
 #[derive(Clone, Debug)]
@@ -144,11 +137,15 @@ impl Workload {
                     recorder: recorder.clone(),
                     stats: stats.clone(),
                     stop: stop.clone(),
-                    next_value: next_value.clone(),
+                    planner: Planner::new(
+                        options.keys,
+                        options.cas_keys,
+                        options.mix,
+                        next_value.clone(),
+                    ),
                     rng: StdRng::seed_from_u64(
                         options.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                     ),
-                    seen: BTreeMap::new(),
                 };
                 tokio::spawn(worker.run())
             })
@@ -175,54 +172,6 @@ impl Workload {
         }
         self.stats
     }
-}
-
-/// One planned operation.
-enum Op {
-    Out(Tuple),
-    In(Template, Duration),
-    Inp(Template),
-    Rd(Template, TupleId, Duration),
-    Rdp(Template, TupleId),
-    RdAll(Template),
-    Cas(Template, Tuple),
-}
-
-impl Op {
-    fn f(&self) -> history::Op {
-        match self {
-            Op::Out(_) => history::Op::Out,
-            Op::In(..) => history::Op::In,
-            Op::Inp(_) => history::Op::Inp,
-            Op::Rd(..) => history::Op::Rd,
-            Op::Rdp(..) => history::Op::Rdp,
-            Op::RdAll(_) => history::Op::RdAll,
-            Op::Cas(..) => history::Op::Cas,
-        }
-    }
-
-    /// Whether it goes through the raft log (an acknowledgement means a majority had it).
-    fn is_logged(&self) -> bool {
-        matches!(self, Op::Out(_) | Op::In(..) | Op::Inp(_) | Op::Cas(..))
-    }
-
-    /// The invocation's value.
-    fn value(&self) -> Value {
-        match self {
-            Op::Out(t) => Value::tuple(t),
-            Op::In(p, _) | Op::Inp(p) | Op::RdAll(p) => Value::template(p),
-            Op::Rd(p, after, _) | Op::Rdp(p, after) => Value::read(p, *after),
-            Op::Cas(p, t) => Value::cas(p, t),
-        }
-    }
-}
-
-/// Whether an error means the operation certainly was not applied.
-pub fn is_definite(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Invalid(_) | ClientError::TooLarge(_) | ClientError::SessionExpired(_)
-    )
 }
 
 /// Runs one operation; `Ok` is the completion value (with the ids it saw).
@@ -255,16 +204,6 @@ async fn execute(client: &mut Client, op: &Op) -> Result<(Value, Vec<TupleId>), 
     }
 }
 
-fn template(text: &str) -> Template {
-    text.parse()
-        .unwrap_or_else(|e| panic!("workload template {text}: {e}"))
-}
-
-fn tuple(text: &str) -> Tuple {
-    text.parse()
-        .unwrap_or_else(|e| panic!("workload tuple {text}: {e}"))
-}
-
 struct Worker {
     index: u64,
     options: Arc<WorkloadOptions>,
@@ -272,10 +211,8 @@ struct Worker {
     recorder: Recorder,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
-    next_value: Arc<AtomicI64>,
+    planner: Planner,
     rng: StdRng,
-    /// Ids this client has seen, per key (for `rd`'s `after`).
-    seen: BTreeMap<i64, Vec<TupleId>>,
 }
 
 impl Worker {
@@ -289,83 +226,6 @@ impl Worker {
         Client::with_options(self.members.client_endpoints(), options)
     }
 
-    fn unique(&self) -> i64 {
-        self.next_value.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn after(&mut self, key: i64) -> TupleId {
-        let seen = self.seen.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        if seen.is_empty() || self.rng.gen_bool(0.4) {
-            0
-        } else {
-            seen[self.rng.gen_range(0..seen.len())]
-        }
-    }
-
-    fn saw(&mut self, key: i64, ids: Vec<TupleId>) {
-        let seen = self.seen.entry(key).or_default();
-        for id in ids {
-            if !seen.contains(&id) {
-                seen.push(id);
-            }
-        }
-        let excess = seen.len().saturating_sub(16);
-        seen.drain(..excess);
-    }
-
-    fn blocking_timeout(&mut self) -> Duration {
-        Duration::from_millis(self.rng.gen_range(300..=1000))
-    }
-
-    /// The next operation and the key it is about (for `after` bookkeeping).
-    fn plan(&mut self) -> (Op, Option<i64>) {
-        let key = self.rng.gen_range(0..self.options.keys);
-        let cas_key = self.rng.gen_range(0..self.options.cas_keys);
-        let k_any = || template(&format!("(\"k\", {key}, ?int)"));
-        let cas_any = || template(&format!("(\"cas\", {cas_key}, _)"));
-        if self.options.mix == Mix::Writes {
-            return if self.rng.gen_bool(0.8) {
-                let n = self.unique();
-                (Op::Out(tuple(&format!("(\"k\", {key}, {n})"))), None)
-            } else {
-                let v = self.unique();
-                let t = tuple(&format!("(\"cas\", {cas_key}, {v})"));
-                (Op::Cas(cas_any(), t), None)
-            };
-        }
-        let roll = self.rng.gen_range(0..100);
-        match roll {
-            0..=19 => {
-                let n = self.unique();
-                (Op::Out(tuple(&format!("(\"k\", {key}, {n})"))), Some(key))
-            }
-            20..=33 => {
-                let t = self.blocking_timeout();
-                (Op::In(k_any(), t), Some(key))
-            }
-            34..=47 => (Op::Inp(k_any()), Some(key)),
-            48..=55 => {
-                let after = self.after(key);
-                let t = self.blocking_timeout();
-                (Op::Rd(k_any(), after, t), Some(key))
-            }
-            56..=65 => {
-                let after = self.after(key);
-                (Op::Rdp(k_any(), after), Some(key))
-            }
-            66..=73 => (
-                Op::RdAll(template(&format!("(\"k\", {key}, _)"))),
-                Some(key),
-            ),
-            74..=92 => {
-                let v = self.unique();
-                let t = tuple(&format!("(\"cas\", {cas_key}, {v})"));
-                (Op::Cas(cas_any(), t), None)
-            }
-            _ => (Op::Inp(cas_any()), None),
-        }
-    }
-
     async fn run(mut self) {
         let clients = self.options.clients as u64;
         let mut process = self.index;
@@ -376,7 +236,7 @@ impl Worker {
                 version = self.members.version();
                 client = self.client();
             }
-            let (op, key) = self.plan();
+            let (op, key) = self.planner.plan(&mut self.rng);
             let f = op.f();
             self.stats.bump(f, INVOKED);
             let invoked = Instant::now();
@@ -387,7 +247,7 @@ impl Worker {
                     self.recorder.ok(pending, value);
                     self.stats.bump(f, OK);
                     if let Some(key) = key {
-                        self.saw(key, ids);
+                        self.planner.saw(key, ids);
                     }
                     if op.is_logged() {
                         self.stats
