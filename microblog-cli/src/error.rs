@@ -152,6 +152,60 @@ impl From<ClientError> for Error {
                 "it was not sent again, so it is applied at most once; look before you retry \
                  (e.g. `microblog read --user YOU --limit 5`, or `microblog tuple rdp ...`)",
             ),
+            // Membership outcomes.
+            ClientError::ChangeInProgress(_) => {
+                Error::failed("another membership change is in progress; retry when it is done")
+                    .hint(
+                        "`microblog cluster status` shows it (an \"outgoing voter\" means a joint \
+                         change is finishing); run the command again in a few seconds",
+                    )
+            }
+            ClientError::HandingOver(m) => Error::new(
+                Kind::TimedOut,
+                format!(
+                    "leadership was being handed over, and no new leader took the change in time \
+                     ({m})"
+                ),
+            )
+            .hint("run the command again (a longer --timeout helps); nothing was removed yet"),
+            ClientError::ChangeTimedOut(_) => Error::new(
+                Kind::TimedOut,
+                "the membership change was not applied in time (a leader change?)",
+            )
+            .hint(
+                "check `microblog cluster status`, then run the command again: a change already \
+                 in effect is not made twice",
+            ),
+            ClientError::StillJoint(_) => Error::new(
+                Kind::TimedOut,
+                "the change was applied, but the cluster has not left its joint configuration yet",
+            )
+            .hint("the leader finishes it by itself; check `microblog cluster status`"),
+            ClientError::NotMember(m) => {
+                Error::failed(format!("the cluster does not know this node: {m}")).hint(
+                    "add it with its endpoints: `microblog cluster add ID RAFT_URL CLIENT_URL`, \
+                     or --add-learner/--add-voter ID=RAFT_URL,CLIENT_URL",
+                )
+            }
+            ClientError::InvalidEndpoint(m) => {
+                Error::failed(format!("the cluster refused the node's endpoints: {m}")).hint(
+                    "give tcp://host:port endpoints that the other nodes and clients can connect \
+                     to, e.g. tcp://127.0.0.1:7104",
+                )
+            }
+            ClientError::OnlyVoter(m) => {
+                Error::failed(format!("refused: {m}")).hint("add another voter first")
+            }
+            ClientError::NotCaughtUp(m) | ClientError::RemovedId(m) => {
+                Error::failed(format!("the cluster refused the membership change: {m}"))
+                    .hint("`microblog cluster status` shows the current members and roles")
+            }
+            e @ ClientError::CatchUpTimedOut { id, .. } => {
+                Error::new(Kind::TimedOut, e.to_string()).hint(format!(
+                    "it stays a learner (it does not vote); check that it runs, then finish with \
+                     `microblog cluster promote {id}`"
+                ))
+            }
         }
     }
 }

@@ -489,7 +489,7 @@ impl Cluster {
                     continue;
                 }
                 if let Some(s) = self.status(id).await {
-                    leaders.push((id, s.leader_id, s.role));
+                    leaders.push((id, s.leader_id, s.role()));
                 }
             }
             if let Some(&(_, leader, _)) = leaders.first()
@@ -498,7 +498,7 @@ impl Cluster {
                 && leaders.iter().all(|(_, l, _)| *l == leader)
                 && leaders
                     .iter()
-                    .any(|(id, _, role)| *id == leader && role == "leader")
+                    .any(|(id, _, role)| *id == leader && *role == proto::Role::Leader)
             {
                 return leader;
             }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use raftnode::client::{Client, MemberChange};
+use raftnode::client::{Client, ClientError, MemberChange};
+use raftnode::proto;
 use tests::{Cluster, bounded, serial};
 use tokio::sync::Mutex;
 use tuplespace::{Query, Template, TupleId, tuple};
@@ -101,7 +102,7 @@ async fn grow_to_five_and_shrink_to_three_while_writing() {
         let mut voters: Vec<u64> = status
             .members
             .iter()
-            .filter(|m| m.role == "voter")
+            .filter(|m| m.role() == proto::Role::Voter)
             .map(|m| m.id)
             .collect();
         voters.sort_unstable();
@@ -133,9 +134,7 @@ async fn grow_to_five_and_shrink_to_three_while_writing() {
             }])
             .await;
         match refused {
-            Err(raftnode::client::ClientError::Invalid(msg)) => {
-                assert!(msg.contains("never reused"), "{msg}")
-            }
+            Err(ClientError::RemovedId(msg)) => assert!(msg.contains("never reused"), "{msg}"),
             other => panic!("re-adding removed node {leader} must be refused: {other:?}"),
         }
         stop.store(true, Ordering::Relaxed);
@@ -202,7 +201,7 @@ async fn several_changes_in_one_step_go_through_joint_consensus() {
         let mut voters: Vec<u64> = status
             .members
             .iter()
-            .filter(|m| m.role == "voter")
+            .filter(|m| m.role() == proto::Role::Voter)
             .map(|m| m.id)
             .collect();
         voters.sort_unstable();
@@ -212,7 +211,12 @@ async fn several_changes_in_one_step_go_through_joint_consensus() {
             .collect();
         want.sort_unstable();
         assert_eq!(voters, want, "joint state left: {status:?}");
-        assert!(status.members.iter().all(|m| m.role != "outgoing voter"));
+        assert!(
+            status
+                .members
+                .iter()
+                .all(|m| m.role() != proto::Role::OutgoingVoter)
+        );
         assert_eq!(
             cluster.wait_exit(victim, Duration::from_secs(15)).await,
             Some(0)

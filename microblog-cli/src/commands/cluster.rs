@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use raftnode::client::{Client, ClientError, ClientOptions, MemberChange};
 use raftnode::config::check_endpoint;
-use raftnode::proto;
+use raftnode::proto::{self, Role};
 use serde_json::{Value as Json, json};
 
 use super::Context;
@@ -195,12 +195,9 @@ fn members_text(s: &proto::Status) -> String {
     members.sort_by_key(|m| m.id);
     members
         .iter()
-        .map(|m| {
-            if m.role == "voter" || m.role.is_empty() {
-                m.id.to_string()
-            } else {
-                format!("{}({})", m.id, m.role)
-            }
+        .map(|m| match m.role() {
+            Role::Voter | Role::Unspecified => m.id.to_string(),
+            role => format!("{}({})", m.id, role.name()),
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -217,7 +214,7 @@ fn print_status(
                 Ok(s) => json!({
                     "endpoint": endpoint,
                     "id": s.id,
-                    "role": s.role,
+                    "role": s.role().name(),
                     "leader": s.leader_id,
                     "term": s.term,
                     "commit": s.commit,
@@ -230,7 +227,7 @@ fn print_status(
                     "refused": s.refused,
                     "members": s.members.iter().map(|m| json!({
                         "id": m.id,
-                        "role": m.role,
+                        "role": m.role().name(),
                         "raft": m.raft_url,
                         "client": m.client_url,
                         "matched": leader.and_then(|l| matched(l, m.id)),
@@ -249,7 +246,7 @@ fn print_status(
             Ok(s) => vec![
                 s.id.to_string(),
                 endpoint.clone(),
-                s.role.clone(),
+                s.role().name().to_string(),
                 if s.leader_id == 0 {
                     "-".into()
                 } else {
@@ -324,12 +321,21 @@ fn opt_text(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
+/// The leader's id as node `s` knows it (itself, if it leads).
+fn leader_of(s: &proto::Status) -> u64 {
+    if s.role() == Role::Leader {
+        s.id
+    } else {
+        s.leader_id
+    }
+}
+
 /// The leader's view as one JSON object.
 fn membership_json(s: &proto::Status) -> Json {
     let mut members: Vec<&proto::Member> = s.members.iter().collect();
     members.sort_by_key(|m| m.id);
     json!({
-        "leader": if s.role == "leader" { s.id } else { s.leader_id },
+        "leader": leader_of(s),
         "term": s.term,
         "commit": s.commit,
         "applied": s.applied,
@@ -337,7 +343,7 @@ fn membership_json(s: &proto::Status) -> Json {
         "last_index": s.last_index,
         "members": members.iter().map(|m| json!({
             "id": m.id,
-            "role": m.role,
+            "role": m.role().name(),
             "raft": m.raft_url,
             "client": m.client_url,
             "matched": matched(s, m.id),
@@ -352,11 +358,7 @@ fn print_membership(ctx: &mut Context, s: &proto::Status) -> Result<()> {
         ctx.out.json_line(&membership_json(s))?;
         return Ok(());
     }
-    let leader = if s.role == "leader" {
-        s.id
-    } else {
-        s.leader_id
-    };
+    let leader = leader_of(s);
     ctx.out.line(&format!(
         "leader {leader}, term {}, commit {}, applied {}, last index {}",
         s.term, s.commit, s.applied, s.last_index
@@ -369,9 +371,9 @@ fn print_membership(ctx: &mut Context, s: &proto::Status) -> Result<()> {
             vec![
                 m.id.to_string(),
                 if m.id == leader {
-                    format!("{} (leader)", m.role)
+                    format!("{} (leader)", m.role().name())
                 } else {
-                    m.role.clone()
+                    m.role().name().to_string()
                 },
                 m.raft_url.clone(),
                 m.client_url.clone(),
@@ -482,7 +484,7 @@ fn member_list(s: &proto::Status) -> String {
     members.sort_by_key(|m| m.id);
     members
         .iter()
-        .map(|m| format!("{} ({})", m.id, m.role))
+        .map(|m| format!("{} ({})", m.id, m.role().name()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -503,48 +505,12 @@ fn join_hint(id: u64, raft: &str, client: &str) -> String {
     )
 }
 
-/// A failed membership request, with what to do about it.
+/// A failed membership request, with what to do about it. The membership outcomes
+/// (`ChangeInProgress`, `HandingOver`, `NotMember`, ...) read the same from any command (see
+/// [`Error`]'s `From<ClientError>`); here a plain `Invalid` answer is a refused change.
 fn membership_error(e: ClientError) -> Error {
     match e {
-        ClientError::NoLeader { last, .. }
-            if last.contains("another membership change is in progress") =>
-        {
-            Error::failed("another membership change is in progress; retry when it is done").hint(
-                "`microblog cluster status` shows it (an \"outgoing voter\" means a joint change \
-                 is finishing); run the command again in a few seconds",
-            )
-        }
-        ClientError::NoLeader { last, .. } if last.contains("leadership is being handed") => {
-            Error::new(
-                Kind::TimedOut,
-                format!("leadership was being handed over, and no new leader took the change in time ({last})"),
-            )
-            .hint("run the command again (a longer --timeout helps); nothing was removed yet")
-        }
-        ClientError::NoLeader { last, .. } if last.contains("not applied in time") => Error::new(
-            Kind::TimedOut,
-            "the membership change was not applied in time (a leader change?)",
-        )
-        .hint(
-            "check `microblog cluster status`, then run the command again: a change already in \
-             effect is not made twice",
-        ),
-        ClientError::NoLeader { last, .. } if last.contains("joint configuration") => Error::new(
-            Kind::TimedOut,
-            "the change was applied, but the cluster has not left its joint configuration yet",
-        )
-        .hint("the leader finishes it by itself; check `microblog cluster status`"),
-        ClientError::Invalid(m) if m.contains("needs valid tcp://host:port") => {
-            Error::failed(format!("the cluster does not know this node: {m}")).hint(
-                "add it with its endpoints: `microblog cluster add ID RAFT_URL CLIENT_URL`, or \
-                 --add-learner/--add-voter ID=RAFT_URL,CLIENT_URL",
-            )
-        }
-        ClientError::Invalid(m) if m.contains("only voter") => {
-            Error::failed(format!("refused: {m}")).hint("add another voter first")
-        }
         ClientError::Invalid(m) => {
-            let m = m.strip_prefix("membership change refused: ").unwrap_or(&m);
             Error::failed(format!("the cluster refused the membership change: {m}"))
                 .hint("`microblog cluster status` shows the current members and roles")
         }
@@ -617,8 +583,8 @@ async fn add(
             }
         }
     }
-    match member(&view, id).map(|m| m.role.as_str()) {
-        Some("voter") => {
+    match member(&view, id).map(proto::Member::role) {
+        Some(Role::Voter) => {
             progress(
                 ctx,
                 "voter",
@@ -627,7 +593,7 @@ async fn add(
             );
             return print_membership(ctx, &view);
         }
-        Some("learner") => progress(
+        Some(Role::Learner) => progress(
             ctx,
             "learner",
             id,
@@ -635,7 +601,8 @@ async fn add(
         ),
         Some(role) => {
             return Err(Error::failed(format!(
-                "node {id} is an {role}: a joint change that removes it is finishing"
+                "node {id} is an {}: a joint change that removes it is finishing",
+                role.name()
             ))
             .hint("wait until `microblog cluster status` shows it gone, then add it again"));
         }
@@ -701,12 +668,10 @@ async fn wait_caught_up(
             .min(Duration::from_secs(5));
         match client.wait_caught_up(id, slice, max_lag).await {
             Ok(()) => return Ok(()),
-            Err(ClientError::NoLeader { last, .. }) if last.contains("did not catch up") => {
-                let how_far = last
-                    .rfind('(')
-                    .map_or("", |i| &last[i..])
-                    .trim_matches(|c| c == '(' || c == ')')
-                    .to_string();
+            Err(ClientError::CatchUpTimedOut {
+                matched, commit, ..
+            }) => {
+                let how_far = format!("replicated {matched}, commit {commit}");
                 if Instant::now() >= deadline {
                     return Err(Error::new(
                         Kind::TimedOut,
@@ -730,7 +695,7 @@ async fn wait_caught_up(
                     &format!("node {id} is catching up ({how_far})"),
                 );
             }
-            Err(ClientError::Invalid(m)) if m.contains("not a member") => {
+            Err(ClientError::NotMember(_)) => {
                 return Err(
                     Error::failed(format!("node {id} was removed while it caught up"))
                         .hint("another change removed it; check `microblog cluster status`"),
@@ -756,7 +721,7 @@ async fn promote(
              promotes it)"
         )));
     };
-    if m.role == "voter" {
+    if m.role() == Role::Voter {
         progress(
             ctx,
             "voter",
@@ -920,17 +885,17 @@ async fn change(
 mod tests {
     use super::*;
 
-    fn status(last_index: u64, members: &[(u64, &str, u64)]) -> proto::Status {
+    fn status(last_index: u64, members: &[(u64, Role, u64)]) -> proto::Status {
         proto::Status {
             id: 1,
-            role: "leader".into(),
+            role: Role::Leader as i32,
             leader_id: 1,
             last_index,
             members: members
                 .iter()
                 .map(|&(id, role, matched)| proto::Member {
                     id,
-                    role: role.into(),
+                    role: role as i32,
                     matched,
                     raft_url: format!("tcp://127.0.0.1:{}", 7100 + id),
                     client_url: format!("tcp://127.0.0.1:{}", 7200 + id),
@@ -944,7 +909,11 @@ mod tests {
     fn lag_is_the_leaders_last_index_minus_matched() {
         let s = status(
             120,
-            &[(1, "voter", 120), (2, "voter", 100), (4, "learner", 0)],
+            &[
+                (1, Role::Voter, 120),
+                (2, Role::Voter, 100),
+                (4, Role::Learner, 0),
+            ],
         );
         assert_eq!(lag(&s, 1), Some(0));
         assert_eq!(lag(&s, 2), Some(20));
@@ -955,6 +924,21 @@ mod tests {
         assert_eq!(j["members"][1]["lag"], 20);
         assert!(j["members"][2]["lag"].is_null());
         assert_eq!(j["members"][2]["role"], "learner");
+        assert_eq!(members_text(&s), "1 2 4(learner)");
+        assert_eq!(member_list(&s), "1 (voter), 2 (voter), 4 (learner)");
+        let follower = proto::Status {
+            id: 2,
+            role: Role::Follower as i32,
+            ..s.clone()
+        };
+        assert_eq!(
+            leader_of(&follower),
+            1,
+            "a follower names the leader it knows"
+        );
+        let mut joint = s.clone();
+        joint.members[1].role = Role::OutgoingVoter as i32;
+        assert_eq!(members_text(&joint), "1 2(outgoing voter) 4(learner)");
     }
 
     #[test]
@@ -1007,30 +991,57 @@ mod tests {
 
     #[test]
     fn membership_errors_say_what_to_do() {
-        let busy = membership_error(ClientError::NoLeader {
-            tried: vec!["tcp://127.0.0.1:1".into()],
-            last: "tcp://127.0.0.1:1: another membership change is in progress; retry when it is \
-                   done"
-                .into(),
-        });
+        let busy = membership_error(ClientError::ChangeInProgress(
+            "another membership change is in progress; retry when it is done".into(),
+        ));
         assert_eq!(busy.exit_code(), 1);
         assert!(busy.message.contains("retry"), "{busy}");
-        let unknown = membership_error(ClientError::Invalid(
-            "node 9 needs valid tcp://host:port raft and client endpoints".into(),
+        assert!(busy.to_string().contains("cluster status"), "{busy}");
+        let unknown = membership_error(ClientError::NotMember(
+            "node 9 is not a member and the cluster does not know its endpoints".into(),
         ));
         assert_eq!(unknown.exit_code(), 1);
         assert!(unknown.to_string().contains("cluster add"), "{unknown}");
-        let late = membership_error(ClientError::NoLeader {
-            tried: vec![],
-            last: "the membership change was not applied in time (leader change?)".into(),
-        });
+        let bad = membership_error(ClientError::InvalidEndpoint(
+            "node 9 needs valid tcp://host:port raft and client endpoints".into(),
+        ));
+        assert_eq!(bad.exit_code(), 1);
+        assert!(bad.message.contains("endpoints"), "{bad}");
+        let late = membership_error(ClientError::ChangeTimedOut(
+            "the membership change was not applied in time (leader change?)".into(),
+        ));
         assert_eq!(late.exit_code(), 3);
+        let handing = membership_error(ClientError::HandingOver(
+            "leadership is being handed to node 2; retry".into(),
+        ));
+        assert_eq!(handing.exit_code(), 3);
+        assert!(handing.message.contains("handed to node 2"), "{handing}");
+        let joint = membership_error(ClientError::StillJoint("not left".into()));
+        assert_eq!(joint.exit_code(), 3);
+        assert!(joint.message.contains("joint configuration"), "{joint}");
+        let only = membership_error(ClientError::OnlyVoter(
+            "cannot remove the only voter".into(),
+        ));
+        assert_eq!(only.exit_code(), 1);
+        assert!(only.to_string().contains("add another voter"), "{only}");
+        for refusal in [
+            ClientError::NotCaughtUp("learner 4 has not caught up".into()),
+            ClientError::RemovedId("node id 3 was removed".into()),
+        ] {
+            let e = membership_error(refusal);
+            assert_eq!(e.exit_code(), 1);
+            assert!(
+                e.message
+                    .starts_with("the cluster refused the membership change: "),
+                "{e}"
+            );
+        }
         let refused = membership_error(ClientError::Invalid(
-            "membership change refused: removed all voters".into(),
+            "raft refused the change: removed all voters".into(),
         ));
         assert_eq!(
             refused.message,
-            "the cluster refused the membership change: removed all voters"
+            "the cluster refused the membership change: raft refused the change: removed all voters"
         );
         // Anything else reads as before.
         let down = membership_error(ClientError::NoLeader {

@@ -77,6 +77,54 @@ pub enum ClientError {
     /// new request (that could apply it twice); read the state to find out.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// Membership: another change was in progress (or the configuration was still joint) until
+    /// the retry window closed. Nothing was proposed; retry when it is done.
+    #[error("membership change in progress: {0}")]
+    ChangeInProgress(String),
+    /// Membership: the leader was being removed and was handing leadership over, and no new
+    /// leader took the change before the retry window closed. Nothing was proposed.
+    #[error("leadership being handed over: {0}")]
+    HandingOver(String),
+    /// Membership: the change was proposed but not applied in time (a leader change?), and the
+    /// retry window closed meanwhile. It may still be applied: check the status, then retry (a
+    /// change already in effect is not made twice).
+    #[error("membership change not applied in time: {0}")]
+    ChangeTimedOut(String),
+    /// Membership: the leader refused to make a learner a voter, since it has not caught up
+    /// with the log (wait for it, or force).
+    #[error("not caught up: {0}")]
+    NotCaughtUp(String),
+    /// [`Client::wait_caught_up`] gave up: member `id` had replicated the log up to `matched`
+    /// while the leader's commit index was `commit`.
+    #[error("node {id} did not catch up within {waited:?} (replicated {matched}, commit {commit})")]
+    CatchUpTimedOut {
+        /// The member waited for.
+        id: u64,
+        /// The highest index the leader knew replicated on it (0: nothing yet).
+        matched: u64,
+        /// The leader's commit index.
+        commit: u64,
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// Membership: the node named is not a member of the cluster (a change that adds it needs
+    /// its endpoints; [`Client::wait_caught_up`] found it gone).
+    #[error("not a member: {0}")]
+    NotMember(String),
+    /// Membership: the id was removed from the cluster once, and ids are never reused (a node
+    /// wiped and added again under its old id could vote twice in one term).
+    #[error("removed id: {0}")]
+    RemovedId(String),
+    /// Membership: an endpoint of a node to add is missing or not a valid `tcp://host:port`.
+    #[error("invalid endpoint: {0}")]
+    InvalidEndpoint(String),
+    /// Membership: the change would remove the cluster's only voter.
+    #[error("only voter: {0}")]
+    OnlyVoter(String),
+    /// Membership: the change was applied, but the cluster had not left its joint
+    /// configuration when the wait ended (the leader finishes it by itself).
+    #[error("still joint: {0}")]
+    StillJoint(String),
 }
 
 /// A tuple with its id.
@@ -527,6 +575,15 @@ impl Client {
     /// Applies membership changes in one step (several go through joint consensus) and waits
     /// until the cluster has left any joint state. Safe to retry: a change already in effect is
     /// answered without changing anything. Returns the leader's status afterwards.
+    ///
+    /// While another change is in progress, the leader hands leadership over or a change is not
+    /// applied in time, the call retries (like a leader change) until the retry window closes,
+    /// then fails with [`ClientError::ChangeInProgress`], [`ClientError::HandingOver`] or
+    /// [`ClientError::ChangeTimedOut`]. A refusal is [`ClientError::NotCaughtUp`],
+    /// [`ClientError::NotMember`], [`ClientError::RemovedId`],
+    /// [`ClientError::InvalidEndpoint`], [`ClientError::OnlyVoter`] or, for anything else
+    /// malformed or unsafe, [`ClientError::Invalid`]. A change applied whose joint state the
+    /// cluster has not left by the end of the window is [`ClientError::StillJoint`].
     pub async fn change_membership(
         &mut self,
         changes: &[MemberChange],
@@ -559,12 +616,15 @@ impl Client {
         mut status: proto::Status,
     ) -> Result<proto::Status, ClientError> {
         let deadline = Instant::now() + self.options.retry_window;
-        while status.members.iter().any(|m| m.role == "outgoing voter") {
+        while status
+            .members
+            .iter()
+            .any(|m| m.role() == proto::Role::OutgoingVoter)
+        {
             if Instant::now() >= deadline {
-                return Err(ClientError::NoLeader {
-                    tried: self.route.endpoints().to_vec(),
-                    last: "the cluster did not leave its joint configuration in time".into(),
-                });
+                return Err(ClientError::StillJoint(
+                    "the cluster did not leave its joint configuration in time".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             status = self.leader_status().await?;
@@ -577,7 +637,7 @@ impl Client {
         let deadline = Instant::now() + self.options.retry_window;
         loop {
             let status = self.status().await?;
-            if status.role == "leader" {
+            if status.role() == proto::Role::Leader {
                 return Ok(status);
             }
             let hint = status
@@ -626,7 +686,9 @@ impl Client {
     }
 
     /// Waits until member `id` has replicated the log to within `max_lag` entries of the
-    /// leader's commit index.
+    /// leader's commit index: [`ClientError::CatchUpTimedOut`] (with how far it got) if
+    /// `timeout` passes first, [`ClientError::NotMember`] if `id` is not (or no longer) a
+    /// member.
     pub async fn wait_caught_up(
         &mut self,
         id: u64,
@@ -644,20 +706,18 @@ impl Client {
             match matched {
                 Some(m) if m + max_lag >= status.commit && m > 0 => return Ok(()),
                 None => {
-                    return Err(ClientError::Invalid(format!(
+                    return Err(ClientError::NotMember(format!(
                         "node {id} is not a member of the cluster"
                     )));
                 }
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(ClientError::NoLeader {
-                    tried: self.route.endpoints().to_vec(),
-                    last: format!(
-                        "node {id} did not catch up within {timeout:?} (replicated {}, commit {})",
-                        matched.unwrap_or(0),
-                        status.commit
-                    ),
+                return Err(ClientError::CatchUpTimedOut {
+                    id,
+                    matched: matched.unwrap_or(0),
+                    commit: status.commit,
+                    waited: timeout,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -782,6 +842,14 @@ struct Failure {
 
 pub(crate) fn error_of(code: Code, message: String) -> ClientError {
     match code {
+        Code::ChangeInProgress => ClientError::ChangeInProgress(message),
+        Code::HandingOver => ClientError::HandingOver(message),
+        Code::ChangeTimedOut => ClientError::ChangeTimedOut(message),
+        Code::NotCaughtUp => ClientError::NotCaughtUp(message),
+        Code::NotMember => ClientError::NotMember(message),
+        Code::RemovedId => ClientError::RemovedId(message),
+        Code::InvalidEndpoint => ClientError::InvalidEndpoint(message),
+        Code::OnlyVoter => ClientError::OnlyVoter(message),
         Code::Invalid => ClientError::Invalid(message),
         Code::TooLarge => ClientError::TooLarge(message),
         Code::SessionExpired => ClientError::SessionExpired(message),
@@ -923,5 +991,99 @@ mod tests {
         assert_eq!(seen.len(), 2);
         assert_ne!(seen[0].session, seen[1].session, "a new session");
         assert_eq!(seen[1].seq, 1);
+    }
+
+    /// A leader's status: node 1 leads at commit 100; member 4 has the given role and has
+    /// replicated up to `matched`.
+    fn leader_status(role_of_4: proto::Role, matched: u64) -> proto::Response {
+        let member = |id: u64, role: proto::Role, matched: u64| proto::Member {
+            id,
+            role: role as i32,
+            matched,
+            ..Default::default()
+        };
+        crate::answer::respond(response::Result::Status(proto::Status {
+            id: 1,
+            role: proto::Role::Leader as i32,
+            leader_id: 1,
+            commit: 100,
+            members: vec![
+                member(1, proto::Role::Voter, 100),
+                member(4, role_of_4, matched),
+            ],
+            ..Default::default()
+        }))
+    }
+
+    fn short_window() -> ClientOptions {
+        ClientOptions {
+            retry_window: Duration::from_millis(400),
+            ..quick()
+        }
+    }
+
+    /// A change that stays "in progress" is retried until the window closes, and then reads as
+    /// what the node said, not as an unreachable cluster.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_still_in_progress_when_the_window_closes_says_so() {
+        let (endpoint, seen) = fake_node(|_, _| {
+            Some(crate::answer::respond(error_result(
+                Code::ChangeInProgress,
+                "another membership change is in progress; retry when it is done",
+            )))
+        })
+        .await;
+        let mut client = Client::with_options([endpoint], short_window());
+        let err = client
+            .change_membership(&[MemberChange::Remove { id: 4 }])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::ChangeInProgress(m) if m.contains("in progress")),
+            "{err:?}"
+        );
+        assert!(seen.lock().unwrap().len() > 1, "it was retried");
+    }
+
+    /// A change applied whose joint configuration is not left within the window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_configuration_that_stays_joint_is_reported_as_such() {
+        let (endpoint, _) =
+            fake_node(|_, _| Some(leader_status(proto::Role::OutgoingVoter, 100))).await;
+        let mut client = Client::with_options([endpoint], short_window());
+        let err = client
+            .change_membership(&[MemberChange::Remove { id: 4 }])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::StillJoint(_)), "{err:?}");
+    }
+
+    /// Waiting for a learner: how far it got when the wait ends, or that it is not a member.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_for_a_learner_ends_with_how_far_it_got() {
+        let (endpoint, _) = fake_node(|_, _| Some(leader_status(proto::Role::Learner, 5))).await;
+        let mut client = Client::with_options([endpoint], short_window());
+        let err = client
+            .wait_caught_up(4, Duration::from_millis(300), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ClientError::CatchUpTimedOut {
+                id: 4,
+                matched: 5,
+                commit: 100,
+                waited: Duration::from_millis(300),
+            }
+        );
+        let err = client
+            .wait_caught_up(9, Duration::from_millis(300), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::NotMember(_)), "{err:?}");
+        client
+            .wait_caught_up(4, Duration::from_millis(300), 95)
+            .await
+            .expect("within 95 entries of the commit index");
     }
 }

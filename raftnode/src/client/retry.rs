@@ -111,6 +111,22 @@ pub struct Call {
     maybe_applied: bool,
     tried: Vec<String>,
     last: String,
+    /// The last attempt's answer when it was a transient membership refusal: what the call
+    /// ends with if the window closes after it (instead of [`ClientError::NoLeader`]).
+    last_typed: Option<ClientError>,
+}
+
+/// Answers that say "not now, maybe elsewhere": the call retries, following the leader hint.
+/// The membership ones end a call whose window closes as their own [`ClientError`].
+fn is_transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Overloaded
+            | Code::ChangeInProgress
+            | Code::HandingOver
+            | Code::ChangeTimedOut
+    )
 }
 
 impl Call {
@@ -132,6 +148,7 @@ impl Call {
             maybe_applied: false,
             tried: Vec::new(),
             last: String::new(),
+            last_typed: None,
         }
     }
 
@@ -153,11 +170,17 @@ impl Call {
         match attempt {
             Attempt::Answer(resp) => match resp.result {
                 Some(response::Result::Error(e)) => match Code::try_from(e.code) {
-                    Ok(code @ (Code::Unavailable | Code::Overloaded)) => {
-                        // OVERLOADED is refused before anything is proposed; UNAVAILABLE may come
-                        // after the proposal (a leader change, a commit timeout).
-                        self.maybe_applied |= code == Code::Unavailable;
+                    Ok(code) if is_transient(code) => {
+                        // OVERLOADED, CHANGE_IN_PROGRESS and HANDING_OVER are refused before
+                        // anything is proposed; UNAVAILABLE and CHANGE_TIMED_OUT may come after
+                        // the proposal (a leader change, a commit timeout).
+                        self.maybe_applied |=
+                            matches!(code, Code::Unavailable | Code::ChangeTimedOut);
                         self.last = format!("{endpoint}: {}", e.message);
+                        self.last_typed = match code {
+                            Code::Unavailable | Code::Overloaded => None,
+                            _ => Some(super::error_of(code, e.message)),
+                        };
                         if !self.pinned && !route.follow_hint(&resp.leader_client_url) {
                             route.rotate();
                         }
@@ -191,6 +214,7 @@ impl Call {
             Attempt::Failed { what, sent } => {
                 self.maybe_applied |= sent;
                 self.last = format!("{endpoint}: {what}");
+                self.last_typed = None;
                 if !self.pinned {
                     route.rotate();
                 }
@@ -199,9 +223,14 @@ impl Call {
         }
     }
 
-    /// Waits before the next attempt, or gives up when the window would close meanwhile.
+    /// Waits before the next attempt, or gives up when the window would close meanwhile: with
+    /// the last answer's own error if it was a transient membership refusal, else
+    /// [`ClientError::NoLeader`].
     fn pause(&mut self, now: Instant) -> Next {
         if now + self.backoff >= self.deadline {
+            if let Some(typed) = self.last_typed.take() {
+                return Next::Done(Err(typed));
+            }
             return Next::Done(Err(ClientError::NoLeader {
                 tried: std::mem::take(&mut self.tried),
                 last: std::mem::take(&mut self.last),
@@ -286,5 +315,167 @@ mod tests {
         assert_eq!(r.current(), Some("tcp://127.0.0.1:3"));
         assert_eq!(pauses[..2], [FIRST_BACKOFF, FIRST_BACKOFF * 2]);
         assert!(at < now + Duration::from_millis(100));
+    }
+
+    /// An answer with `code` and `message`, naming node 3 as the leader.
+    fn answer(code: Code, message: &str) -> Attempt {
+        let mut resp = respond(error(code, message));
+        resp.leader_client_url = "tcp://127.0.0.1:3".into();
+        Attempt::Answer(Box::new(resp))
+    }
+
+    /// Runs a read-only call (a membership change is one) with a 100 ms window until it ends,
+    /// answering attempt `n` with `attempt(n)`: its error, its pauses, where the route ended,
+    /// and whether an attempt may have been applied.
+    fn run(
+        mut attempt: impl FnMut(usize) -> Attempt,
+    ) -> (ClientError, Vec<Duration>, Option<String>, bool) {
+        let now = Instant::now();
+        let mut call = Call::new(false, false, true, now, Duration::from_millis(100));
+        let mut r = route();
+        let mut pauses = Vec::new();
+        let mut at = now;
+        for n in 0.. {
+            call.trying(r.current().unwrap());
+            match call.judge(&mut r, attempt(n), at) {
+                Next::Retry(p) => {
+                    pauses.push(p);
+                    at += p;
+                }
+                Next::Done(Err(e)) => {
+                    return (
+                        e,
+                        pauses,
+                        r.current().map(String::from),
+                        call.maybe_applied(),
+                    );
+                }
+                other => panic!("attempt {n}: {other:?}"),
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn transient_membership_answers_are_retried_like_unavailable_and_end_as_themselves() {
+        let (unavailable, pauses, at, _) = run(|_| answer(Code::Unavailable, "no leader"));
+        assert!(
+            matches!(unavailable, ClientError::NoLeader { .. }),
+            "{unavailable:?}"
+        );
+        let busy = || "busy".to_string();
+        let cases = [
+            (
+                Code::ChangeInProgress,
+                ClientError::ChangeInProgress(busy()),
+            ),
+            (Code::HandingOver, ClientError::HandingOver(busy())),
+            (Code::ChangeTimedOut, ClientError::ChangeTimedOut(busy())),
+        ];
+        for (code, want) in cases {
+            let (e, typed_pauses, typed_at, _) = run(|_| answer(code, "busy"));
+            assert_eq!(e, want, "{code:?}");
+            // The same pauses, and the same leader hint followed, as for UNAVAILABLE.
+            assert_eq!(typed_pauses, pauses, "{code:?}");
+            assert_eq!(typed_at, at, "{code:?}");
+            assert_eq!(typed_at.as_deref(), Some("tcp://127.0.0.1:3"));
+        }
+    }
+
+    #[test]
+    fn the_last_attempt_decides_how_a_closed_window_reads() {
+        // A typed answer, then no answer at all: nobody answered last, so no leader.
+        let (e, _, _, _) = run(|n| {
+            if n == 0 {
+                answer(Code::ChangeInProgress, "busy")
+            } else {
+                Attempt::Failed {
+                    what: "connect failed".into(),
+                    sent: false,
+                }
+            }
+        });
+        match e {
+            ClientError::NoLeader { last, .. } => {
+                assert!(last.contains("connect failed"), "{last}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // UNAVAILABLE first, then the leader says a change is in progress: that is what stands.
+        let (e, _, _, _) = run(|n| {
+            if n < 2 {
+                answer(Code::Unavailable, "no leader")
+            } else {
+                answer(Code::ChangeInProgress, "busy")
+            }
+        });
+        assert_eq!(e, ClientError::ChangeInProgress("busy".into()));
+        // And a typed answer followed by UNAVAILABLE reads as no leader again.
+        let (e, _, _, _) = run(|n| {
+            if n == 0 {
+                answer(Code::HandingOver, "handing over")
+            } else {
+                answer(Code::Unavailable, "no leader")
+            }
+        });
+        assert!(matches!(e, ClientError::NoLeader { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn only_a_membership_change_that_was_proposed_may_have_been_applied() {
+        for (code, proposed) in [
+            (Code::ChangeInProgress, false),
+            (Code::HandingOver, false),
+            (Code::Overloaded, false),
+            (Code::ChangeTimedOut, true),
+            (Code::Unavailable, true),
+        ] {
+            let (_, _, _, maybe_applied) = run(|_| answer(code, "busy"));
+            assert_eq!(maybe_applied, proposed, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn definite_membership_refusals_end_the_call_at_once() {
+        let no = || "no".to_string();
+        let cases = [
+            (Code::NotCaughtUp, ClientError::NotCaughtUp(no())),
+            (Code::NotMember, ClientError::NotMember(no())),
+            (Code::RemovedId, ClientError::RemovedId(no())),
+            (Code::InvalidEndpoint, ClientError::InvalidEndpoint(no())),
+            (Code::OnlyVoter, ClientError::OnlyVoter(no())),
+        ];
+        for (code, want) in cases {
+            let now = Instant::now();
+            let mut call = Call::new(false, false, true, now, Duration::from_secs(5));
+            let mut r = route();
+            match call.judge(&mut r, answer(code, "no"), now) {
+                Next::Done(Err(e)) => assert_eq!(e, want, "{code:?}"),
+                other => panic!("{code:?}: {other:?}"),
+            }
+            assert_eq!(
+                r.current(),
+                Some("tcp://127.0.0.1:1"),
+                "not moved: {code:?}"
+            );
+        }
+    }
+
+    /// A write is judged as before: an UNAVAILABLE attempt may have been applied, so a session
+    /// found gone afterwards is an unknown outcome, never a renewal.
+    #[test]
+    fn a_write_after_unavailable_keeps_todays_rules() {
+        let now = Instant::now();
+        let mut call = Call::new(true, false, true, now, Duration::from_secs(5));
+        let mut r = route();
+        assert!(matches!(
+            call.judge(&mut r, answer(Code::Unavailable, "no leader"), now),
+            Next::Retry(_)
+        ));
+        let expired = Attempt::Answer(Box::new(respond(error(Code::SessionExpired, "gone"))));
+        assert!(matches!(
+            call.judge(&mut r, expired, now),
+            Next::Done(Err(ClientError::OutcomeUnknown(_)))
+        ));
     }
 }

@@ -7,6 +7,11 @@
 //! change may name addresses only for the nodes it adds. When applied, a change's context adds
 //! addresses only for nodes it adds that were not members: it never rewrites a current member's
 //! address. Transport tasks exist only for members.
+//!
+//! Every refusal carries a code a client can act on without reading the message:
+//! `CHANGE_IN_PROGRESS`, `HANDING_OVER` and `CHANGE_TIMED_OUT` are transient (retried like
+//! `UNAVAILABLE`); `NOT_CAUGHT_UP`, `NOT_MEMBER`, `REMOVED_ID`, `INVALID_ENDPOINT` and
+//! `ONLY_VOTER` are definite; anything else malformed or unsafe is `INVALID`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -213,7 +218,7 @@ impl Node {
                 None => respond(response::Result::Status(self.status())),
                 Some(e) => respond(error(
                     Code::Invalid,
-                    format!("membership change refused: {e}"),
+                    format!("raft refused the change: {e}"),
                 )),
             };
             let _ = reply.send(self.with_hint(resp));
@@ -311,7 +316,7 @@ impl Node {
             && let Some((_, reply)) = self.members.pending_conf.take()
         {
             let resp = self.with_hint(respond(error(
-                Code::Unavailable,
+                Code::ChangeTimedOut,
                 "the membership change was not applied in time (leader change?); check the \
                  status and retry",
             )));
@@ -378,7 +383,7 @@ impl Node {
                 self.members.pending_conf = Some((self.env.clock.now(), reply));
             }
             Err(e) => {
-                let resp = error(Code::Invalid, format!("membership change refused: {e}"));
+                let resp = error(Code::Invalid, format!("raft refused the change: {e}"));
                 let _ = reply.send(self.with_hint(respond(resp)));
             }
         }
@@ -430,7 +435,7 @@ impl Node {
             || !cs.voters_outgoing.is_empty()
         {
             return Err((
-                Code::Unavailable,
+                Code::ChangeInProgress,
                 "another membership change is in progress; retry when it is done".into(),
             ));
         }
@@ -450,8 +455,7 @@ impl Node {
                 return Ok(ConfPlan::HandOver);
             }
             if kind != Kind::Remove {
-                self.check_addition(c, kind, &cs, force, &mut added)
-                    .map_err(invalid)?;
+                self.check_addition(c, kind, &cs, force, &mut added)?;
             }
             let mut single = ConfChangeSingle::default();
             single.set_change_type(match kind {
@@ -486,13 +490,16 @@ impl Node {
         cs: &raft::eraftpb::ConfState,
         force: bool,
         added: &mut Vec<proto::Member>,
-    ) -> Result<(), String> {
+    ) -> Result<(), (Code, String)> {
         if self.machine.was_removed(c.id) {
-            return Err(format!(
-                "node id {} was removed from this cluster and ids are never reused (a node wiped \
+            return Err((
+                Code::RemovedId,
+                format!(
+                    "node id {} was removed from this cluster and ids are never reused (a node wiped \
                  and added again under its old id could vote twice in one term); start the node \
                  with a new id",
-                c.id
+                    c.id
+                ),
             ));
         }
         let member = cs.voters.contains(&c.id) || cs.learners.contains(&c.id);
@@ -503,19 +510,36 @@ impl Node {
                     && given
                     && (known.raft != c.raft_url || known.client != c.client_url) =>
             {
-                return Err(format!(
-                    "node {} is a member at {} (clients {}); a membership change cannot move it \
-                     (remove it and add the machine under a new id)",
-                    c.id, known.raft, known.client
+                return Err((
+                    Code::Invalid,
+                    format!(
+                        "node {} is a member at {} (clients {}); a membership change cannot \
+                         move it (remove it and add the machine under a new id)",
+                        c.id, known.raft, known.client
+                    ),
                 ));
             }
             _ if member => {}
+            _ if !given => {
+                return Err((
+                    Code::NotMember,
+                    format!(
+                        "node {} is not a member and the cluster does not know its endpoints: \
+                         give its tcp://host:port raft and client endpoints",
+                        c.id
+                    ),
+                ));
+            }
             _ => {
                 for url in [&c.raft_url, &c.client_url] {
                     crate::config::check_endpoint(url).map_err(|e| {
-                        format!(
-                            "node {} needs valid tcp://host:port raft and client endpoints ({e})",
-                            c.id
+                        (
+                            Code::InvalidEndpoint,
+                            format!(
+                                "node {} needs valid tcp://host:port raft and client endpoints \
+                                 ({e})",
+                                c.id
+                            ),
                         )
                     })?;
                 }
@@ -534,20 +558,30 @@ impl Node {
     }
 
     /// A new voter must be a learner that follows the log closely.
-    fn check_promotable(&self, id: u64, cs: &raft::eraftpb::ConfState) -> Result<(), String> {
+    fn check_promotable(
+        &self,
+        id: u64,
+        cs: &raft::eraftpb::ConfState,
+    ) -> Result<(), (Code, String)> {
         if !cs.learners.contains(&id) {
-            return Err(format!(
-                "node {id} must first join as a learner and catch up before it votes \
-                 (`microblog cluster add` does both); --force to skip this check"
+            return Err((
+                Code::Invalid,
+                format!(
+                    "node {id} must first join as a learner and catch up before it votes \
+                     (`microblog cluster add` does both); --force to skip this check"
+                ),
             ));
         }
         let last = self.raw.raft.raft_log.last_index();
         let progress = self.raw.raft.prs().get(id);
         let matched = progress.map_or(0, |p| p.matched);
         if matched == 0 || last.saturating_sub(matched) > MAX_PROMOTE_LAG {
-            return Err(format!(
-                "learner {id} has not caught up (replicated up to {matched} of {last}); wait \
-                 for it (`microblog cluster status` shows its lag), or --force"
+            return Err((
+                Code::NotCaughtUp,
+                format!(
+                    "learner {id} has not caught up (replicated up to {matched} of {last}); wait \
+                     for it (`microblog cluster status` shows its lag), or --force"
+                ),
             ));
         }
         Ok(())
@@ -588,18 +622,18 @@ impl Node {
             .filter(|id| !removing.contains(id) && **id != self.id)
             .max_by_key(|id| self.raw.raft.prs().get(**id).map_or(0, |p| p.matched))
             .copied();
-        let msg = match target {
+        let (code, msg) = match target {
             Some(to) => {
                 info!(self.logger, "handing leadership over before removing this node"; "to" => to);
                 self.raw.transfer_leader(to);
-                format!("this node is the leader; leadership is being handed to node {to}; retry")
+                (
+                    Code::HandingOver,
+                    format!(
+                        "this node is the leader; leadership is being handed to node {to}; retry"
+                    ),
+                )
             }
-            None => "cannot remove the only voter".to_string(),
-        };
-        let code = if target.is_some() {
-            Code::Unavailable
-        } else {
-            Code::Invalid
+            None => (Code::OnlyVoter, "cannot remove the only voter".to_string()),
         };
         let _ = reply.send(self.with_hint(respond(error(code, msg))));
     }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use raft::StateRole;
 
 use super::{Address, Node};
-use crate::proto;
+use crate::proto::{self, Role};
 
 /// Every member's addresses, for dialling peers, leader hints and the status.
 pub(super) struct AddressBook {
@@ -77,13 +77,13 @@ impl Node {
         let roles = cs
             .voters
             .iter()
-            .map(|&id| (id, "voter"))
-            .chain(cs.learners.iter().map(|&id| (id, "learner")))
+            .map(|&id| (id, Role::Voter))
+            .chain(cs.learners.iter().map(|&id| (id, Role::Learner)))
             .chain(
                 cs.voters_outgoing
                     .iter()
                     .filter(|id| !cs.voters.contains(id))
-                    .map(|&id| (id, "outgoing voter")),
+                    .map(|&id| (id, Role::OutgoingVoter)),
             );
         for (id, role) in roles {
             let addr = self.book.get(id);
@@ -91,7 +91,7 @@ impl Node {
                 id,
                 raft_url: addr.map(|a| a.raft.clone()).unwrap_or_default(),
                 client_url: addr.map(|a| a.client.clone()).unwrap_or_default(),
-                role: role.to_string(),
+                role: role as i32,
                 matched: if is_leader {
                     raft.prs().get(id).map_or(0, |p| p.matched)
                 } else {
@@ -102,7 +102,7 @@ impl Node {
         let store = self.raw.store();
         proto::Status {
             id: self.id,
-            role: role_name(raft.state).to_string(),
+            role: Role::from(raft.state) as i32,
             leader_id: raft.leader_id,
             term: raft.term,
             commit: raft.raft_log.committed,
@@ -123,12 +123,58 @@ impl Node {
     }
 }
 
-/// The name a role has in the status.
+/// The name a raft role has in the status (what [`Role::name`] gives).
 pub fn role_name(role: StateRole) -> &'static str {
-    match role {
-        StateRole::Leader => "leader",
-        StateRole::Follower => "follower",
-        StateRole::Candidate => "candidate",
-        StateRole::PreCandidate => "pre-candidate",
+    Role::from(role).name()
+}
+
+impl From<StateRole> for Role {
+    fn from(role: StateRole) -> Role {
+        match role {
+            StateRole::Leader => Role::Leader,
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+        }
+    }
+}
+
+impl Role {
+    /// The role's name as people read it (`cluster status`, logs): "leader", "follower",
+    /// "candidate", "pre-candidate", "voter", "learner", "outgoing voter"; "unknown" when unset.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Unspecified => "unknown",
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+            Role::Voter => "voter",
+            Role::Learner => "learner",
+            Role::OutgoingVoter => "outgoing voter",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_has_its_own_name() {
+        let all = [
+            Role::Unspecified,
+            Role::Leader,
+            Role::Follower,
+            Role::Candidate,
+            Role::PreCandidate,
+            Role::Voter,
+            Role::Learner,
+            Role::OutgoingVoter,
+        ];
+        let names: HashSet<&str> = all.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), all.len(), "{names:?}");
+        assert_eq!(role_name(StateRole::PreCandidate), "pre-candidate");
+        assert_eq!(Role::from(StateRole::Leader), Role::Leader);
     }
 }

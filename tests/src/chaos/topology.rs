@@ -545,7 +545,7 @@ impl ChaosCluster {
         for s in 0..self.slots.len() {
             let id = self.slots[s].id;
             let member = status.members.iter().find(|m| m.id == id);
-            let is_voter = member.is_some_and(|m| m.role == "voter");
+            let is_voter = member.is_some_and(|m| m.role() == proto::Role::Voter);
             if self.slots[s].needs_rejoin || member.is_none() {
                 if member.is_some() {
                     admin
@@ -569,7 +569,7 @@ impl ChaosCluster {
         let voters: BTreeSet<u64> = status
             .members
             .iter()
-            .filter(|m| m.role == "voter")
+            .filter(|m| m.role() == proto::Role::Voter)
             .map(|m| m.id)
             .collect();
         if voters != wanted || status.members.len() != wanted.len() {
@@ -595,7 +595,7 @@ impl ChaosCluster {
                 }
             }
             if views.len() == self.slots.len() {
-                let leader = views.values().find(|s| s.role == "leader");
+                let leader = views.values().find(|s| s.role() == proto::Role::Leader);
                 if let Some(leader) = leader {
                     let commit = leader.commit;
                     let applied: BTreeSet<u64> = views.values().map(|s| s.applied).collect();
@@ -706,7 +706,7 @@ pub fn leader_of(views: &[NodeView]) -> Option<(u64, u64)> {
     views
         .iter()
         .filter_map(|v| v.status.as_ref())
-        .filter(|s| s.role == "leader")
+        .filter(|s| s.role() == proto::Role::Leader)
         .max_by_key(|s| s.term)
         .map(|s| (s.id, s.term))
 }

@@ -110,7 +110,7 @@ async fn wait_new_leader(
     while Instant::now() < deadline {
         for (id, status) in cluster.statuses().await {
             if let Some(s) = status
-                && s.role == "leader"
+                && s.role() == raftnode::proto::Role::Leader
                 && s.term > term
             {
                 return Some((Instant::now(), id));

@@ -286,7 +286,7 @@ impl LocalCluster {
             let leaders: Vec<u64> = answers
                 .iter()
                 .filter_map(|(_, s)| s.as_ref())
-                .filter(|s| s.role == "leader")
+                .filter(|s| s.role() == proto::Role::Leader)
                 .map(|s| s.id)
                 .collect();
             if let [leader] = leaders[..]

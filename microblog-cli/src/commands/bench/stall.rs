@@ -146,7 +146,7 @@ async fn watch_leaders(endpoints: &[String], end: Instant) -> u64 {
     while Instant::now() < end {
         for endpoint in endpoints {
             if let Ok(s) = Client::status_of(endpoint, &probe).await
-                && s.role == "leader"
+                && s.role() == raftnode::proto::Role::Leader
             {
                 let now = (s.id, s.term);
                 if last.is_some_and(|l| l != now) {
