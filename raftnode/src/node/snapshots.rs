@@ -78,7 +78,10 @@ impl Node {
         self.machine.mark_applied(meta.index, meta.term);
         self.clock.observe(self.machine.now(), false);
         self.snapshots.note_kept(meta.index);
+        // The snapshot's configuration replaces this node's: dial its members (a node that
+        // joined knows only the leader that added it until now).
         self.adopt_members();
+        self.sync_members();
         info!(self.logger, "installed a snapshot from the leader";
             "index" => meta.index, "term" => meta.term, "bytes" => snap.get_data().len(),
             "tuples" => self.machine.space().len(), "file" => %path.display(),
