@@ -22,6 +22,7 @@ pub mod checker;
 pub mod history;
 pub mod microblog;
 pub mod ops;
+pub mod sim;
 
 /// Cluster tests share two cores: they run one at a time. (An async mutex: each test holds it
 /// across its awaits, on its own runtime.)

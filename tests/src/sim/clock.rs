@@ -72,7 +72,9 @@ impl SimClock {
         let ppm = i128::from(rate.ppm);
         // Rounded up: the clock has reached `at` by then.
         let v = (v + ppm - 1).div_euclid(ppm);
-        u64::try_from(v.max(0)).unwrap_or(u64::MAX).max(self.now.get())
+        u64::try_from(v.max(0))
+            .unwrap_or(u64::MAX)
+            .max(self.now.get())
     }
 }
 

@@ -27,8 +27,15 @@ pub struct Now {
     pub base: Instant,
 }
 
+impl Default for Now {
+    fn default() -> Self {
+        Now::new()
+    }
+}
+
 impl Now {
-    pub(super) fn new() -> Now {
+    /// A clock at virtual time 0.
+    pub fn new() -> Now {
         Now {
             ns: Arc::new(AtomicU64::new(0)),
             base: Instant::now(),
