@@ -104,11 +104,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("microblog-connect-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(
-            &file,
-            "[[node]]\nid = 1\nraft = \"tcp://127.0.0.1:9101\"\nclient = \"tcp://127.0.0.1:9201\"\ndata_dir = \"d1\"\n",
-        )
-        .unwrap();
+        let config = raftnode::config::ClusterConfig {
+            key_file: None,
+            raft: Default::default(),
+            limits: Default::default(),
+            nodes: vec![raftnode::config::NodeConfig {
+                id: 1,
+                raft: "tcp://127.0.0.1:9101".into(),
+                client: "tcp://127.0.0.1:9201".into(),
+                data_dir: "d1".into(),
+            }],
+        };
+        config.write(&file).unwrap();
         let env = Some("tcp://127.0.0.1:3,tcp://127.0.0.1:4".to_string());
         let flag = vec!["tcp://127.0.0.1:1".to_string()];
         assert_eq!(

@@ -3,7 +3,7 @@
 //! time; the program kills every node it started and removes its temp dir, which is checked.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,17 +22,6 @@ struct Run {
     stderr: String,
 }
 
-fn raftnode_beside() -> PathBuf {
-    let microblog = Path::new(env!("CARGO_BIN_EXE_microblog"));
-    let bin = microblog.with_file_name(format!("raftnode{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists() || std::env::var_os("RAFTNODE_BIN").is_some(),
-        "{} is missing: `cargo test --workspace` builds it (or run `cargo build -p raftnode`)",
-        bin.display()
-    );
-    bin
-}
-
 fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut text = String::new();
@@ -44,7 +33,10 @@ fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String
 /// Runs `microblog ARGS` to its end, or stops it (SIGTERM, so it stops its nodes; SIGKILL
 /// after 10 s) once it has run for [`LIMIT`].
 fn microblog(args: &[&str]) -> Run {
-    raftnode_beside();
+    // Fail early and clearly when `raftnode` is missing (microblog looks for it the same way).
+    if let Err(e) = raftnode::devcluster::raftnode_bin() {
+        panic!("{e}");
+    }
     let mut child: Child = Command::new(env!("CARGO_BIN_EXE_microblog"))
         .args(args)
         .env_remove("MICROBLOG_ENDPOINTS")

@@ -17,11 +17,15 @@
 //!
 //! `configs/example.toml` annotates every setting. Relative data dirs resolve against the working
 //! directory of the process that loads the file.
+//!
+//! Programs that make cluster files (the dev-cluster kit, tests) build a [`ClusterConfig`] and
+//! [`ClusterConfig::write`] it: the text is this same format, and it parses back to an equal
+//! value, so no cluster file is ever written by hand-formatting TOML.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a cluster file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,14 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// The file could not be written (or a path in it is not UTF-8, which TOML cannot hold).
+    #[error("cannot write cluster file {path}: {message}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// No node with this id is in the file.
     #[error("node id {id} is not in cluster file {path} (its ids are {known:?})")]
     UnknownNode {
@@ -63,7 +75,7 @@ pub enum ConfigError {
 }
 
 /// Raft settings every node of a cluster shares.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RaftSettings {
     /// Milliseconds per raft tick.
@@ -136,7 +148,7 @@ impl Default for RaftSettings {
 /// The `[limits]` section: caps on the space. An `out` beyond them is refused with a clear error
 /// (never an out-of-memory). The leader writes them into the log, so every replica applies the
 /// same caps; a node whose file says otherwise changes them when it leads.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SpaceLimitsConfig {
     /// Resident tuples at most.
@@ -157,7 +169,7 @@ impl Default for SpaceLimitsConfig {
 }
 
 /// One node of the cluster.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The raft id: unique, non-zero.
@@ -171,12 +183,12 @@ pub struct NodeConfig {
 }
 
 /// A whole cluster file.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The cluster key file: the cluster id and the keys that authenticate peer batches
     /// ([`crate::keys`]). Every node needs it; clients reading the file for its endpoints do not.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// Shared raft settings.
     #[serde(default)]
@@ -225,6 +237,24 @@ impl ClusterConfig {
             message,
         })?;
         Ok(config)
+    }
+
+    /// The cluster file's text: the format [`ClusterConfig::parse`] reads (`key_file`, then
+    /// `[raft]`, `[limits]` and one `[[node]]` table per node), every setting spelled out.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Checks the config as [`ClusterConfig::load`] would, then writes it to `path` (replacing
+    /// any file there).
+    pub fn write(&self, path: &Path) -> Result<(), ConfigError> {
+        let failed = |message: String| ConfigError::Write {
+            path: path.to_owned(),
+            message,
+        };
+        self.validate().map_err(&failed)?;
+        let text = self.to_toml().map_err(|e| failed(e.to_string()))?;
+        std::fs::write(path, text).map_err(|e| failed(e.to_string()))
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -406,6 +436,57 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
+    }
+
+    #[test]
+    fn a_written_config_reads_back_equal() {
+        let mut c = parse(GOOD).unwrap();
+        c.raft.snapshot_entries = 123;
+        c.limits.max_tuples = 5;
+        let text = c.to_toml().unwrap();
+        assert_eq!(parse(&text).unwrap(), c, "{text}");
+        assert!(
+            text.contains("[[node]]") && text.contains("[raft]"),
+            "{text}"
+        );
+
+        // Without a key file, and with a path that needs quoting.
+        c.key_file = None;
+        c.nodes[0].data_dir = PathBuf::from("/tmp/with \"quotes\" and \\ back/n1");
+        let text = c.to_toml().unwrap();
+        assert_eq!(parse(&text).unwrap(), c, "{text}");
+        assert!(!text.contains("key_file"), "{text}");
+
+        // Every shipped file survives the trip too.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for name in ["local-3.toml", "local-5.toml", "example.toml"] {
+            let shipped = parse(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
+            assert_eq!(
+                parse(&shipped.to_toml().unwrap()).unwrap(),
+                shipped,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn write_refuses_what_load_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let mut c = parse(GOOD).unwrap();
+        // Absolute paths: `load` resolves relative ones against the working directory.
+        c.key_file = Some(dir.path().join("k.key"));
+        for n in &mut c.nodes {
+            n.data_dir = dir.path().join(format!("n{}", n.id));
+        }
+        c.write(&path).unwrap();
+        assert_eq!(ClusterConfig::load(&path).unwrap(), c);
+        c.nodes[1].id = 1;
+        let err = c.write(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("duplicate node id 1") && err.contains("c.toml"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //! - [`client`]: the async Rust API for programs.
 //! - [`recovery`]: a node's state from its disk (identity, founding membership, snapshot).
 //! - [`launch`]: wiring one node process together, and `raftnode up` for a local cluster.
+//! - [`devcluster`]: the dev-cluster kit: node processes on loopback for tests, benchmarks and
+//!   `raftnode up` (finding the program, leased ports, key and cluster files, start/kill/restart).
 //! - [`logging`]: slog setup.
 #![warn(missing_docs)]
 
@@ -40,6 +42,7 @@ pub mod answer;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod devcluster;
 pub mod disk;
 pub mod env;
 pub mod guard;

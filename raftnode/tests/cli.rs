@@ -3,30 +3,53 @@
 //! (Being an integration test of this package, it also makes `cargo test --workspace` build the
 //! binary that the cluster tests in `tests/` start.)
 
-use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use raftnode::config::{ClusterConfig, NodeConfig};
+use raftnode::devcluster::lease_ports;
 
 fn raftnode() -> Command {
     Command::new(env!("CARGO_BIN_EXE_raftnode"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Creates a key file with `raftnode key init` and returns the `key_file = ...` line for it.
-fn key_line(dir: &std::path::Path, name: &str) -> String {
+/// Creates a key file with `raftnode key init`; its path.
+fn key_file(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     let out = raftnode()
         .args(["key", "init", path.to_str().unwrap()])
         .output()
         .expect("run raftnode key init");
     assert!(out.status.success(), "{out:?}");
-    format!("key_file = \"{}\"\n", path.display())
+    path
+}
+
+/// A one-node cluster: node 1 at these endpoints with this data dir.
+fn one_node(
+    key_file: Option<PathBuf>,
+    raft: String,
+    client: String,
+    data_dir: PathBuf,
+) -> ClusterConfig {
+    ClusterConfig {
+        key_file,
+        raft: Default::default(),
+        limits: Default::default(),
+        nodes: vec![NodeConfig {
+            id: 1,
+            raft,
+            client,
+            data_dir,
+        }],
+    }
+}
+
+/// `config` written to `dir/name`; the file's path as text.
+fn write(config: &ClusterConfig, dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    config.write(&path).unwrap();
+    path.to_str().unwrap().to_string()
 }
 
 fn run_expecting_failure(args: &[&str]) -> String {
@@ -51,30 +74,31 @@ fn bad_configs_are_refused_with_the_reason() {
     let err = run_expecting_failure(&["run", "--cluster", bad.to_str().unwrap(), "--id", "1"]);
     assert!(err.contains("client"), "names the missing field: {err}");
 
-    let keyless = "[[node]]\nid = 1\nraft = \"tcp://127.0.0.1:7991\"\nclient = \"tcp://127.0.0.1:7992\"\ndata_dir = \"d1\"\n";
-    let no_key = dir.path().join("nokey.toml");
-    std::fs::write(&no_key, keyless).unwrap();
-    let err = run_expecting_failure(&["run", "--cluster", no_key.to_str().unwrap(), "--id", "1"]);
+    // (Never started far enough to bind its ports.)
+    let keyless = |key| {
+        let (raft, client) = ("tcp://127.0.0.1:7991".into(), "tcp://127.0.0.1:7992".into());
+        one_node(key, raft, client, "d1".into())
+    };
+    let no_key = write(&keyless(None), dir.path(), "nokey.toml");
+    let err = run_expecting_failure(&["run", "--cluster", &no_key, "--id", "1"]);
     assert!(
         err.contains("key_file"),
         "names the missing key file: {err}"
     );
 
-    let good = dir.path().join("good.toml");
-    std::fs::write(&good, key_line(dir.path(), "good.key") + keyless).unwrap();
-    let err = run_expecting_failure(&["run", "--cluster", good.to_str().unwrap(), "--id", "4"]);
+    let good = keyless(Some(key_file(dir.path(), "good.key")));
+    let good = write(&good, dir.path(), "good.toml");
+    let err = run_expecting_failure(&["run", "--cluster", &good, "--id", "4"]);
     assert!(err.contains("node id 4"), "{err}");
 
     // A key file others can read is refused, with the fix.
-    let exposed = dir.path().join("exposed.toml");
-    let line = key_line(dir.path(), "exposed.key");
+    let key = key_file(dir.path(), "exposed.key");
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let key = dir.path().join("exposed.key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    std::fs::write(&exposed, line + keyless).unwrap();
-    let err = run_expecting_failure(&["run", "--cluster", exposed.to_str().unwrap(), "--id", "1"]);
+    let exposed = write(&keyless(Some(key)), dir.path(), "exposed.toml");
+    let err = run_expecting_failure(&["run", "--cluster", &exposed, "--id", "1"]);
     assert!(err.contains("chmod 600"), "{err}");
 
     let err = run_expecting_failure(&["--log-level", "loud", "run", "--id", "1"]);
@@ -82,19 +106,15 @@ fn bad_configs_are_refused_with_the_reason() {
 
     let file_as_dir = dir.path().join("plainfile");
     std::fs::write(&file_as_dir, b"x").unwrap();
-    let blocked = dir.path().join("blocked.toml");
-    std::fs::write(
-        &blocked,
-        key_line(dir.path(), "blocked.key")
-            + &format!(
-            "[[node]]\nid = 1\nraft = \"tcp://127.0.0.1:{}\"\nclient = \"tcp://127.0.0.1:{}\"\ndata_dir = \"{}\"\n",
-            free_port(),
-            free_port(),
-            file_as_dir.display()
-        ),
-    )
-    .unwrap();
-    let err = run_expecting_failure(&["run", "--cluster", blocked.to_str().unwrap(), "--id", "1"]);
+    let ports = lease_ports(2).unwrap();
+    let blocked = one_node(
+        Some(key_file(dir.path(), "blocked.key")),
+        ports[0].endpoint(),
+        ports[1].endpoint(),
+        file_as_dir,
+    );
+    let blocked = write(&blocked, dir.path(), "blocked.toml");
+    let err = run_expecting_failure(&["run", "--cluster", &blocked, "--id", "1"]);
     assert!(
         err.contains("plainfile"),
         "names the unusable data dir: {err}"
@@ -104,20 +124,16 @@ fn bad_configs_are_refused_with_the_reason() {
 #[test]
 fn a_data_dir_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = dir.path().join("one.toml");
-    std::fs::write(
-        &cluster,
-        key_line(dir.path(), "one.key")
-            + &format!(
-            "[[node]]\nid = 1\nraft = \"tcp://127.0.0.1:{}\"\nclient = \"tcp://127.0.0.1:{}\"\ndata_dir = \"{}\"\n",
-            free_port(),
-            free_port(),
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let ports = lease_ports(2).unwrap();
+    let config = one_node(
+        Some(key_file(dir.path(), "one.key")),
+        ports[0].endpoint(),
+        ports[1].endpoint(),
+        dir.path().join("data"),
+    );
+    let cluster = write(&config, dir.path(), "one.toml");
     let mut first = raftnode()
-        .args(["run", "--cluster", cluster.to_str().unwrap(), "--id", "1"])
+        .args(["run", "--cluster", &cluster, "--id", "1"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -131,7 +147,7 @@ fn a_data_dir_in_use_is_refused() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let second = raftnode()
-        .args(["run", "--cluster", cluster.to_str().unwrap(), "--id", "1"])
+        .args(["run", "--cluster", &cluster, "--id", "1"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -142,10 +158,11 @@ fn a_data_dir_in_use_is_refused() {
     assert!(err.contains("in use"), "{err}");
 
     // The data dir recorded its cluster: a key file of another cluster is refused by name.
-    let other = dir.path().join("other.toml");
-    let text = std::fs::read_to_string(&cluster).unwrap();
-    let (_, nodes) = text.split_once('\n').unwrap();
-    std::fs::write(&other, key_line(dir.path(), "other.key") + nodes).unwrap();
-    let err = run_expecting_failure(&["run", "--cluster", other.to_str().unwrap(), "--id", "1"]);
+    let other = ClusterConfig {
+        key_file: Some(key_file(dir.path(), "other.key")),
+        ..config
+    };
+    let other = write(&other, dir.path(), "other.toml");
+    let err = run_expecting_failure(&["run", "--cluster", &other, "--id", "1"]);
     assert!(err.contains("belongs to cluster"), "{err}");
 }

@@ -5,14 +5,23 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use raftnode::devcluster::Program;
 use serde_json::Value as Json;
 
 /// How long one `microblog` command may take (it waits at most its `--timeout`, plus retries).
 pub const COMMAND: Duration = Duration::from_secs(60);
 
-/// The `microblog` binary: `MICROBLOG_BIN`, or the one cargo built beside this test.
+/// The `microblog` program.
+pub const MICROBLOG: Program = Program {
+    name: "microblog",
+    env_var: "MICROBLOG_BIN",
+    package: "microblog-cli",
+};
+
+/// The `microblog` binary: `MICROBLOG_BIN`, or the one cargo built beside this test (found as
+/// the kit finds `raftnode`: [`Program::find`]).
 pub fn microblog_bin() -> PathBuf {
-    crate::sibling_bin("microblog", "MICROBLOG_BIN", "cargo build -p microblog-cli")
+    MICROBLOG.find().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What one run of the program did.

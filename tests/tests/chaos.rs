@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use raftnode::config::RaftSettings;
 use tests::chaos::nemesis::{Fault, parse_faults};
 use tests::chaos::topology::ChaosCluster;
 use tests::chaos::workload::{Mix, Workload, WorkloadOptions};
@@ -75,7 +76,7 @@ const GRACE: Duration = Duration::from_millis(500);
 async fn no_write_is_acknowledged_without_a_majority() {
     let _serial = serial().await;
     let seed = seed();
-    let cc = ChaosCluster::start(5, "", None, false).expect("a cluster");
+    let cc = ChaosCluster::start(5, &RaftSettings::default(), None, false).expect("a cluster");
     bounded(Duration::from_secs(150), async {
         let leader = cc
             .wait_leader(Duration::from_secs(20))

@@ -54,7 +54,7 @@ fn out_request(session: u64, seq: u64, what: &str) -> proto::Request {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skewed_wall_clock_moves_no_ttl_and_expires_no_session() {
     let _serial = serial().await;
-    let mut cluster = Cluster::configure(3, "");
+    let mut cluster = Cluster::configure(3);
     for (id, offset) in [(2u64, "+7200"), (3, "-7200")] {
         let file = cluster.dir().join(format!("clock-node{id}"));
         std::fs::write(&file, offset).expect("write the clock offset");

@@ -145,7 +145,7 @@ async fn one_connection_cannot_take_every_request_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_space_cap_refuses_outs_with_a_clear_error() {
     let _serial = serial().await;
-    let cluster = Cluster::start_with(3, "[limits]\nmax_tuples = 5\n");
+    let cluster = Cluster::start_with(3, |o| o.limits.max_tuples = 5);
     bounded(LIMIT, async {
         let leader = cluster.wait_leader(LEADER).await;
         // The leader puts the caps in the log.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use raftnode::client::{Client, ClientError, MemberChange};
+use raftnode::devcluster::Options;
 use raftnode::proto;
 use tests::{Cluster, bounded, serial};
 use tokio::sync::Mutex;
@@ -21,7 +22,10 @@ fn tpl(text: &str) -> Template {
 }
 
 /// Small snapshots so that a few hundred writes compact the log.
-const SMALL_SNAPSHOTS: &str = "snapshot_entries = 100\nlog_tail = 20";
+fn small_snapshots(options: &mut Options) {
+    options.raft.snapshot_entries = 100;
+    options.raft.log_tail = 20;
+}
 
 /// Every id in `acked` is readable on node `id`, and nothing else matches `template`.
 async fn assert_holds(cluster: &Cluster, id: u64, template: &str, acked: &[TupleId]) {
@@ -240,7 +244,7 @@ async fn several_changes_in_one_step_go_through_joint_consensus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_a_dead_node_with_a_fresh_one() {
     let _serial = serial().await;
-    let mut cluster = Cluster::start_with(3, SMALL_SNAPSHOTS);
+    let mut cluster = Cluster::start_with(3, small_snapshots);
     bounded(LIMIT, async {
         let leader = cluster.wait_leader(LEADER).await;
         let dead = if leader == 3 { 2 } else { 3 };
@@ -283,7 +287,7 @@ async fn replace_a_dead_node_with_a_fresh_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_off_past_compaction_catches_up_by_snapshot() {
     let _serial = serial().await;
-    let mut cluster = Cluster::start_with(3, SMALL_SNAPSHOTS);
+    let mut cluster = Cluster::start_with(3, small_snapshots);
     bounded(LIMIT, async {
         let leader = cluster.wait_leader(LEADER).await;
         let lagging = if leader == 1 { 2 } else { 1 };
@@ -317,7 +321,7 @@ async fn a_follower_cut_off_past_compaction_catches_up_by_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_every_node_after_compaction() {
     let _serial = serial().await;
-    let mut cluster = Cluster::start_with(3, SMALL_SNAPSHOTS);
+    let mut cluster = Cluster::start_with(3, small_snapshots);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
         let mut c = Client::new(cluster.endpoints());
@@ -356,7 +360,7 @@ async fn restart_every_node_after_compaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_snapshot_is_refused_and_the_node_recovers() {
     let _serial = serial().await;
-    let mut cluster = Cluster::start_with(3, SMALL_SNAPSHOTS);
+    let mut cluster = Cluster::start_with(3, small_snapshots);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
         let mut c = Client::new(cluster.endpoints());

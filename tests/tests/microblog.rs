@@ -794,7 +794,7 @@ async fn raw_tuple_operations() {
 async fn cluster_up_status_and_an_unreachable_cluster() {
     let _serial = serial().await;
     // The harness writes the file (free ports, temp data dirs); `microblog cluster up` runs it.
-    let cluster = Cluster::configure(3, "");
+    let cluster = Cluster::configure(3);
     let file = cluster.config_path().to_str().unwrap().to_string();
     let file = file.as_str();
     let mut up = Streaming::spawn(command("", &["cluster", "up", "--cluster", file]));

@@ -7,11 +7,12 @@
 //! everywhere: 1 failed or refused, 2 usage (a bad URL or id, found before anything is sent),
 //! 3 timed out (a catch-up or a change that did not finish in time).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use raftnode::client::{Client, ClientError, ClientOptions, MemberChange};
 use raftnode::config::check_endpoint;
+use raftnode::devcluster::raftnode_bin;
 use raftnode::proto::{self, Role};
 use serde_json::{Value as Json, json};
 
@@ -65,9 +66,9 @@ fn up(ctx: &Context) -> Result<()> {
                 .hint("run from the repository root, or pass --cluster FILE"),
         );
     }
-    let bin = raftnode_bin().ok_or_else(|| {
-        Error::failed("the raftnode program is neither next to microblog nor on PATH")
-            .hint("build it: cargo build --release (builds both programs into target/release)")
+    let bin = raftnode_bin().map_err(|e| {
+        Error::failed(e.to_string())
+            .hint("cargo build --release builds both programs into target/release")
     })?;
     exec_up(&bin, &file)
 }
@@ -98,21 +99,6 @@ fn exec_up(bin: &Path, file: &Path) -> Result<()> {
     } else {
         Err(Error::failed(format!("raftnode up ended: {status}")))
     }
-}
-
-/// `raftnode` beside this program (both build into one target dir), else on PATH.
-fn raftnode_bin() -> Option<PathBuf> {
-    let name = format!("raftnode{}", std::env::consts::EXE_SUFFIX);
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)));
-    beside.into_iter().find(|p| p.is_file()).or_else(|| {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(&name))
-                .find(|p| p.is_file())
-        })
-    })
 }
 
 /// `cluster status`: asks every endpoint for its node's own view, and the leader for its view of

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use raftnode::devcluster::raftnode_bin;
 use tests::chaos::nemesis::{Fault, parse_faults};
 use tests::chaos::{ChaosOptions, run};
 
@@ -41,8 +42,9 @@ struct Args {
     /// under the system's temp dir, printed at the start and in the report.
     #[arg(long)]
     history: Option<PathBuf>,
-    /// The raftnode binary. Default: `raftnode` beside this binary.
-    #[arg(long, env = "RAFTNODE_BIN")]
+    /// The raftnode binary. Default: `RAFTNODE_BIN`, else the `raftnode` beside this binary,
+    /// else the one on PATH.
+    #[arg(long)]
     raftnode: Option<PathBuf>,
     /// Keep the cluster's directory (node logs, data dirs, cluster files) after the run; it is
     /// kept anyway when anomalies are found.
@@ -92,19 +94,24 @@ fn main() -> ExitCode {
             .map(|d| d.as_secs() % 1_000_000)
             .unwrap_or(1)
     });
-    let raftnode = args.raftnode.clone().or_else(|| {
-        let exe = std::env::current_exe().ok()?;
-        Some(exe.parent()?.join("raftnode"))
-    });
-    if let Some(bin) = &raftnode
-        && !bin.exists()
-    {
-        eprintln!(
-            "chaos: {} is missing; build it with `cargo build --release -p raftnode` or pass --raftnode",
-            bin.display()
-        );
-        return ExitCode::from(2);
-    }
+    let raftnode = match args.raftnode.clone() {
+        Some(bin) if bin.is_file() => bin,
+        Some(bin) => {
+            eprintln!(
+                "chaos: --raftnode {} is no file; build it with `cargo build --release -p \
+                 raftnode`",
+                bin.display()
+            );
+            return ExitCode::from(2);
+        }
+        None => match raftnode_bin() {
+            Ok(bin) => bin,
+            Err(e) => {
+                eprintln!("chaos: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let history = match args.history.clone() {
         Some(path) => path,
         None => {
@@ -123,7 +130,7 @@ fn main() -> ExitCode {
     let mut options = ChaosOptions::new(args.nodes as usize, args.duration, seed);
     options.workload.clients = args.clients;
     options.nemesis.faults = args.faults.0.clone();
-    options.raftnode = raftnode;
+    options.raftnode = Some(raftnode);
     options.history = Some(history);
     options.keep = args.keep;
     options.verbose = args.verbose;

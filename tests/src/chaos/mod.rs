@@ -39,6 +39,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use raftnode::config::RaftSettings;
 use tuplespace::{Template, Tuple, TupleId};
 
 use crate::checker;
@@ -61,9 +62,10 @@ pub struct ChaosOptions {
     pub workload: WorkloadOptions,
     /// The nemesis.
     pub nemesis: NemesisOptions,
-    /// Extra `[raft]` settings for the cluster file.
-    pub raft_settings: String,
-    /// The `raftnode` binary (default: the harness's).
+    /// The `[raft]` settings of the cluster file.
+    pub raft: RaftSettings,
+    /// The `raftnode` binary (default: the one the kit finds, see
+    /// [`raftnode::devcluster::raftnode_bin`]).
     pub raftnode: Option<PathBuf>,
     /// Where to write the history (default: `history.jsonl` in the cluster's directory).
     pub history: Option<PathBuf>,
@@ -89,7 +91,11 @@ impl ChaosOptions {
                 ..NemesisOptions::default()
             },
             // Small snapshots, so that restarts and new nodes go through snapshots too.
-            raft_settings: "snapshot_entries = 2000\nlog_tail = 500".into(),
+            raft: RaftSettings {
+                snapshot_entries: 2000,
+                log_tail: 500,
+                ..RaftSettings::default()
+            },
             raftnode: None,
             history: None,
             keep: false,
@@ -139,7 +145,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<RunReport> {
     let clocks = options.nemesis.faults.contains(&nemesis::Fault::ClockStep);
     let mut cc = ChaosCluster::start(
         options.nodes,
-        &options.raft_settings,
+        &options.raft,
         options.raftnode.clone(),
         clocks,
     )?;

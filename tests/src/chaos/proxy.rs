@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use raftnode::devcluster::{PortLease, lease_port};
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -25,8 +26,8 @@ use tokio::sync::watch;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Link {
-    /// The proxy's own port.
-    port: u16,
+    /// The proxy's own port, leased for the proxy's life so that no dev cluster is handed it.
+    port: PortLease,
     /// Where it forwards.
     target: Mutex<SocketAddr>,
     /// Whether the link is cut.
@@ -54,9 +55,8 @@ impl Net {
                 if from == to {
                     continue;
                 }
-                let listener = quiet_listener()?;
+                let (listener, port) = leased_listener()?;
                 listener.set_nonblocking(true)?;
-                let port = listener.local_addr()?.port();
                 let (cut, _) = watch::channel(false);
                 let link = Arc::new(Link {
                     port,
@@ -81,7 +81,7 @@ impl Net {
 
     /// The proxy endpoint node `from` dials node `to` at, `tcp://127.0.0.1:PORT`.
     pub fn endpoint(&self, from: usize, to: usize) -> String {
-        format!("tcp://127.0.0.1:{}", self.links[&(from, to)].port)
+        self.links[&(from, to)].port.endpoint()
     }
 
     /// Cuts link `from -> to`: live connections close, new ones are refused.
@@ -137,13 +137,15 @@ impl Drop for Net {
     }
 }
 
-/// A listener on a port outside the ephemeral range (see [`crate::quiet_ports`]).
-fn quiet_listener() -> std::io::Result<std::net::TcpListener> {
+/// A listener on a port leased from the dev-cluster kit (outside the ephemeral range, and
+/// never a port a cluster's node holds), and its lease.
+fn leased_listener() -> std::io::Result<(std::net::TcpListener, PortLease)> {
     let mut last = None;
     for _ in 0..20 {
-        let port = crate::quiet_ports(1)[0];
-        match std::net::TcpListener::bind(("127.0.0.1", port)) {
-            Ok(l) => return Ok(l),
+        let lease = lease_port().map_err(std::io::Error::other)?;
+        // (Something outside the kit may have bound it since the lease's probe.)
+        match std::net::TcpListener::bind(("127.0.0.1", lease.port())) {
+            Ok(listener) => return Ok((listener, lease)),
             Err(e) => last = Some(e),
         }
     }

@@ -20,13 +20,14 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use prost::Message as _;
 use raftnode::client::{Client, ClientOptions, MemberChange};
+use raftnode::config::RaftSettings;
 use raftnode::proto;
 use tokio::task::JoinSet;
 use tuplespace::{Query, Template, Tuple, TupleId};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::proxy::{Net, socket_addr};
-use crate::{Cluster, raftnode_bin};
+use crate::Cluster;
 
 /// The current members' ids and client endpoints, shared with the clients and the leader watch.
 #[derive(Clone, Default)]
@@ -111,12 +112,14 @@ impl ChaosCluster {
     /// wall clock.
     pub fn start(
         n: usize,
-        raft_settings: &str,
-        bin: Option<PathBuf>,
+        raft: &RaftSettings,
+        program: Option<PathBuf>,
         clocks: bool,
     ) -> anyhow::Result<Self> {
-        let bin = bin.unwrap_or_else(raftnode_bin);
-        let cluster = Cluster::configure_with_bin(n, raft_settings, bin);
+        let cluster = Cluster::configure_with(n, |options| {
+            options.raft = raft.clone();
+            options.program = program;
+        });
         let slots: Vec<Slot> = cluster
             .ids()
             .into_iter()
@@ -218,29 +221,25 @@ impl ChaosCluster {
         self.members.set(list);
     }
 
-    /// Writes every node's own cluster file: itself at its real raft endpoint, every other node
-    /// at the proxy of the link to it.
+    /// Writes every node's own cluster file: the shared one, but with every other node at the
+    /// proxy of the link to it.
     fn write_configs(&mut self) -> anyhow::Result<()> {
         for from in 0..self.slots.len() {
             let id = self.slots[from].id;
-            let mut text = self.cluster.config_header().to_string();
-            for (to, slot) in self.slots.iter().enumerate() {
-                let spec = self.cluster.node(slot.id);
-                let raft = if to == from {
-                    spec.raft.clone()
-                } else {
-                    self.net.endpoint(from, to)
-                };
-                text.push_str(&format!(
-                    "\n[[node]]\nid = {}\nraft = \"{raft}\"\nclient = \"{}\"\ndata_dir = \"{}\"\n",
-                    slot.id,
-                    spec.client,
-                    spec.data_dir.display()
-                ));
-            }
-            let path = self.cluster.dir().join(format!("cluster-node{id}.toml"));
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            self.cluster.set_node_config(id, path);
+            let mut config = self.cluster.config().clone();
+            config.nodes = (self.slots.iter().enumerate())
+                .map(|(to, slot)| {
+                    let mut node = self.cluster.node(slot.id).clone();
+                    if to != from {
+                        node.raft = self.net.endpoint(from, to);
+                    }
+                    node
+                })
+                .collect();
+            self.cluster
+                .kit_mut()
+                .write_node_config(id, &config)
+                .with_context(|| format!("writing node {id}'s cluster file"))?;
         }
         Ok(())
     }

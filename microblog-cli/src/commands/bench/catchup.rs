@@ -28,7 +28,7 @@ pub async fn run(
     catch_up_timeout: Duration,
 ) -> Result<()> {
     eprintln!("bench catchup: starting a 3-node local cluster (default raft settings)");
-    let mut cluster = LocalCluster::start(3, "")?;
+    let mut cluster = LocalCluster::start(3)?;
     eprintln!(
         "bench catchup: cluster files and logs in {}",
         cluster.dir().display()

@@ -88,7 +88,7 @@ pub async fn run(
     request_timeout: Duration,
 ) -> Result<()> {
     eprintln!("bench failover: starting a {nodes}-node local cluster");
-    let mut cluster = LocalCluster::start(nodes, "")?;
+    let mut cluster = LocalCluster::start(nodes)?;
     eprintln!(
         "bench failover: cluster files and logs in {}",
         cluster.dir().display()

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 /// Runs `bench flood` on a local cluster it starts.
 pub async fn run(ctx: &mut Context, duration: Duration) -> Result<()> {
     eprintln!("bench flood: starting a 3-node local cluster (default raft settings)");
-    let mut cluster = LocalCluster::start(3, "")?;
+    let mut cluster = LocalCluster::start(3)?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let result = measure(ctx, cluster.client_endpoints(), duration).await;
     if result.is_err() {

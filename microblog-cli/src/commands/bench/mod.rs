@@ -231,7 +231,7 @@ async fn throughput(ctx: &mut Context, load: BenchLoad) -> Result<()> {
         return throughput_on(ctx, &load, &endpoints, None).await;
     }
     eprintln!("bench: starting a {}-node local cluster", load.nodes);
-    let mut cluster = LocalCluster::start(load.nodes, "")?;
+    let mut cluster = LocalCluster::start(load.nodes)?;
     eprintln!(
         "bench: cluster files and logs in {}",
         cluster.dir().display()

@@ -42,7 +42,7 @@ pub async fn run(ctx: &mut Context, args: StallArgs) -> Result<()> {
         return measure(ctx, endpoints, &args).await;
     }
     eprintln!("bench stall: starting a 3-node local cluster (default raft settings)");
-    let mut cluster = LocalCluster::start(3, "")?;
+    let mut cluster = LocalCluster::start(3)?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let result = measure(ctx, cluster.client_endpoints(), &args).await;
     if result.is_err() {
