@@ -453,16 +453,15 @@ impl Machine {
 
     /// Cancels the blocking `in` numbered `seq` of `session` if it still waits.
     fn cancel(&mut self, session: u64, seq: u64, applied: &mut Applied) -> response::Result {
-        let waiting = self
-            .sessions
-            .get(&session)
-            .and_then(|s| s.results.get(&seq))
-            .and_then(|o| match o {
-                Outcome::Waiting(w) => Some(*w),
-                Outcome::Done(_) => None,
-            });
-        let Some(w) = waiting else {
-            return response::Result::Count(0);
+        let outcome = self.sessions.get(&session).and_then(|s| s.results.get(&seq));
+        let w = match outcome {
+            Some(Outcome::Waiting(w)) => *w,
+            // Cancelled already (its client's connection closed, and the endpoint cancelled it
+            // first): the answer is the same, it took nothing.
+            Some(Outcome::Done(response::Result::Error(e))) if e.code == Code::Cancelled as i32 => {
+                return response::Result::Count(1);
+            }
+            _ => return response::Result::Count(0),
         };
         self.space.cancel(w);
         self.waiter_owner.remove(&w);
@@ -1059,12 +1058,18 @@ mod tests {
             "the cancelled waiter took nothing"
         );
         assert_eq!(log.machine.space().len(), 1);
-        // A retry of the cancelled request answers what it came to; cancelling again does
-        // nothing.
+        // A retry of the cancelled request answers what it came to; cancelling again (the
+        // client's own cancel arriving after the endpoint's, when its connection closed) answers
+        // that it was cancelled, and changes nothing.
         let again = log.apply(0, 1, 1, take(r#"("job", ?int)"#, true, 60_000));
         assert_eq!(code_of(result(&again, 1, 1)), Some(Code::Cancelled));
         let twice = log.apply(0, 1, 0, command::Op::Cancel(proto::Cancel { seq: 1 }));
-        assert_eq!(result(&twice, 1, 0), Some(&response::Result::Count(0)));
+        assert_eq!(result(&twice, 1, 0), Some(&response::Result::Count(1)));
+        assert_eq!(log.machine.space().len(), 1);
+        // A request that finished otherwise is not reported cancelled.
+        log.apply(0, 1, 2, take(r#"("job", ?int)"#, false, 0));
+        let late = log.apply(0, 1, 0, command::Op::Cancel(proto::Cancel { seq: 2 }));
+        assert_eq!(result(&late, 1, 0), Some(&response::Result::Count(0)));
     }
 
     #[test]

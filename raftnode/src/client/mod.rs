@@ -334,8 +334,9 @@ impl Client {
     }
 
     /// Cancels this client's blocking `in` numbered `seq` if it still waits in the cluster (it
-    /// then takes nothing and answers [`ClientError::Cancelled`]). Returns whether one was
-    /// cancelled. Sent once, with a short timeout: the node also cancels the waiters of a client
+    /// then takes nothing and answers [`ClientError::Cancelled`]). Returns whether it is
+    /// cancelled (also when the node cancelled it first because this client's connection
+    /// closed); false means it had finished otherwise (it may have taken a tuple). Sent once, with a short timeout: the node also cancels the waiters of a client
     /// that went away, and a waiter's own deadline ends it in any case.
     pub async fn cancel(&mut self, seq: u64) -> Result<bool, ClientError> {
         // The socket may still await the blocking request's answer (a REQ sends nothing else
