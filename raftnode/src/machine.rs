@@ -453,7 +453,10 @@ impl Machine {
 
     /// Cancels the blocking `in` numbered `seq` of `session` if it still waits.
     fn cancel(&mut self, session: u64, seq: u64, applied: &mut Applied) -> response::Result {
-        let outcome = self.sessions.get(&session).and_then(|s| s.results.get(&seq));
+        let outcome = self
+            .sessions
+            .get(&session)
+            .and_then(|s| s.results.get(&seq));
         let w = match outcome {
             Some(Outcome::Waiting(w)) => *w,
             // Cancelled already (its client's connection closed, and the endpoint cancelled it

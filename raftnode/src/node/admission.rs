@@ -8,6 +8,12 @@
 //! authenticated peers and dials the sender back at the address it names; a member dials only
 //! members, at the addresses its cluster file, the log and snapshots give.
 //!
+//! One exception lets a member that is behind catch up: it may not yet have applied the change
+//! that added today's leader, so it would refuse the only node that can bring it forward. A
+//! member with no leader admits a non-member's leader messages when they show committed entries
+//! it lacks (see [`Node::may_be_new_leader`]). A node with a live leader never lets an outsider
+//! take over, and a node the log removed is never admitted.
+//!
 //! The leader restamps the proposals followers forward with cluster time: no follower's clock
 //! reaches the log.
 
@@ -16,7 +22,7 @@ use raft::StateRole;
 use raft::eraftpb::{EntryType, Message, MessageType};
 use slog::info;
 
-use super::{Address, Node};
+use super::Node;
 use crate::proto::Command;
 use crate::raft_check::{self, MsgRefusal, RaftView};
 use crate::transport::Delivery;
@@ -34,7 +40,7 @@ impl Node {
         if members.is_empty() {
             // Waiting to be added: whoever holds the cluster key may be the leader adding us.
             self.learn_peer(from, from_url);
-        } else if !members.contains(&from) {
+        } else if !members.contains(&from) && !self.may_be_new_leader(from, &from_url, &msgs) {
             let refusal = MsgRefusal::NotMember(from);
             let detail = format!("{refusal} ({} messages dropped)", msgs.len());
             self.refuser.refuse(
@@ -73,6 +79,48 @@ impl Node {
         }
     }
 
+    /// Whether a non-member's batch may come from a leader this node does not know yet because
+    /// it is behind on the log. A leader unknown to this node was added by an entry this node
+    /// has not committed, so the leader's own commit is past this node's: the batch must show
+    /// that (an append whose commit, or a snapshot whose index, is beyond this node's commit) to
+    /// win a node with no leader; after that, the leader's heartbeats are admitted while the node
+    /// follows it. Never a sender the log removed, never while another leader is followed, never
+    /// an older term. The sender is dialled back at the address it names so that answers reach
+    /// it, until the log records its own.
+    fn may_be_new_leader(&mut self, from: u64, from_url: &str, msgs: &[Message]) -> bool {
+        let raft = &self.raw.raft;
+        let follows = raft.leader_id == from;
+        if msgs.is_empty()
+            || !(follows || raft.leader_id == raft::INVALID_ID)
+            || self.members.saw_removed(from)
+            || self.machine.was_removed(from)
+        {
+            return false;
+        }
+        let commit = raft.raft_log.committed;
+        let shows_progress = |m: &Message| match m.get_msg_type() {
+            MessageType::MsgAppend => m.commit > commit,
+            MessageType::MsgSnapshot => m.get_snapshot().get_metadata().index > commit,
+            _ => false,
+        };
+        let from_a_leader = msgs.iter().all(|m| {
+            m.term >= raft.term
+                && matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+                )
+        });
+        if !from_a_leader || !(follows || msgs.iter().any(shows_progress)) {
+            return false;
+        }
+        if !follows {
+            info!(self.logger, "admitting a leader this node does not know as a member yet (it is behind)";
+                "peer" => from, "term" => msgs[0].term, "commit" => commit);
+        }
+        self.learn_peer(from, from_url.to_string());
+        true
+    }
+
     /// A follower's proposal carries no time the cluster may trust: the leader stamps it on
     /// arrival with cluster time (`crate::clock`), as it stamps its own.
     fn restamp(&mut self, msg: &mut Message) {
@@ -99,22 +147,15 @@ impl Node {
         if self.members.saw_removed(from) {
             return;
         }
-        let raft = match self.book.get(from) {
-            Some(known) => known.raft.clone(),
-            None => {
-                if from_url.is_empty() || crate::config::check_endpoint(&from_url).is_err() {
-                    return;
-                }
-                info!(self.logger, "learned a peer's address"; "peer" => from, "raft" => &from_url);
-                self.book.set(
-                    from,
-                    Address {
-                        raft: from_url.clone(),
-                        client: String::new(),
-                    },
-                );
-                from_url
+        if self.book.get(from).is_none() {
+            if from_url.is_empty() || crate::config::check_endpoint(&from_url).is_err() {
+                return;
             }
+            info!(self.logger, "learned a peer's address"; "peer" => from, "raft" => &from_url);
+            self.book.learn(from, from_url);
+        }
+        let Some(raft) = self.book.get(from).map(|a| a.raft.clone()) else {
+            return;
         };
         // Does nothing when the transport already sends to it at that address.
         self.env.network.add_peer(from, raft);

@@ -24,7 +24,7 @@ use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, 
 use slog::{error, info, warn};
 use tokio::sync::oneshot;
 
-use super::{Address, Node, NodeError};
+use super::{Node, NodeError};
 use crate::answer::{error, respond};
 use crate::proto::{self, error::Code, member_change::Kind, response};
 
@@ -138,17 +138,12 @@ impl Node {
     /// the transport.
     pub(super) fn adopt_members(&mut self) {
         for m in self.machine.members().to_vec() {
-            if m.id == 0 || m.id == self.id || m.raft_url.is_empty() || self.book.is_pinned(m.id) {
-                continue;
+            self.book.log(&m);
+            if m.id != self.id
+                && let Some(addr) = self.book.get(m.id)
+            {
+                self.env.network.add_peer(m.id, addr.raft.clone());
             }
-            self.book.set(
-                m.id,
-                Address {
-                    raft: m.raft_url.clone(),
-                    client: m.client_url.clone(),
-                },
-            );
-            self.env.network.add_peer(m.id, m.raft_url.clone());
         }
     }
 
@@ -246,18 +241,10 @@ impl Node {
             if m.id == 0 || m.raft_url.is_empty() || !adds(m.id) {
                 continue;
             }
-            if self.book.get(m.id).is_some() {
+            if !self.book.log(&m) {
                 slog::debug!(self.logger, "a membership change names a known node's address; kept the known one";
                     "node" => m.id);
-                continue;
             }
-            self.book.set(
-                m.id,
-                Address {
-                    raft: m.raft_url,
-                    client: m.client_url,
-                },
-            );
         }
     }
 
@@ -267,10 +254,12 @@ impl Node {
         let members = self.members_now();
         let mut list = Vec::new();
         for &id in &members {
-            if let Some(addr) = self.book.get(id).cloned() {
-                if id != self.id {
-                    self.env.network.add_peer(id, addr.raft.clone());
-                }
+            if id != self.id
+                && let Some(addr) = self.book.get(id)
+            {
+                self.env.network.add_peer(id, addr.raft.clone());
+            }
+            if let Some(addr) = self.book.recorded(id).cloned() {
                 list.push(proto::Member {
                     id,
                     raft_url: addr.raft,

@@ -9,11 +9,19 @@ use super::{Address, Node};
 use crate::proto::{self, Role};
 
 /// Every member's addresses, for dialling peers, leader hints and the status.
+///
+/// An address comes from one of three places: this node's cluster file (pinned: never replaced,
+/// it may be a local route such as a proxy or a NAT), the log and snapshots (the replicated
+/// record, set once per id: ids are never reused, so no change can move a member), or a peer
+/// that named itself (learned: dialled until the log says otherwise, never recorded in the
+/// machine, so every replica's member list stays the same).
 pub(super) struct AddressBook {
     addresses: HashMap<u64, Address>,
-    /// Peers whose addresses came from this node's cluster file: never replaced by addresses
-    /// learned at run time (they may be local routes: a proxy, a NAT).
     pinned: HashSet<u64>,
+    /// Addresses the log and snapshots gave.
+    logged: HashMap<u64, Address>,
+    /// Peers whose address in `addresses` is only what they named themselves.
+    learned: HashSet<u64>,
 }
 
 impl AddressBook {
@@ -25,20 +33,18 @@ impl AddressBook {
         mut addresses: HashMap<u64, Address>,
         members: &[proto::Member],
     ) -> AddressBook {
-        let pinned: HashSet<u64> = addresses.keys().copied().collect();
-        for m in members {
-            if m.id != 0 && !m.raft_url.is_empty() && !pinned.contains(&m.id) {
-                addresses.insert(
-                    m.id,
-                    Address {
-                        raft: m.raft_url.clone(),
-                        client: m.client_url.clone(),
-                    },
-                );
-            }
-        }
+        let pinned: HashSet<u64> = addresses.keys().copied().chain([me]).collect();
         addresses.insert(me, own);
-        AddressBook { addresses, pinned }
+        let mut book = AddressBook {
+            addresses,
+            pinned,
+            logged: HashMap::new(),
+            learned: HashSet::new(),
+        };
+        for m in members {
+            book.log(m);
+        }
+        book
     }
 
     /// Where `id` is reached, if known.
@@ -46,14 +52,43 @@ impl AddressBook {
         self.addresses.get(&id)
     }
 
-    /// Whether the cluster file gave `id`'s address.
-    pub(super) fn is_pinned(&self, id: u64) -> bool {
-        self.pinned.contains(&id)
+    /// Records the address the log or a snapshot gives `m`, unless one was recorded already:
+    /// it replaces a learned address, never a pinned one. Returns whether it was new.
+    pub(super) fn log(&mut self, m: &proto::Member) -> bool {
+        if m.id == 0 || m.raft_url.is_empty() || self.logged.contains_key(&m.id) {
+            return false;
+        }
+        let address = Address {
+            raft: m.raft_url.clone(),
+            client: m.client_url.clone(),
+        };
+        self.logged.insert(m.id, address.clone());
+        if !self.pinned.contains(&m.id) {
+            self.addresses.insert(m.id, address);
+            self.learned.remove(&m.id);
+        }
+        true
     }
 
-    /// Records `id`'s address (the caller decides whether it may replace a known one).
-    pub(super) fn set(&mut self, id: u64, address: Address) {
-        self.addresses.insert(id, address);
+    /// Records the address a peer named for itself, if the book has none for it.
+    pub(super) fn learn(&mut self, id: u64, raft: String) {
+        if self.addresses.contains_key(&id) {
+            return;
+        }
+        self.learned.insert(id);
+        let client = String::new();
+        self.addresses.insert(id, Address { raft, client });
+    }
+
+    /// The address the machine's member list records for `id`: the logged one, else the
+    /// cluster file's (founding members are named by the cluster file only), never a learned
+    /// one.
+    pub(super) fn recorded(&self, id: u64) -> Option<&Address> {
+        self.logged.get(&id).or_else(|| {
+            self.addresses
+                .get(&id)
+                .filter(|_| !self.learned.contains(&id))
+        })
     }
 }
 

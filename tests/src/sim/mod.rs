@@ -279,12 +279,47 @@ fn final_checks(world: &mut World) {
     if let Some((first, bytes)) = machines.first()
         && let Some((other, _)) = machines.iter().find(|(_, b)| b != bytes)
     {
+        let other_bytes = &machines
+            .iter()
+            .find(|(id, _)| id == other)
+            .expect("found")
+            .1;
         world.fail(format!(
             "replicas diverged: node {first} and node {other} hold different states at the same \
-             applied index"
+             applied index ({})",
+            what_differs(bytes, other_bytes)
         ));
     }
     compare_logs(world, &members);
+}
+
+/// Which parts of two encoded machine states differ, in words.
+fn what_differs(a: &[u8], b: &[u8]) -> String {
+    use prost::Message as _;
+    use raftnode::proto::MachineState;
+    let (Ok(a), Ok(b)) = (MachineState::decode(a), MachineState::decode(b)) else {
+        return "a state does not decode".into();
+    };
+    let mut parts = Vec::new();
+    if (a.applied_index, a.applied_term) != (b.applied_index, b.applied_term) {
+        parts.push("applied index".to_string());
+    }
+    if a.space != b.space {
+        parts.push("tuples".to_string());
+    }
+    if a.sessions != b.sessions {
+        parts.push("sessions".to_string());
+    }
+    if a.members != b.members {
+        parts.push(format!("members {:?} against {:?}", a.members, b.members));
+    }
+    if a.removed_ids != b.removed_ids {
+        parts.push("removed ids".to_string());
+    }
+    if (a.cluster_id, a.limits) != (b.cluster_id, b.limits) {
+        parts.push("cluster id or limits".to_string());
+    }
+    parts.join("; ")
 }
 
 /// Every two members agree on every committed entry both still hold.
