@@ -196,6 +196,49 @@ fn require(msg: &Message, ok: bool, why: &str) -> Result<(), MsgRefusal> {
 /// Each rule names the raft-rs 0.7 failure it prevents.
 pub fn check_against(msg: &mut Message, view: &RaftView) -> Result<(), MsgRefusal> {
     use MessageType::*;
+    check_addressing(msg, view)?;
+    match msg.get_msg_type() {
+        MsgPropose => check_proposal(msg)?,
+        // The leader reads `entries[0]` as the request's context.
+        MsgReadIndex => require(msg, msg.entries.len() == 1, "a read request needs 1 entry")?,
+        MsgAppend => check_append(msg, view)?,
+        // `commit_to` is `fatal!` past the last index.
+        MsgHeartbeat => msg.commit = msg.commit.min(view.last_index),
+        MsgSnapshot => check_snapshot_metadata(msg, view)?,
+        MsgAppendResponse if view.role == StateRole::Leader && msg.term == view.term => {
+            check_append_response(msg, view)?
+        }
+        // raft-rs#511: a node at term 0 that rejects a pre-vote panics in `send`.
+        MsgRequestPreVote if view.term == 0 => check_pre_vote_at_term_0(msg, view)?,
+        // Becoming leader asserts that everything is persisted.
+        MsgRequestVoteResponse if !msg.reject && view.role == StateRole::Candidate => require(
+            msg,
+            view.all_persisted(),
+            "a vote while this node has unpersisted data",
+        )?,
+        MsgTimeoutNow => check_timeout_now(msg, view)?,
+        // A follower forwarding it with a term set is `fatal!`.
+        MsgTransferLeader => require(
+            msg,
+            view.role == StateRole::Leader && msg.term == view.term,
+            "a transfer request to a node that is not the leader of its term",
+        )?,
+        MsgReadIndexResp => require(
+            msg,
+            view.role == StateRole::Follower
+                && msg.term == view.term
+                && msg.from == view.leader_id
+                && msg.entries.len() == 1,
+            "a read index answer not from the current leader",
+        )?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Addressing, term, and one leader per term.
+fn check_addressing(msg: &Message, view: &RaftView) -> Result<(), MsgRefusal> {
+    use MessageType::*;
     let kind = msg.get_msg_type();
     // Addressing: raft-rs reads neither `to` nor whether `from` is this node; a response "from"
     // itself would corrupt the leader's own progress.
@@ -225,102 +268,78 @@ pub fn check_against(msg: &mut Message, view: &RaftView) -> Result<(), MsgRefusa
     {
         return Err(invariant(msg, "a second leader in one term"));
     }
-    match kind {
-        // `fatal!("stepped empty MsgProp")`. Peers forward client writes only; membership changes
-        // are proposed by the leader itself after its own checks.
-        MsgPropose => {
-            require(msg, !msg.entries.is_empty(), "a proposal without entries")?;
-            let normal = msg
-                .entries
-                .iter()
-                .all(|e| e.get_entry_type() == EntryType::EntryNormal);
-            require(msg, normal, "a forwarded membership change")?;
-        }
-        // The leader reads `entries[0]` as the request's context.
-        MsgReadIndex => require(msg, msg.entries.len() == 1, "a read request needs 1 entry")?,
-        MsgAppend => check_append(msg, view)?,
-        // `commit_to` is `fatal!` past the last index.
-        MsgHeartbeat => msg.commit = msg.commit.min(view.last_index),
-        MsgSnapshot => {
-            let meta = msg.get_snapshot().get_metadata();
-            require(
-                msg,
-                meta.index != 0 && meta.index < SANE,
-                "snapshot index out of range",
-            )?;
-            require(
-                msg,
-                meta.term != 0 && meta.term <= msg.term,
-                "snapshot term 0 or after the message's term",
-            )?;
-            conf_state_ok(meta.get_conf_state(), view.id).map_err(|why| invariant(msg, why))?;
-        }
-        MsgAppendResponse if view.role == StateRole::Leader && msg.term == view.term => {
-            if msg.reject {
-                require(msg, msg.reject_hint < SANE, "reject hint out of range")?;
-                require(
-                    msg,
-                    msg.request_snapshot == 0 || msg.request_snapshot <= view.last_index,
-                    "a snapshot requested past the leader's log",
-                )?;
-            } else {
-                require(
-                    msg,
-                    msg.index <= view.last_index,
-                    "acknowledges entries never sent",
-                )?;
-            }
-        }
-        // raft-rs#511: a node at term 0 that rejects a pre-vote panics in `send`.
-        MsgRequestPreVote if view.term == 0 => {
-            let priority = if msg.priority != 0 {
-                msg.priority
-            } else {
-                i64::try_from(msg.deprecated_priority).unwrap_or(i64::MAX)
-            };
-            let grant = view.is_up_to_date(msg.index, msg.log_term)
-                && (msg.index > view.last_index || view.priority <= priority);
-            require(msg, grant, "a pre-vote this node at term 0 would reject")?;
-        }
-        // Becoming leader asserts that everything is persisted.
-        MsgRequestVoteResponse if !msg.reject && view.role == StateRole::Candidate => {
-            require(
-                msg,
-                view.all_persisted(),
-                "a vote while this node has unpersisted data",
-            )?;
-        }
-        MsgTimeoutNow => {
-            require(
-                msg,
-                view.role == StateRole::Follower
-                    && msg.term == view.term
-                    && msg.from == view.leader_id,
-                "a leadership transfer not from the current leader",
-            )?;
-            require(
-                msg,
-                !view.singleton || view.all_persisted(),
-                "a leadership transfer while this node has unpersisted data",
-            )?;
-        }
-        // A follower forwarding it with a term set is `fatal!`.
-        MsgTransferLeader => require(
-            msg,
-            view.role == StateRole::Leader && msg.term == view.term,
-            "a transfer request to a node that is not the leader of its term",
-        )?,
-        MsgReadIndexResp => require(
-            msg,
-            view.role == StateRole::Follower
-                && msg.term == view.term
-                && msg.from == view.leader_id
-                && msg.entries.len() == 1,
-            "a read index answer not from the current leader",
-        )?,
-        _ => {}
-    }
     Ok(())
+}
+
+/// `fatal!("stepped empty MsgProp")`. Peers forward client writes only; membership changes are
+/// proposed by the leader itself after its own checks.
+fn check_proposal(msg: &Message) -> Result<(), MsgRefusal> {
+    require(msg, !msg.entries.is_empty(), "a proposal without entries")?;
+    let normal = msg
+        .entries
+        .iter()
+        .all(|e| e.get_entry_type() == EntryType::EntryNormal);
+    require(msg, normal, "a forwarded membership change")
+}
+
+/// A snapshot's index and term in range, and a configuration raft-rs can restore.
+fn check_snapshot_metadata(msg: &Message, view: &RaftView) -> Result<(), MsgRefusal> {
+    let meta = msg.get_snapshot().get_metadata();
+    require(
+        msg,
+        meta.index != 0 && meta.index < SANE,
+        "snapshot index out of range",
+    )?;
+    require(
+        msg,
+        meta.term != 0 && meta.term <= msg.term,
+        "snapshot term 0 or after the message's term",
+    )?;
+    conf_state_ok(meta.get_conf_state(), view.id).map_err(|why| invariant(msg, why))
+}
+
+/// A leader's progress bookkeeping: hints and acknowledgements within its log.
+fn check_append_response(msg: &Message, view: &RaftView) -> Result<(), MsgRefusal> {
+    if msg.reject {
+        require(msg, msg.reject_hint < SANE, "reject hint out of range")?;
+        require(
+            msg,
+            msg.request_snapshot == 0 || msg.request_snapshot <= view.last_index,
+            "a snapshot requested past the leader's log",
+        )
+    } else {
+        require(
+            msg,
+            msg.index <= view.last_index,
+            "acknowledges entries never sent",
+        )
+    }
+}
+
+/// A node at term 0 may only be asked for pre-votes it grants.
+fn check_pre_vote_at_term_0(msg: &Message, view: &RaftView) -> Result<(), MsgRefusal> {
+    let priority = if msg.priority != 0 {
+        msg.priority
+    } else {
+        i64::try_from(msg.deprecated_priority).unwrap_or(i64::MAX)
+    };
+    let grant = view.is_up_to_date(msg.index, msg.log_term)
+        && (msg.index > view.last_index || view.priority <= priority);
+    require(msg, grant, "a pre-vote this node at term 0 would reject")
+}
+
+/// A leadership transfer comes from the current leader, to a node with nothing unpersisted.
+fn check_timeout_now(msg: &Message, view: &RaftView) -> Result<(), MsgRefusal> {
+    require(
+        msg,
+        view.role == StateRole::Follower && msg.term == view.term && msg.from == view.leader_id,
+        "a leadership transfer not from the current leader",
+    )?;
+    require(
+        msg,
+        !view.singleton || view.all_persisted(),
+        "a leadership transfer while this node has unpersisted data",
+    )
 }
 
 /// `MsgAppend`: entries numbered right after `index`, with sane terms; a claimed match with term

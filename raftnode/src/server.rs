@@ -89,9 +89,13 @@ pub async fn serve(
             reason: e.to_string(),
         })?;
     info!(logger, "serving clients"; "endpoint" => &router.endpoint);
-    let send = router.handle();
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let quotas = crate::quota::Quotas::default();
+    let door = Door {
+        send: router.handle(),
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        quotas: crate::quota::Quotas::default(),
+        refuser,
+        logger: logger.clone(),
+    };
     tokio::pin!(shutdown);
     loop {
         let frames = tokio::select! {
@@ -101,80 +105,111 @@ pub async fn serve(
                 None => break,
             },
         };
+        let Some(Admitted {
+            request,
+            mut reply_to,
+            identity,
+            held,
+        }) = door.admit(frames)
+        else {
+            continue;
+        };
+        let node = node.clone();
+        let gone = door.send.closed(&identity);
+        tokio::spawn(async move {
+            if let Some(resp) = execute_for(&node, request, gone).await {
+                reply_to.send(resp);
+            }
+            drop(held);
+        });
+    }
+    info!(logger, "client endpoint stopped"; "endpoint" => &router.endpoint);
+    Ok(())
+}
+
+/// What every request passes before it reaches the node: an envelope, the frame limit, a
+/// request that decodes, the client's fair share and a free request slot.
+struct Door {
+    send: RouterHandle,
+    permits: Arc<Semaphore>,
+    quotas: crate::quota::Quotas,
+    refuser: Arc<Refuser>,
+    logger: Logger,
+}
+
+/// A request let in, with where its answer goes and the share and slot it holds until answered.
+struct Admitted {
+    request: proto::Request,
+    reply_to: Replier,
+    identity: Bytes,
+    held: (tokio::sync::OwnedSemaphorePermit, crate::quota::Share),
+}
+
+impl Door {
+    /// Lets a message in, or refuses it (answering the client when it can be answered).
+    fn admit(&self, frames: Vec<Bytes>) -> Option<Admitted> {
         // [identity, (empty delimiter,) payload]: everything before the payload is the envelope
         // the answer must carry back.
         if frames.len() < 2 {
             let source = frames
                 .first()
                 .map_or_else(String::new, |id| guard::source_of(id));
-            refuser.refuse(
-                &logger,
-                "client.no_envelope",
-                &source,
-                "a frame without an envelope",
-            );
-            continue;
+            self.refuse("client.no_envelope", &source, "a frame without an envelope");
+            return None;
         }
         let identity = frames[0].clone();
         let source = guard::source_of(&identity);
         let mut envelope = frames;
         let payload = envelope.pop().unwrap_or_default();
         let mut reply_to = Replier {
-            send: send.clone(),
+            send: self.send.clone(),
             envelope,
-            logger: logger.clone(),
+            logger: self.logger.clone(),
+        };
+        let mut refuse = |kind: &'static str, code: Code, why: String| {
+            self.refuse(kind, &source, &why);
+            reply_to.send(respond(error(code, why)));
         };
         if payload.len() > crate::MAX_CLIENT_FRAME {
-            refuser.refuse(&logger, "client.too_large", &source, "an oversized frame");
-            let msg = format!(
+            let why = format!(
                 "frame of {} bytes exceeds the limit of {} bytes",
                 payload.len(),
                 crate::MAX_CLIENT_FRAME
             );
-            reply_to.send(respond(error(Code::TooLarge, msg)));
-            continue;
+            refuse("client.too_large", Code::TooLarge, why);
+            return None;
         }
         let request = match proto::Request::decode(payload) {
             Ok(r) => r,
             Err(e) => {
-                let msg = format!("undecodable request: {e}");
-                refuser.refuse(&logger, "client.undecodable", &source, &msg);
-                reply_to.send(respond(error(Code::Invalid, msg)));
-                continue;
+                let why = format!("undecodable request: {e}");
+                refuse("client.undecodable", Code::Invalid, why);
+                return None;
             }
         };
-        let share = match quotas.acquire(&guard::host_of(&identity)) {
+        let share = match self.quotas.acquire(&guard::host_of(&identity)) {
             Ok(share) => share,
             Err(why) => {
-                refuser.refuse(&logger, "client.over_quota", &source, &why);
-                reply_to.send(respond(error(Code::Overloaded, why)));
-                continue;
+                refuse("client.over_quota", Code::Overloaded, why);
+                return None;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuser.refuse(
-                &logger,
-                "client.overloaded",
-                &source,
-                "all request slots taken",
-            );
-            reply_to.send(respond(error(
-                Code::Overloaded,
-                "too many requests in flight; back off and retry",
-            )));
-            continue;
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let why = "too many requests in flight; back off and retry".to_string();
+            refuse("client.overloaded", Code::Overloaded, why);
+            return None;
         };
-        let node = node.clone();
-        let gone = send.closed(&identity);
-        tokio::spawn(async move {
-            if let Some(resp) = execute_for(&node, request, gone).await {
-                reply_to.send(resp);
-            }
-            drop((permit, share));
-        });
+        Some(Admitted {
+            request,
+            reply_to,
+            identity,
+            held: (permit, share),
+        })
     }
-    info!(logger, "client endpoint stopped"; "endpoint" => &router.endpoint);
-    Ok(())
+
+    fn refuse(&self, kind: &'static str, source: &str, why: &str) {
+        self.refuser.refuse(&self.logger, kind, source, why);
+    }
 }
 
 struct Replier {

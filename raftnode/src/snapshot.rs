@@ -595,129 +595,46 @@ fn name_of(path: &Path) -> Result<(u64, u64), SnapshotError> {
 /// a file that ends early) is [`SnapshotError::Corrupt`]; other I/O errors are
 /// [`SnapshotError::Io`].
 fn read_snapshot(
-    mut file: Box<dyn Read + Send>,
+    file: Box<dyn Read + Send>,
     len: u64,
     path: &Path,
 ) -> Result<LoadedSnapshot, SnapshotError> {
-    let corrupt = |detail: String| SnapshotError::Corrupt {
-        path: path.to_path_buf(),
-        detail,
-    };
     let (name_index, name_term) = name_of(path)?;
-
-    // Reads exactly `buf.len()` bytes; a file that ends early is torn.
-    let read = |file: &mut Box<dyn Read + Send>,
-                buf: &mut [u8],
-                what: &str|
-     -> Result<(), SnapshotError> {
-        file.read_exact(buf).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                corrupt(format!(
-                    "torn: the file ends inside the {what} (did it shrink while being read?)"
-                ))
-            } else {
-                SnapshotError::Io {
-                    op: "cannot read snapshot",
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
-        })
-    };
-
+    let mut file = SnapshotReader { file, path };
     let mut prefix = [0u8; PREFIX_LEN as usize];
     let have = len.min(PREFIX_LEN) as usize;
-    read(&mut file, &mut prefix[..have], "header")?;
-    if have >= 8 && prefix[..8] != MAGIC[..] {
-        return Err(corrupt(format!(
-            "bad magic bytes {:02x?} (expected {:?}): not a snapshot file",
-            &prefix[..8],
-            String::from_utf8_lossy(MAGIC)
-        )));
-    }
-    let u32_at = |at: usize| u32::from_le_bytes(prefix[at..at + 4].try_into().unwrap_or_default());
-    let u64_at = |at: usize| u64::from_le_bytes(prefix[at..at + 8].try_into().unwrap_or_default());
-    if have >= 12 && u32_at(8) != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "unsupported format version {} (this build reads version {FORMAT_VERSION})",
-            u32_at(8)
-        )));
-    }
-    if len < MIN_LEN {
-        return Err(corrupt(format!(
-            "torn: the file has {len} bytes, fewer than the {MIN_LEN} of the smallest snapshot"
-        )));
-    }
-    let index = u64_at(12);
-    let term = u64_at(20);
-    let cs_len = u32_at(28);
-    if PREFIX_LEN + u64::from(cs_len) + 8 + 4 > len {
-        return Err(corrupt(format!(
-            "torn: the conf state length {cs_len} runs past the end of the file ({len} bytes)"
-        )));
-    }
-    // Bounded by the file size, checked just above.
-    let mut cs = vec![0u8; cs_len as usize];
-    read(&mut file, &mut cs, "conf state")?;
+    file.exact(&mut prefix[..have], "header")?;
+    let header = Header::check(&prefix, have, len).map_err(|d| file.corrupt(d))?;
+    // Bounded by the file size, checked by `Header::check`.
+    let mut cs = vec![0u8; header.cs_len as usize];
+    file.exact(&mut cs, "conf state")?;
     let mut data_len_bytes = [0u8; 8];
-    read(&mut file, &mut data_len_bytes, "data length")?;
+    file.exact(&mut data_len_bytes, "data length")?;
     let data_len = u64::from_le_bytes(data_len_bytes);
-    let expected = (PREFIX_LEN + u64::from(cs_len) + 8)
-        .checked_add(data_len)
-        .and_then(|n| n.checked_add(4));
-    match expected {
-        Some(expected) if expected == len => {}
-        Some(expected) if expected < len => {
-            return Err(corrupt(format!(
-                "{} unexpected bytes after the checksum (the header describes a {expected}-byte \
-                 file, the file has {len} bytes)",
-                len - expected
-            )));
-        }
-        _ => {
-            return Err(corrupt(format!(
-                "torn: the header says {data_len} bytes of data, more than the file holds \
-                 ({len} bytes)"
-            )));
-        }
-    }
-    // Bounded by the file size, checked just above.
-    let data_cap = usize::try_from(data_len)
-        .map_err(|_| corrupt(format!("{data_len} bytes of data do not fit in memory")))?;
-    let mut data = Vec::with_capacity(data_cap);
-    (&mut file)
-        .take(data_len)
-        .read_to_end(&mut data)
-        .map_err(io_err("cannot read snapshot", path))?;
-    if data.len() != data_cap {
-        return Err(corrupt(format!(
-            "torn: the file ends inside the data ({} of {data_len} bytes; did it shrink while \
-             being read?)",
-            data.len()
-        )));
-    }
+    check_total_length(header.cs_len, data_len, len).map_err(|d| file.corrupt(d))?;
+    let data = file.data(data_len)?;
     let mut crc_bytes = [0u8; 4];
-    read(&mut file, &mut crc_bytes, "checksum")?;
+    file.exact(&mut crc_bytes, "checksum")?;
     let stored = u32::from_le_bytes(crc_bytes);
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&prefix);
-    hasher.update(&cs);
-    hasher.update(&data_len_bytes);
-    hasher.update(&data);
+    for part in [&prefix[..], &cs, &data_len_bytes, &data] {
+        hasher.update(part);
+    }
     let computed = hasher.finalize();
     if stored != computed {
-        return Err(corrupt(format!(
+        return Err(file.corrupt(format!(
             "checksum mismatch: the file says {stored:08x}, its contents give {computed:08x}"
         )));
     }
+    let (index, term) = (header.index, header.term);
     if (name_index, name_term) != (index, term) {
-        return Err(corrupt(format!(
+        return Err(file.corrupt(format!(
             "the file name says index {name_index} term {name_term} but the header says index \
              {index} term {term}"
         )));
     }
     let conf_state = ConfState::parse_from_bytes(&cs)
-        .map_err(|e| corrupt(format!("the conf state does not decode: {e}")))?;
+        .map_err(|e| file.corrupt(format!("the conf state does not decode: {e}")))?;
     Ok(LoadedSnapshot {
         index,
         term,
@@ -725,6 +642,123 @@ fn read_snapshot(
         data,
         path: path.to_path_buf(),
     })
+}
+
+/// A snapshot file being read: a file that ends early is torn.
+struct SnapshotReader<'a> {
+    file: Box<dyn Read + Send>,
+    path: &'a Path,
+}
+
+impl SnapshotReader<'_> {
+    fn corrupt(&self, detail: String) -> SnapshotError {
+        SnapshotError::Corrupt {
+            path: self.path.to_path_buf(),
+            detail,
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes of the `what`.
+    fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), SnapshotError> {
+        self.file.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                self.corrupt(format!(
+                    "torn: the file ends inside the {what} (did it shrink while being read?)"
+                ))
+            } else {
+                SnapshotError::Io {
+                    op: "cannot read snapshot",
+                    path: self.path.to_path_buf(),
+                    source: e,
+                }
+            }
+        })
+    }
+
+    /// Reads the `data_len` bytes of data (already checked against the file's size).
+    fn data(&mut self, data_len: u64) -> Result<Vec<u8>, SnapshotError> {
+        let data_cap = usize::try_from(data_len)
+            .map_err(|_| self.corrupt(format!("{data_len} bytes of data do not fit in memory")))?;
+        let mut data = Vec::with_capacity(data_cap);
+        (&mut self.file)
+            .take(data_len)
+            .read_to_end(&mut data)
+            .map_err(io_err("cannot read snapshot", self.path))?;
+        if data.len() != data_cap {
+            return Err(self.corrupt(format!(
+                "torn: the file ends inside the data ({} of {data_len} bytes; did it shrink \
+                 while being read?)",
+                data.len()
+            )));
+        }
+        Ok(data)
+    }
+}
+
+/// The fixed-size start of a snapshot file.
+struct Header {
+    index: u64,
+    term: u64,
+    cs_len: u32,
+}
+
+impl Header {
+    /// Checks the `have` bytes read of the prefix of a `len`-byte file: magic, version, and a
+    /// conf state that fits in the file.
+    fn check(prefix: &[u8], have: usize, len: u64) -> Result<Header, String> {
+        if have >= 8 && prefix[..8] != MAGIC[..] {
+            return Err(format!(
+                "bad magic bytes {:02x?} (expected {:?}): not a snapshot file",
+                &prefix[..8],
+                String::from_utf8_lossy(MAGIC)
+            ));
+        }
+        let u32_at =
+            |at: usize| u32::from_le_bytes(prefix[at..at + 4].try_into().unwrap_or_default());
+        let u64_at =
+            |at: usize| u64::from_le_bytes(prefix[at..at + 8].try_into().unwrap_or_default());
+        if have >= 12 && u32_at(8) != FORMAT_VERSION {
+            return Err(format!(
+                "unsupported format version {} (this build reads version {FORMAT_VERSION})",
+                u32_at(8)
+            ));
+        }
+        if len < MIN_LEN {
+            return Err(format!(
+                "torn: the file has {len} bytes, fewer than the {MIN_LEN} of the smallest snapshot"
+            ));
+        }
+        let cs_len = u32_at(28);
+        if PREFIX_LEN + u64::from(cs_len) + 8 + 4 > len {
+            return Err(format!(
+                "torn: the conf state length {cs_len} runs past the end of the file ({len} bytes)"
+            ));
+        }
+        Ok(Header {
+            index: u64_at(12),
+            term: u64_at(20),
+            cs_len,
+        })
+    }
+}
+
+/// The file must be exactly as long as its header and data length say.
+fn check_total_length(cs_len: u32, data_len: u64, len: u64) -> Result<(), String> {
+    let expected = (PREFIX_LEN + u64::from(cs_len) + 8)
+        .checked_add(data_len)
+        .and_then(|n| n.checked_add(4));
+    match expected {
+        Some(expected) if expected == len => Ok(()),
+        Some(expected) if expected < len => Err(format!(
+            "{} unexpected bytes after the checksum (the header describes a {expected}-byte \
+             file, the file has {len} bytes)",
+            len - expected
+        )),
+        _ => Err(format!(
+            "torn: the header says {data_len} bytes of data, more than the file holds ({len} \
+             bytes)"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -520,55 +520,9 @@ async fn add(
     max_lag: u64,
 ) -> Result<()> {
     let mut client = ctx.client()?;
-    // Does the node run? Not running yet is fine (the catch-up waits for it), but say how.
-    let probe = ClientOptions {
-        request_timeout: Duration::from_secs(1),
-        connect_timeout: Duration::from_millis(500),
-        retry_window: Duration::from_secs(1),
-        follow_leader: false,
-    };
-    match Client::status_of(client_url, &probe).await {
-        Ok(s) if s.id != id => {
-            return Err(Error::failed(format!(
-                "{client_url} answers as node {}, not node {id}",
-                s.id
-            ))
-            .hint("check the id and the endpoints"));
-        }
-        Ok(_) => {}
-        Err(e) => {
-            let hint = join_hint(id, raft, client_url);
-            progress(
-                ctx,
-                "not-running",
-                id,
-                &format!(
-                    "node {id} does not answer on {client_url} ({}): {hint}; adding it anyway, \
-                     the catch-up waits up to {} for it",
-                    without_endpoint(&reason(e), client_url),
-                    duration::show(catch_up)
-                ),
-            );
-        }
-    }
+    probe_new_node(ctx, id, raft, client_url, catch_up).await?;
     let view = leader_view(&mut client).await?;
-    for m in &view.members {
-        if m.id == id {
-            continue;
-        }
-        for (what, url, theirs) in [
-            ("raft", raft, &m.raft_url),
-            ("client", client_url, &m.client_url),
-        ] {
-            if url == theirs {
-                return Err(Error::failed(format!(
-                    "{url} is already node {}'s {what} endpoint",
-                    m.id
-                ))
-                .hint("give the new node its own endpoints"));
-            }
-        }
-    }
+    check_endpoints_free(&view, id, raft, client_url)?;
     match member(&view, id).map(proto::Member::role) {
         Some(Role::Voter) => {
             progress(
@@ -635,6 +589,65 @@ async fn add(
         })?;
     progress(ctx, "voter", id, &format!("promoted node {id} to voter"));
     print_membership(ctx, &status)
+}
+
+/// Does the new node run? Not running yet is fine (the catch-up waits for it), but say how to
+/// start it; a node answering as another id is an error.
+async fn probe_new_node(
+    ctx: &Context,
+    id: u64,
+    raft: &str,
+    client_url: &str,
+    catch_up: Duration,
+) -> Result<()> {
+    let probe = ClientOptions {
+        request_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_millis(500),
+        retry_window: Duration::from_secs(1),
+        follow_leader: false,
+    };
+    match Client::status_of(client_url, &probe).await {
+        Ok(s) if s.id != id => Err(Error::failed(format!(
+            "{client_url} answers as node {}, not node {id}",
+            s.id
+        ))
+        .hint("check the id and the endpoints")),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let hint = join_hint(id, raft, client_url);
+            progress(
+                ctx,
+                "not-running",
+                id,
+                &format!(
+                    "node {id} does not answer on {client_url} ({}): {hint}; adding it anyway, \
+                     the catch-up waits up to {} for it",
+                    without_endpoint(&reason(e), client_url),
+                    duration::show(catch_up)
+                ),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// No other member already uses the new node's endpoints.
+fn check_endpoints_free(view: &proto::Status, id: u64, raft: &str, client_url: &str) -> Result<()> {
+    for m in view.members.iter().filter(|m| m.id != id) {
+        for (what, url, theirs) in [
+            ("raft", raft, &m.raft_url),
+            ("client", client_url, &m.client_url),
+        ] {
+            if url == theirs {
+                return Err(Error::failed(format!(
+                    "{url} is already node {}'s {what} endpoint",
+                    m.id
+                ))
+                .hint("give the new node its own endpoints"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits for node `id` to catch up, saying every few seconds how far it is.

@@ -123,82 +123,153 @@ pub async fn run_node(
     logger: Logger,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Exit> {
-    let NodeLaunch {
-        id,
-        me,
-        data_dir,
-        settings,
-        peers,
-        voters,
-        key_file,
-        limits,
-    } = launch;
-    let logger = logger.new(slog::o!("node" => id));
-    let keys = Keys::load(&key_file)?;
-    let cluster = keys.cluster;
-    let storage = RaftStorage::open(&data_dir, &voters, logger.clone())
-        .with_context(|| format!("opening data dir {}", data_dir.display()))?;
-    let snapshots = SnapshotStore::open(&data_dir, logger.clone())?;
-    let Recovered {
-        storage,
-        machine,
-        kept_snapshots,
-        incarnation,
-    } = recover(storage, &snapshots, &voters, cluster, &logger)
-        .with_context(|| format!("recovering data dir {}", data_dir.display()))?;
-    info!(logger, "cluster identity"; "cluster" => %cluster, "incarnation" => incarnation,
-        "signing_key" => keys.signing().fingerprint(), "keys" => keys.all().len());
-    let auth = PeerAuth::new(KeyRing::new(keys), id, incarnation);
-    let refusals = Arc::new(Refusals::new());
+    let logger = logger.new(slog::o!("node" => launch.id));
+    let (disk, auth) = open_disk(&launch, &logger)?;
+    let (wires, inbox) = Wires::new(auth);
+    let node_done = start_node_thread(&launch, disk, inbox, &wires, &logger)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let endpoints = spawn_endpoints(&launch, &wires, stop_rx, &logger);
+    info!(logger, "node running"; "raft" => &launch.me.raft, "client" => &launch.me.client,
+        "data_dir" => %launch.data_dir.display());
+    let outcome = first_to_stop(shutdown, endpoints.peer, endpoints.clients, node_done).await;
+    let _ = stop_tx.send(true);
+    endpoints.reload.abort();
+    let _ = wires.inbox_tx.send(NodeMsg::Shutdown);
+    match &outcome {
+        Err(e) => error!(logger, "node failed"; "err" => format!("{e:#}")),
+        Ok(Exit::Removed) => info!(logger, "node stopped: removed from the cluster"),
+        Ok(Exit::Shutdown) => info!(logger, "node shut down"),
+    }
+    // Let the async log drain flush before the process exits.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    outcome
+}
 
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reports_tx = tx.clone();
+/// What the node recovered from its disk, and the cluster it belongs to.
+struct Disk {
+    recovered: Recovered,
+    snapshots: SnapshotStore,
+    cluster: crate::keys::ClusterId,
+}
+
+/// Loads the key file, opens the log and the snapshots, and recovers the node's state; the
+/// peer authentication speaks for this incarnation.
+fn open_disk(launch: &NodeLaunch, logger: &Logger) -> anyhow::Result<(Disk, Arc<PeerAuth>)> {
+    let data_dir = &launch.data_dir;
+    let keys = Keys::load(&launch.key_file)?;
+    let cluster = keys.cluster;
+    let storage = RaftStorage::open(data_dir, &launch.voters, logger.clone())
+        .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    let snapshots = SnapshotStore::open(data_dir, logger.clone())?;
+    let recovered = recover(storage, &snapshots, &launch.voters, cluster, logger)
+        .with_context(|| format!("recovering data dir {}", data_dir.display()))?;
+    info!(logger, "cluster identity"; "cluster" => %cluster, "incarnation" => recovered.incarnation,
+        "signing_key" => keys.signing().fingerprint(), "keys" => keys.all().len());
+    let auth = PeerAuth::new(KeyRing::new(keys), launch.id, recovered.incarnation);
+    let disk = Disk {
+        recovered,
+        snapshots,
+        cluster,
+    };
+    Ok((disk, auth))
+}
+
+/// What the node thread and the endpoints share: the node's inbox, the refusal counters, the
+/// peers seen removed, and the peer authentication.
+struct Wires {
+    inbox_tx: std::sync::mpsc::Sender<NodeMsg>,
+    refusals: Arc<Refusals>,
+    removed_peers: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    auth: Arc<PeerAuth>,
+}
+
+impl Wires {
+    /// The wires, and the inbox the node thread reads.
+    fn new(auth: Arc<PeerAuth>) -> (Wires, std::sync::mpsc::Receiver<NodeMsg>) {
+        let (inbox_tx, inbox) = std::sync::mpsc::channel();
+        let wires = Wires {
+            inbox_tx,
+            refusals: Arc::new(Refusals::new()),
+            removed_peers: Arc::default(),
+            auth,
+        };
+        (wires, inbox)
+    }
+}
+
+/// How the node thread ended.
+type NodeDone = tokio::sync::oneshot::Receiver<Result<Exit, crate::node::NodeError>>;
+
+/// Builds the node on the real clock, threads and ZeroMQ transport, and runs it on a thread of
+/// its own.
+fn start_node_thread(
+    launch: &NodeLaunch,
+    disk: Disk,
+    inbox: std::sync::mpsc::Receiver<NodeMsg>,
+    wires: &Wires,
+    logger: &Logger,
+) -> anyhow::Result<NodeDone> {
+    let Disk {
+        recovered,
+        snapshots,
+        cluster,
+    } = disk;
+    let reports_tx = wires.inbox_tx.clone();
     let reports: Arc<dyn Fn(Report) + Send + Sync> = Arc::new(move |r| {
         let _ = reports_tx.send(NodeMsg::Report(r));
     });
     let transport = Transport::new(
-        Arc::clone(&auth),
+        Arc::clone(&wires.auth),
         tokio::runtime::Handle::current(),
         reports,
         crate::MAX_PEER_FRAME,
         logger.clone(),
     );
-    let removed_peers = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let node = Node::new(NodeSetup {
-        id,
-        me: me.clone(),
-        settings,
-        addresses: peers,
-        storage,
-        machine,
+        id: launch.id,
+        me: launch.me.clone(),
+        settings: launch.settings.clone(),
+        addresses: launch.peers.clone(),
+        storage: recovered.storage,
+        machine: recovered.machine,
         snapshots: Arc::new(snapshots),
-        kept_snapshots,
+        kept_snapshots: recovered.kept_snapshots,
         env: crate::env::Env {
             clock: Arc::new(crate::env::SystemClock),
             background: crate::env::Threads::start(),
             network: Box::new(transport),
             election_draw: None,
         },
-        removed_peers: removed_peers.clone(),
-        inbox: rx,
-        inbox_tx: tx.clone(),
-        refusals: Arc::clone(&refusals),
+        removed_peers: Arc::clone(&wires.removed_peers),
+        inbox,
+        inbox_tx: wires.inbox_tx.clone(),
+        refusals: Arc::clone(&wires.refusals),
         cluster,
         limits: crate::proto::SpaceLimits {
-            max_tuples: limits.max_tuples,
-            max_bytes: limits.max_bytes,
+            max_tuples: launch.limits.max_tuples,
+            max_bytes: launch.limits.max_bytes,
         },
         logger: logger.clone(),
     })?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name(format!("raft-node-{id}"))
+        .name(format!("raft-node-{}", launch.id))
         .spawn(move || {
             let _ = done_tx.send(node.run());
         })
         .context("spawning the node thread")?;
+    Ok(done_rx)
+}
 
-    // File descriptors bound the connections both endpoints may keep.
+/// The tasks serving the node's two endpoints, and the key reloader.
+struct Endpoints {
+    peer: tokio::task::JoinHandle<Result<(), transport::TransportError>>,
+    clients: tokio::task::JoinHandle<Result<(), crate::server::BindError>>,
+    reload: tokio::task::JoinHandle<()>,
+}
+
+/// Connection caps for the peer and client endpoints: file descriptors bound what both may keep.
+fn guard_configs(logger: &Logger) -> (crate::guard::GuardConfig, crate::guard::GuardConfig) {
     let capacity = crate::guard::connection_capacity();
     let mut peer_guard = transport::guard_config(crate::MAX_PEER_FRAME);
     peer_guard.max_connections = peer_guard.max_connections.min(capacity / 8).max(8);
@@ -209,8 +280,20 @@ pub async fn run_node(
         .max(8);
     info!(logger, "connection limits"; "client" => client_guard.max_connections,
         "raft" => peer_guard.max_connections);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let deliver_tx = tx.clone();
+    (peer_guard, client_guard)
+}
+
+/// Serves the peer and client endpoints until `stop` turns true, and reloads the key file on
+/// SIGHUP. Batches from peers this node saw removed are not delivered.
+fn spawn_endpoints(
+    launch: &NodeLaunch,
+    wires: &Wires,
+    stop: watch::Receiver<bool>,
+    logger: &Logger,
+) -> Endpoints {
+    let (peer_guard, client_guard) = guard_configs(logger);
+    let deliver_tx = wires.inbox_tx.clone();
+    let removed_peers = Arc::clone(&wires.removed_peers);
     let deliver: crate::transport::Deliver = Arc::new(move |delivery| {
         let removed = removed_peers
             .lock()
@@ -221,51 +304,44 @@ pub async fn run_node(
         }
         removed
     });
-    let peer_server = tokio::spawn({
-        let (raft_url, logger, stop) = (me.raft.clone(), logger.clone(), stop_rx.clone());
-        let refuser = Arc::new(Refuser::new(Arc::clone(&refusals)));
-        let auth = Arc::clone(&auth);
-        async move {
-            transport::serve(
-                &raft_url,
-                peer_guard,
-                auth,
-                deliver,
-                refuser,
-                logger,
-                stopped(stop),
-            )
-            .await
-        }
+    let peer = tokio::spawn({
+        let (url, auth) = (launch.me.raft.clone(), Arc::clone(&wires.auth));
+        let refuser = Arc::new(Refuser::new(Arc::clone(&wires.refusals)));
+        let (logger, stop) = (logger.clone(), stopped(stop.clone()));
+        async move { transport::serve(&url, peer_guard, auth, deliver, refuser, logger, stop).await }
     });
     let clients = tokio::spawn({
-        let (client_url, logger, stop) = (me.client.clone(), logger.clone(), stop_rx.clone());
-        let handle = NodeHandle::new(tx.clone());
-        let refuser = Arc::new(Refuser::new(Arc::clone(&refusals)));
-        async move {
-            crate::server::serve(
-                &client_url,
-                client_guard,
-                handle,
-                refuser,
-                logger,
-                stopped(stop),
-            )
-            .await
-        }
+        let (url, handle) = (
+            launch.me.client.clone(),
+            NodeHandle::new(wires.inbox_tx.clone()),
+        );
+        let refuser = Arc::new(Refuser::new(Arc::clone(&wires.refusals)));
+        let (logger, stop) = (logger.clone(), stopped(stop));
+        async move { crate::server::serve(&url, client_guard, handle, refuser, logger, stop).await }
     });
     let reload = tokio::spawn(reload_keys_on_hangup(
-        key_file.clone(),
-        Arc::clone(&auth),
+        launch.key_file.clone(),
+        Arc::clone(&wires.auth),
         logger.clone(),
     ));
-    info!(logger, "node running"; "raft" => &me.raft, "client" => &me.client,
-        "data_dir" => %data_dir.display());
+    Endpoints {
+        peer,
+        clients,
+        reload,
+    }
+}
 
+/// Waits for the first of: `shutdown`, an endpoint failing, the node thread ending.
+async fn first_to_stop(
+    shutdown: impl Future<Output = ()>,
+    peer: tokio::task::JoinHandle<Result<(), transport::TransportError>>,
+    clients: tokio::task::JoinHandle<Result<(), crate::server::BindError>>,
+    node_done: NodeDone,
+) -> anyhow::Result<Exit> {
     tokio::pin!(shutdown);
-    let outcome: anyhow::Result<Exit> = tokio::select! {
+    tokio::select! {
         _ = &mut shutdown => Ok(Exit::Shutdown),
-        r = peer_server => match r {
+        r = peer => match r {
             Ok(Err(e)) => Err(e.into()),
             _ => Err(anyhow::anyhow!("the peer endpoint stopped")),
         },
@@ -273,23 +349,12 @@ pub async fn run_node(
             Ok(Err(e)) => Err(e.into()),
             _ => Err(anyhow::anyhow!("the client endpoint stopped")),
         },
-        r = done_rx => match r {
+        r = node_done => match r {
             Ok(Ok(exit)) => Ok(exit),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the node stopped")),
             Err(_) => Err(anyhow::anyhow!("the node thread stopped")),
         },
-    };
-    let _ = stop_tx.send(true);
-    reload.abort();
-    let _ = tx.send(NodeMsg::Shutdown);
-    match &outcome {
-        Err(e) => error!(logger, "node failed"; "err" => format!("{e:#}")),
-        Ok(Exit::Removed) => info!(logger, "node stopped: removed from the cluster"),
-        Ok(Exit::Shutdown) => info!(logger, "node shut down"),
     }
-    // Let the async log drain flush before the process exits.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    outcome
 }
 
 /// Re-reads the key file on every SIGHUP and puts its keys in force (a key rotation without a

@@ -352,87 +352,7 @@ async fn throughput_on(
     };
     let size = load.size as usize;
     let clients = load.clients;
-    let (work, prefix) = match load.op {
-        BenchOp::Out => (Work::Out { prefix: "bench" }, "bench"),
-        BenchOp::In => {
-            let prefix = "bench-in";
-            match load.preload {
-                Some(n) => {
-                    preload(endpoints, &options, prefix, size, clients, Stop::Ops(n)).await?;
-                }
-                None => {
-                    // Enough for the run: writing takes about as long as taking, so write for
-                    // longer than the run lasts (plus the count asked for, if any).
-                    if let Some(n) = load.ops {
-                        preload(endpoints, &options, prefix, size, clients, Stop::Ops(n)).await?;
-                    }
-                    let span = if load.ops.is_some() {
-                        load.warmup
-                    } else {
-                        load.warmup + measure
-                    };
-                    if !span.is_zero() {
-                        let stop = Stop::For(span.mul_f64(1.25));
-                        preload(endpoints, &options, prefix, size, clients, stop).await?;
-                    }
-                }
-            }
-            (
-                Work::In {
-                    template: load::template_for(prefix),
-                },
-                prefix,
-            )
-        }
-        BenchOp::Rd | BenchOp::Rdp => {
-            let prefix = "bench-rd";
-            let n = load.preload.unwrap_or(10_000).max(1);
-            let loaded = preload(endpoints, &options, prefix, size, clients, Stop::Ops(n)).await?;
-            let (first, last) = loaded
-                .ids
-                .ok_or_else(|| Error::failed("the preload reported no tuple ids"))?;
-            (
-                Work::Rd {
-                    template: load::template_for(prefix),
-                    first,
-                    last,
-                    blocking: load.op == BenchOp::Rd,
-                },
-                prefix,
-            )
-        }
-        BenchOp::Mix => {
-            let users = mix_users(endpoints, &options, clients).await?;
-            let n = load.preload.unwrap_or(2_000);
-            if n > 0 {
-                let plan = Arc::new(Plan {
-                    work: Work::Posts {
-                        users: users.clone(),
-                    },
-                    payload: String::new(),
-                    text: "p".repeat(size),
-                });
-                eprintln!("bench: preloading {n} posts");
-                let posted = load::drive(
-                    endpoints,
-                    &options,
-                    plan,
-                    clients,
-                    Stop::Ops(n),
-                    Duration::ZERO,
-                    "preload",
-                )
-                .await;
-                if posted.ops == 0 {
-                    return Err(Error::failed(format!(
-                        "the preload posted nothing: {}",
-                        posted.first_errors.join("; ")
-                    )));
-                }
-            }
-            (Work::Mix { users }, "post")
-        }
-    };
+    let (work, prefix) = prepare_work(load, endpoints, &options, measure).await?;
     let plan = Arc::new(Plan {
         work,
         payload: load::payload_for(prefix, size),
@@ -442,21 +362,34 @@ async fn throughput_on(
         BenchOp::Mix => size,
         _ => load::encoded_size(prefix, &plan.payload),
     };
-    let name = op_name(load.op);
-    let where_ = match local_nodes {
-        Some(n) => format!("a {n}-node local cluster"),
-        None => endpoints.join(","),
-    };
-    eprintln!(
-        "bench: {name} with {clients} clients, {tuple_bytes}-byte {}, against {where_}",
-        if load.op == BenchOp::Mix {
+    let run = Run {
+        name: op_name(load.op),
+        tuple_bytes,
+        where_: match local_nodes {
+            Some(n) => format!("a {n}-node local cluster"),
+            None => endpoints.join(","),
+        },
+        shape: if load.op == BenchOp::Mix {
             "posts"
         } else {
             "tuples"
-        }
+        },
+    };
+    eprintln!(
+        "bench: {} with {clients} clients, {tuple_bytes}-byte {}, against {}",
+        run.name, run.shape, run.where_
     );
     let before = loadavg();
-    let outcome = load::drive(endpoints, &options, plan, clients, stop, load.warmup, name).await;
+    let outcome = load::drive(
+        endpoints,
+        &options,
+        plan,
+        clients,
+        stop,
+        load.warmup,
+        run.name,
+    )
+    .await;
     let after = loadavg();
     for e in &outcome.first_errors {
         eprintln!("bench: error: {e}");
@@ -469,84 +402,12 @@ async fn throughput_on(
             duration::show(load::BLOCK)
         );
     }
+    let loadavg = (before, after);
     if ctx.out.json {
-        let mut j = latency_json(&outcome.all);
-        let extra = json!({
-            "bench": "throughput",
-            "op": name,
-            "clients": clients,
-            "size": size,
-            "tuple_bytes": tuple_bytes,
-            "duration_s": ms(outcome.measured.as_secs_f64()),
-            "warmup_s": load.warmup.as_secs_f64(),
-            "ops_per_sec": (outcome.rate() * 10.0).round() / 10.0,
-            "errors": outcome.errors,
-            "warmup_errors": outcome.warm_errors,
-            "exhausted": outcome.exhausted,
-            "nodes": local_nodes,
-            "started_cluster": local_nodes.is_some(),
-            "endpoints": endpoints,
-            "loadavg_before": before,
-            "loadavg_after": after,
-            "first_errors": outcome.first_errors,
-        });
-        if let (Some(map), Json::Object(more)) = (j.as_object_mut(), extra) {
-            map.extend(more);
-            if outcome.kinds.len() > 1 {
-                let kinds: serde_json::Map<String, Json> = outcome
-                    .kinds
-                    .iter()
-                    .map(|(k, h)| (k.to_string(), latency_json(h)))
-                    .collect();
-                map.insert("kinds".into(), Json::Object(kinds));
-            }
-        }
+        let j = throughput_json(load, &run, &outcome, endpoints, local_nodes, loadavg);
         ctx.out.json_line(&j)?;
     } else {
-        let lines = [
-            format!(
-                "bench {name}: {clients} clients, {tuple_bytes}-byte {}, {where_}{}",
-                if load.op == BenchOp::Mix {
-                    "posts"
-                } else {
-                    "tuples"
-                },
-                if local_nodes.is_some() {
-                    " (fsync on)"
-                } else {
-                    ""
-                }
-            ),
-            format!(
-                "  measured  {:.2} s after a {} warmup",
-                outcome.measured.as_secs_f64(),
-                duration::show(load.warmup)
-            ),
-            format!(
-                "  ops       {} ({:.0} ops/s)",
-                thousands(outcome.ops),
-                outcome.rate()
-            ),
-            format!("  latency   {}", latency_text(&outcome.all)),
-        ];
-        for line in lines {
-            ctx.out.line(&line)?;
-        }
-        if outcome.kinds.len() > 1 {
-            for (kind, h) in &outcome.kinds {
-                ctx.out.line(&format!(
-                    "    {kind:<9} {:>8} ops  {}",
-                    thousands(h.count()),
-                    latency_text(h)
-                ))?;
-            }
-        }
-        ctx.out.line(&format!(
-            "  errors    {} (and {} during the warmup)",
-            outcome.errors, outcome.warm_errors
-        ))?;
-        ctx.out
-            .line(&format!("  load avg  {}", loadavg_text(before, after)))?;
+        print_throughput(ctx, load, &run, &outcome, local_nodes.is_some(), loadavg)?;
     }
     if outcome.ops == 0 {
         return Err(Error::failed(format!(
@@ -554,6 +415,216 @@ async fn throughput_on(
             outcome.first_errors.join("; ")
         )));
     }
+    Ok(())
+}
+
+/// What a throughput run is called in its report.
+struct Run {
+    name: &'static str,
+    tuple_bytes: usize,
+    where_: String,
+    shape: &'static str,
+}
+
+/// The work each client does for `load.op`, after whatever preload it needs; and the prefix of
+/// the tuples it works on.
+async fn prepare_work(
+    load: &BenchLoad,
+    endpoints: &[String],
+    options: &raftnode::client::ClientOptions,
+    measure: Duration,
+) -> Result<(Work, &'static str)> {
+    let (size, clients) = (load.size as usize, load.clients);
+    Ok(match load.op {
+        BenchOp::Out => (Work::Out { prefix: "bench" }, "bench"),
+        BenchOp::In => {
+            let prefix = "bench-in";
+            preload_for_in(load, endpoints, options, prefix, measure).await?;
+            let template = load::template_for(prefix);
+            (Work::In { template }, prefix)
+        }
+        BenchOp::Rd | BenchOp::Rdp => {
+            let prefix = "bench-rd";
+            let n = load.preload.unwrap_or(10_000).max(1);
+            let loaded = preload(endpoints, options, prefix, size, clients, Stop::Ops(n)).await?;
+            let (first, last) = loaded
+                .ids
+                .ok_or_else(|| Error::failed("the preload reported no tuple ids"))?;
+            let work = Work::Rd {
+                template: load::template_for(prefix),
+                first,
+                last,
+                blocking: load.op == BenchOp::Rd,
+            };
+            (work, prefix)
+        }
+        BenchOp::Mix => {
+            let users = mix_users(endpoints, options, clients).await?;
+            preload_posts(load, endpoints, options, &users).await?;
+            (Work::Mix { users }, "post")
+        }
+    })
+}
+
+/// Tuples for `bench in` to take: `--preload N`, or enough for the run (writing takes about as
+/// long as taking, so write for longer than the run lasts, plus the count asked for, if any).
+async fn preload_for_in(
+    load: &BenchLoad,
+    endpoints: &[String],
+    options: &raftnode::client::ClientOptions,
+    prefix: &'static str,
+    measure: Duration,
+) -> Result<()> {
+    let (size, clients) = (load.size as usize, load.clients);
+    if let Some(n) = load.preload {
+        preload(endpoints, options, prefix, size, clients, Stop::Ops(n)).await?;
+        return Ok(());
+    }
+    if let Some(n) = load.ops {
+        preload(endpoints, options, prefix, size, clients, Stop::Ops(n)).await?;
+    }
+    let span = if load.ops.is_some() {
+        load.warmup
+    } else {
+        load.warmup + measure
+    };
+    if !span.is_zero() {
+        let stop = Stop::For(span.mul_f64(1.25));
+        preload(endpoints, options, prefix, size, clients, stop).await?;
+    }
+    Ok(())
+}
+
+/// Posts for the mix to read (`--preload N`, default 2,000).
+async fn preload_posts(
+    load: &BenchLoad,
+    endpoints: &[String],
+    options: &raftnode::client::ClientOptions,
+    users: &[String],
+) -> Result<()> {
+    let n = load.preload.unwrap_or(2_000);
+    if n == 0 {
+        return Ok(());
+    }
+    let plan = Arc::new(Plan {
+        work: Work::Posts {
+            users: users.to_vec(),
+        },
+        payload: String::new(),
+        text: "p".repeat(load.size as usize),
+    });
+    eprintln!("bench: preloading {n} posts");
+    let posted = load::drive(
+        endpoints,
+        options,
+        plan,
+        load.clients,
+        Stop::Ops(n),
+        Duration::ZERO,
+        "preload",
+    )
+    .await;
+    if posted.ops == 0 {
+        return Err(Error::failed(format!(
+            "the preload posted nothing: {}",
+            posted.first_errors.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+/// The throughput run as one JSON object.
+fn throughput_json(
+    load: &BenchLoad,
+    run: &Run,
+    outcome: &load::Outcome,
+    endpoints: &[String],
+    local_nodes: Option<u64>,
+    (before, after): (Option<[f64; 3]>, Option<[f64; 3]>),
+) -> Json {
+    let mut j = latency_json(&outcome.all);
+    let extra = json!({
+        "bench": "throughput",
+        "op": run.name,
+        "clients": load.clients,
+        "size": load.size,
+        "tuple_bytes": run.tuple_bytes,
+        "duration_s": ms(outcome.measured.as_secs_f64()),
+        "warmup_s": load.warmup.as_secs_f64(),
+        "ops_per_sec": (outcome.rate() * 10.0).round() / 10.0,
+        "errors": outcome.errors,
+        "warmup_errors": outcome.warm_errors,
+        "exhausted": outcome.exhausted,
+        "nodes": local_nodes,
+        "started_cluster": local_nodes.is_some(),
+        "endpoints": endpoints,
+        "loadavg_before": before,
+        "loadavg_after": after,
+        "first_errors": outcome.first_errors,
+    });
+    if let (Some(map), Json::Object(more)) = (j.as_object_mut(), extra) {
+        map.extend(more);
+        if outcome.kinds.len() > 1 {
+            let kinds: serde_json::Map<String, Json> = outcome
+                .kinds
+                .iter()
+                .map(|(k, h)| (k.to_string(), latency_json(h)))
+                .collect();
+            map.insert("kinds".into(), Json::Object(kinds));
+        }
+    }
+    j
+}
+
+/// The throughput run for people.
+fn print_throughput(
+    ctx: &mut Context,
+    load: &BenchLoad,
+    run: &Run,
+    outcome: &load::Outcome,
+    local: bool,
+    (before, after): (Option<[f64; 3]>, Option<[f64; 3]>),
+) -> Result<()> {
+    let lines = [
+        format!(
+            "bench {}: {} clients, {}-byte {}, {}{}",
+            run.name,
+            load.clients,
+            run.tuple_bytes,
+            run.shape,
+            run.where_,
+            if local { " (fsync on)" } else { "" }
+        ),
+        format!(
+            "  measured  {:.2} s after a {} warmup",
+            outcome.measured.as_secs_f64(),
+            duration::show(load.warmup)
+        ),
+        format!(
+            "  ops       {} ({:.0} ops/s)",
+            thousands(outcome.ops),
+            outcome.rate()
+        ),
+        format!("  latency   {}", latency_text(&outcome.all)),
+    ];
+    for line in lines {
+        ctx.out.line(&line)?;
+    }
+    if outcome.kinds.len() > 1 {
+        for (kind, h) in &outcome.kinds {
+            ctx.out.line(&format!(
+                "    {kind:<9} {:>8} ops  {}",
+                thousands(h.count()),
+                latency_text(h)
+            ))?;
+        }
+    }
+    ctx.out.line(&format!(
+        "  errors    {} (and {} during the warmup)",
+        outcome.errors, outcome.warm_errors
+    ))?;
+    ctx.out
+        .line(&format!("  load avg  {}", loadavg_text(before, after)))?;
     Ok(())
 }
 
