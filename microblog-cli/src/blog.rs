@@ -11,8 +11,9 @@ use tuplespace::{Query, Template, TupleId};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Post, PostFilter, TOPIC, USER, check_text, check_topic, check_user, follow_of, follow_template,
-    follow_tuple, name_of, name_tuple, names_template,
+    Post, PostFilter, TOPIC, check_text, check_topic, check_user, follow_of, follow_template,
+    follow_tuple, name_of, name_tuple, names_template, rotated_keys_template, user_of,
+    user_template,
 };
 use crate::store::{MAX_LIST, Store, rd_every};
 
@@ -39,6 +40,26 @@ pub struct NameCount {
     pub name: String,
     /// How many posts it has.
     pub posts: u64,
+}
+
+/// A registered user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    /// The name.
+    pub name: String,
+    /// Their key's fingerprint.
+    pub fingerprint: String,
+    /// How many posts they have.
+    pub posts: u64,
+}
+
+/// Whether [`Blog::ensure_registered`] registered the user just now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// The user was registered with this key already.
+    Known,
+    /// The user was registered just now.
+    New,
 }
 
 /// The microblog over a store.
@@ -79,7 +100,7 @@ impl<S: Store> Blog<S> {
                 topic = parent.topic;
             }
         }
-        self.register(USER, author).await?;
+        self.ensure_registered(author).await?;
         if let Some(t) = &topic {
             self.register(TOPIC, t).await?;
         }
@@ -90,9 +111,83 @@ impl<S: Store> Blog<S> {
             time_ms,
             text: text.to_string(),
             reply_to,
+            signature: Vec::new(),
+            verified: false,
         };
+        if let Some(me) = self.store.identity() {
+            post.signature = me.sign(&post.signing_bytes()).to_vec();
+            post.verified = true;
+        }
         post.id = self.store.out(&post.to_tuple()).await?;
         Ok(post)
+    }
+
+    /// Makes sure `me` is registered with the store's identity's key: registers it if the name
+    /// is free (first come, first served), refuses if the name has another key.
+    pub async fn ensure_registered(&mut self, me: &str) -> Result<Registration> {
+        let Some(identity) = self.store.identity() else {
+            if self.user_exists(me).await? {
+                return Ok(Registration::Known);
+            }
+            self.store.register(me).await?;
+            return Ok(Registration::New);
+        };
+        if identity.user() != me {
+            return Err(Error::not_allowed(format!(
+                "you act as {me}, but the key in use is {}'s",
+                identity.user()
+            )));
+        }
+        let mine = identity.public_key().to_vec();
+        let fingerprint = identity.fingerprint();
+        match self.store.rdp(&user_template(Some(me)), 0).await? {
+            Some((_, t)) => match user_of(&t) {
+                Some((_, key)) if key == mine => Ok(Registration::Known),
+                _ => Err(Error::not_allowed(format!(
+                    "the name {me:?} is registered with another key, not yours ({fingerprint})"
+                ))
+                .hint(
+                    "use the key home that holds that name's key (MICROBLOG_HOME), pick another \
+                     name, or, for a lost key, ask the admin: `microblog --admin users reset`",
+                )),
+            },
+            None => {
+                self.store.register(me).await?;
+                Ok(Registration::New)
+            }
+        }
+    }
+
+    /// Checks every post's signature against its author's key (or a key the author rotated
+    /// away from) and sets [`Post::verified`].
+    pub async fn verify(&mut self, posts: &mut [Post]) -> Result<()> {
+        let mut keys: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
+        for post in posts.iter_mut() {
+            if !keys.contains_key(&post.author) {
+                let mut theirs = Vec::new();
+                if let Some((_, t)) = self
+                    .store
+                    .rdp(&user_template(Some(&post.author)), 0)
+                    .await?
+                    && let Some((_, key)) = user_of(&t)
+                {
+                    theirs.push(key);
+                }
+                let past =
+                    rd_every(&mut self.store, &rotated_keys_template(&post.author), 0).await?;
+                for (_, t) in past {
+                    if let Some(tuplespace::Value::Bytes(key)) = t.fields().get(2) {
+                        theirs.push(key.to_vec());
+                    }
+                }
+                keys.insert(post.author.clone(), theirs);
+            }
+            let message = post.signing_bytes();
+            post.verified = keys[&post.author]
+                .iter()
+                .any(|key| raftnode::identity::verify(key, &message, &post.signature));
+        }
+        Ok(())
     }
 
     /// Adds `("user", name)` or `("topic", name)` unless it is there (a read first, so the usual
@@ -108,8 +203,11 @@ impl<S: Store> Blog<S> {
 
     /// Whether `name` is a registered user.
     pub async fn user_exists(&mut self, name: &str) -> Result<bool> {
-        let exact = Template::literal(&name_tuple(USER, name));
-        Ok(self.store.rdp(&exact, 0).await?.is_some())
+        Ok(self
+            .store
+            .rdp(&user_template(Some(name)), 0)
+            .await?
+            .is_some())
     }
 
     async fn require_user(&mut self, name: &str) -> Result<()> {
@@ -118,7 +216,8 @@ impl<S: Store> Blog<S> {
             Ok(())
         } else {
             Err(Error::not_found(format!("no user {name:?}")).hint(
-                "`microblog users` lists users; a user appears with their first post or follow",
+                "`microblog users` lists users; a user appears when they register (their first \
+                 post or follow registers them)",
             ))
         }
     }
@@ -227,7 +326,7 @@ impl<S: Store> Blog<S> {
                 .hint("your own posts are always in your timeline"));
         }
         self.require_user(them).await?;
-        self.register(USER, me).await?;
+        self.ensure_registered(me).await?;
         let pair = follow_template(Some(me), Some(them));
         match self.store.cas(&pair, &follow_tuple(me, them)).await? {
             Some(_) => Ok(FollowOutcome::Followed),
@@ -279,17 +378,25 @@ impl<S: Store> Blog<S> {
             .collect())
     }
 
-    /// Every user with their number of posts, by name.
-    pub async fn users(&mut self) -> Result<Vec<NameCount>> {
-        let names = self.names(USER).await?;
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
+    /// Every registered user with their key's fingerprint and number of posts, by name.
+    pub async fn users(&mut self) -> Result<Vec<UserInfo>> {
+        let entries = rd_every(&mut self.store, &user_template(None), 0).await?;
+        let mut users: Vec<(String, Vec<u8>)> =
+            entries.iter().filter_map(|(_, t)| user_of(t)).collect();
+        users.sort();
+        let mut out = Vec::with_capacity(users.len());
+        for (name, key) in users {
             let filter = PostFilter {
                 author: Some(name.clone()),
                 ..PostFilter::default()
             };
             let posts = self.store.count(&filter.template()).await?;
-            out.push(NameCount { name, posts });
+            let fingerprint = raftnode::identity::fingerprint(&key);
+            out.push(UserInfo {
+                name,
+                fingerprint,
+                posts,
+            });
         }
         Ok(out)
     }

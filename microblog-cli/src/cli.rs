@@ -49,6 +49,16 @@ pub struct Cli {
     #[arg(long, env = "MICROBLOG_USER", value_name = "NAME")]
     pub user: Option<String>,
 
+    /// Act as the cluster's admin (membership changes, policy, key resets, status --digest),
+    /// signing with the admin's key: --admin-key, else MICROBLOG_ADMIN_KEY, else admin.key next
+    /// to the cluster's key file (which `raftnode up` and `cluster up` create).
+    #[arg(long, global = true)]
+    pub admin: bool,
+
+    /// Where --admin finds the admin's private key file.
+    #[arg(long, global = true, env = "MICROBLOG_ADMIN_KEY", value_name = "FILE")]
+    pub admin_key: Option<PathBuf>,
+
     /// One JSON object per line instead of tables (errors too, on stderr).
     #[arg(long, global = true)]
     pub json: bool,
@@ -172,9 +182,47 @@ Example:
         #[command(flatten)]
         identity: Identity,
     },
-    /// Every user, with their number of posts.
+    /// Every registered user, with their key's fingerprint and number of posts.
     #[command(after_help = "Example:\n  microblog users")]
     Users,
+    /// Create your key pair (in MICROBLOG_HOME/keys, mode 0600) if you have none, and register
+    /// your name with it: first come, first served.
+    #[command(after_help = "Example:\n  microblog --user alice register")]
+    Register {
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// Who you are: your name, your key's fingerprint, and whether the cluster has it.
+    #[command(after_help = "Example:\n  microblog --user alice whoami\n  microblog --admin whoami")]
+    Whoami {
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// Replace your key with a new one (signed by the old one, which stays valid for the posts
+    /// it signed); the old key file is kept as NAME.key.old.
+    #[command(after_help = "Example:\n  microblog --user alice rotate-key")]
+    RotateKey {
+        /// `--user`: who you are.
+        #[command(flatten)]
+        identity: Identity,
+    },
+    /// (admin) Give a user who lost their key a new public key (hex; `microblog --user NAME
+    /// register` prints it when the name is taken). Posts signed by the lost key no longer
+    /// verify.
+    #[command(
+        after_help = "Example:\n  microblog --admin reset-key alice 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
+    )]
+    ResetKey {
+        /// The user.
+        name: String,
+        /// Their new public key, 64 hex digits.
+        public_key: String,
+    },
+    /// The access policy: who may write and take which tuples.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Every topic, with its number of posts, most first.
     #[command(after_help = "Example:\n  microblog topics")]
     Topics,
@@ -477,6 +525,11 @@ pub struct BenchLoad {
     /// mix, the posts already there (default 2000).
     #[arg(long, value_name = "N")]
     pub preload: Option<u64>,
+    /// Measure without authentication: the admin (--admin, or the started cluster's) sets the
+    /// policy to allow anonymous writes, and the clients sign nothing. By default every client
+    /// signs as a user of its own, registered first.
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 /// The operation a throughput run measures.
@@ -582,6 +635,22 @@ Starts its own cluster unless --endpoints or --cluster is given.")]
     },
 }
 
+/// `policy show|set`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the policy in force (JSON: the format `policy set` reads).
+    #[command(after_help = "Example:\n  microblog policy show")]
+    Show,
+    /// (admin) Replace the policy with the one in FILE (JSON, as `policy show` prints it).
+    #[command(
+        after_help = "Example:\n  microblog policy show > policy.json\n  microblog --admin policy set policy.json"
+    )]
+    Set {
+        /// The policy file (JSON).
+        file: PathBuf,
+    },
+}
+
 impl Command {
     /// The `--user` given after this command, if it takes one as an identity.
     pub fn identity(&self) -> Option<&str> {
@@ -592,7 +661,10 @@ impl Command {
             | Command::Unfollow { identity, .. }
             | Command::Following { identity, .. }
             | Command::Followers { identity, .. }
-            | Command::Delete { identity, .. } => identity.user.as_deref(),
+            | Command::Delete { identity, .. }
+            | Command::Register { identity }
+            | Command::Whoami { identity }
+            | Command::RotateKey { identity } => identity.user.as_deref(),
             _ => None,
         }
     }

@@ -6,6 +6,7 @@
 //! | 1 | the operation failed: cluster unreachable, refused (someone else's post), cluster error |
 //! | 2 | usage: bad flags or input, found before anything was sent (clap's own errors are 2 too) |
 //! | 3 | not found (no such post or user, no match) or timed out waiting for a match |
+//! | 4 | not allowed: not signed or not the user's key (unauthenticated), or the policy refuses it (another user's post, an admin's operation, a name that is taken) |
 
 use std::fmt;
 
@@ -22,6 +23,8 @@ pub enum Kind {
     NotFound,
     /// A blocking operation's timeout passed with no match. Exit 3.
     TimedOut,
+    /// Unauthenticated, or refused by the policy. Exit 4.
+    NotAllowed,
 }
 
 impl Kind {
@@ -31,6 +34,7 @@ impl Kind {
             Kind::Failed => 1,
             Kind::Usage => 2,
             Kind::NotFound | Kind::TimedOut => 3,
+            Kind::NotAllowed => 4,
         }
     }
 }
@@ -67,6 +71,11 @@ impl Error {
     /// A failed or refused operation (exit 1).
     pub fn failed(message: impl Into<String>) -> Error {
         Error::new(Kind::Failed, message)
+    }
+
+    /// Not allowed: unauthenticated or refused by the policy (exit 4).
+    pub fn not_allowed(message: impl Into<String>) -> Error {
+        Error::new(Kind::NotAllowed, message)
     }
 
     /// Something that does not exist (exit 3).
@@ -200,6 +209,18 @@ impl From<ClientError> for Error {
                 Error::failed(format!("the cluster refused the membership change: {m}"))
                     .hint("`microblog cluster status` shows the current members and roles")
             }
+            ClientError::Unauthenticated(m) => {
+                Error::not_allowed(format!("not authenticated: {m}")).hint(
+                    "sign as a registered user: --user NAME with that user's key in \
+                     MICROBLOG_HOME (`microblog --user NAME register`), or --admin for the \
+                     cluster's admin",
+                )
+            }
+            ClientError::PermissionDenied(m) => Error::not_allowed(format!("not allowed: {m}"))
+                .hint(
+                    "nothing was applied; `microblog policy show` says who may do what, and \
+                     `microblog whoami` who you are",
+                ),
             e @ ClientError::CatchUpTimedOut { id, .. } => {
                 Error::new(Kind::TimedOut, e.to_string()).hint(format!(
                     "it stays a learner (it does not vote); check that it runs, then finish with \

@@ -3,10 +3,19 @@
 //!
 //! | tuple | meaning |
 //! |---|---|
-//! | `("post", author, topic, time_ms, text, reply_to)` | a post; its tuple id is the post id |
+//! | `("post", author, topic, time_ms, text, reply_to, signature)` | a post, signed by its author; its tuple id is the post id |
 //! | `("follow", follower, followee)` | one follow, at most one per pair (written with `cas`) |
-//! | `("user", name)` | a registered user (written with `cas` on first post or follow) |
+//! | `("user", name, public_key)` | a registered user and their Ed25519 key (written by the cluster's `register`) |
+//! | `("pastkey", name, public_key, why)` | a key the user had before (`why`: `"rotated"` or `"reset"`) |
 //! | `("topic", name)` | a topic that has had a post (written with `cas` on its first post) |
+//!
+//! **Signed posts.** `signature` is the author's Ed25519 signature (64 bytes) over
+//! [`post_signing_bytes`]: `b"microblog-post-v1\0"`, then the author, the topic (`""` for none)
+//! and the text, each as a 4-byte little-endian length and its UTF-8 bytes, with `time_ms` (8
+//! bytes, little-endian, signed) after the topic and `reply_to` (8 bytes, little-endian, `0` for
+//! none) last. Anyone can check a post against the author's key in `("user", author, key)` (or a
+//! `"rotated"` past key) without trusting any node; a key that was `"reset"` (lost) no longer
+//! vouches for anything.
 //!
 //! `topic` is `""` for a post without a topic and `reply_to` is `0` for a post that answers none.
 //! `time_ms` is the posting client's wall clock (Unix milliseconds): informative only, the order
@@ -29,6 +38,10 @@ pub const FOLLOW: &str = "follow";
 pub const USER: &str = "user";
 /// The first field of a topic tuple.
 pub const TOPIC: &str = "topic";
+/// The first field of a past key's tuple.
+pub const PAST_KEY: &str = "pastkey";
+/// What a post signature covers, before the post's fields.
+pub const POST_DOMAIN: &[u8] = b"microblog-post-v1\0";
 
 /// The largest post text, in bytes of UTF-8.
 pub const MAX_POST_BYTES: usize = 4_000;
@@ -50,6 +63,33 @@ pub struct Post {
     pub text: String,
     /// The post it answers, if any.
     pub reply_to: Option<TupleId>,
+    /// The author's signature over [`post_signing_bytes`] (empty: unsigned).
+    #[serde(skip)]
+    pub signature: Vec<u8>,
+    /// Whether the signature verified against the author's key (set by
+    /// [`crate::blog::Blog::verify`]; false until then).
+    pub verified: bool,
+}
+
+/// The bytes a post's signature covers (see the module's documentation).
+pub fn post_signing_bytes(
+    author: &str,
+    topic: Option<&str>,
+    time_ms: i64,
+    text: &str,
+    reply_to: Option<TupleId>,
+) -> Vec<u8> {
+    let mut out = POST_DOMAIN.to_vec();
+    let string = |s: &str, out: &mut Vec<u8>| {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    string(author, &mut out);
+    string(topic.unwrap_or(""), &mut out);
+    out.extend_from_slice(&time_ms.to_le_bytes());
+    string(text, &mut out);
+    out.extend_from_slice(&reply_to.unwrap_or(0).to_le_bytes());
+    out
 }
 
 impl Post {
@@ -62,7 +102,19 @@ impl Post {
             self.time_ms,
             self.text.as_str(),
             id_value(self.reply_to.unwrap_or(0)),
+            Value::Bytes(self.signature.clone().into_boxed_slice()),
         ]
+    }
+
+    /// The bytes this post's signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        post_signing_bytes(
+            &self.author,
+            self.topic.as_deref(),
+            self.time_ms,
+            &self.text,
+            self.reply_to,
+        )
     }
 
     /// The post stored as `tuple` with id `id`, if the tuple has a post's shape.
@@ -75,6 +127,7 @@ impl Post {
                 Value::Int(time_ms),
                 Value::Str(text),
                 Value::Int(reply_to),
+                Value::Bytes(signature),
             ] if kind.as_str() == POST => Some(Post {
                 id,
                 author: author.to_string(),
@@ -82,6 +135,8 @@ impl Post {
                 time_ms: *time_ms,
                 text: text.to_string(),
                 reply_to: u64::try_from(*reply_to).ok().filter(|&r| r != 0),
+                signature: signature.to_vec(),
+                verified: false,
             }),
             _ => None,
         }
@@ -114,8 +169,39 @@ impl PostFilter {
             Field::Formal(Kind::Str),
             self.reply_to
                 .map_or(Field::Formal(Kind::Int), |id| Field::Literal(id_value(id))),
+            Field::Formal(Kind::Bytes),
         ])
     }
+}
+
+/// `("user", name, ?bytes)`: a user's registration (every user's, with `None`).
+pub fn user_template(name: Option<&str>) -> Template {
+    Template::new(vec![
+        literal(USER),
+        name.map_or(Field::Formal(Kind::Str), literal),
+        Field::Formal(Kind::Bytes),
+    ])
+}
+
+/// `(name, public_key)` of a registration tuple.
+pub fn user_of(tuple: &Tuple) -> Option<(String, Vec<u8>)> {
+    match tuple.fields() {
+        [Value::Str(kind), Value::Str(name), Value::Bytes(key)] if kind.as_str() == USER => {
+            Some((name.to_string(), key.to_vec()))
+        }
+        _ => None,
+    }
+}
+
+/// `("pastkey", name, ?bytes, "rotated")`: the keys `name` rotated away from (still vouching
+/// for what they signed).
+pub fn rotated_keys_template(name: &str) -> Template {
+    Template::new(vec![
+        literal(PAST_KEY),
+        literal(name),
+        Field::Formal(Kind::Bytes),
+        literal("rotated"),
+    ])
 }
 
 /// `("follow", follower, followee)`; `None` matches anyone in that place.
@@ -240,6 +326,8 @@ mod tests {
             time_ms: 1_700_000_000_000,
             text: "héllo 🌍\nworld".into(),
             reply_to,
+            signature: vec![7; 64],
+            verified: false,
         }
     }
 

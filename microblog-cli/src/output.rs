@@ -111,6 +111,9 @@ impl Output {
         if let Some(r) = p.reply_to {
             head.push_str(&format!("  re #{r}"));
         }
+        if !p.verified {
+            head.push_str(&format!("  {FORGED}"));
+        }
         self.line(&head)?;
         for text_line in p.text.lines() {
             self.line(&format!("{indent}  {}", clean(text_line)))?;
@@ -119,8 +122,16 @@ impl Output {
     }
 }
 
-/// A post's table row.
+/// How a post whose signature does not verify against its author's key is marked.
+pub const FORGED: &str = "[FORGED: signature does not verify]";
+
+/// A post's table row (text prefixed with [`FORGED`] if its signature does not verify).
 pub fn post_row(p: &Post) -> Vec<String> {
+    let text = if p.verified {
+        clean(&p.text)
+    } else {
+        format!("{FORGED} {}", clean(&p.text))
+    };
     vec![
         p.id.to_string(),
         time_text(p.time_ms),
@@ -129,12 +140,13 @@ pub fn post_row(p: &Post) -> Vec<String> {
             .as_deref()
             .map_or(String::new(), |t| cut(&clean(t), NAME_WIDTH)),
         p.reply_to.map_or(String::new(), |r| r.to_string()),
-        cut(&clean(&p.text), TEXT_WIDTH),
+        cut(&text, TEXT_WIDTH),
     ]
 }
 
 /// A post as JSON: `id`, `author`, `topic` (null: none), `time_ms`, `time` (RFC 3339, UTC),
-/// `text`, `reply_to` (null: none).
+/// `text`, `reply_to` (null: none), `verified` (the signature verifies against the author's
+/// key), `signature` (hex).
 pub fn post_json(p: &Post) -> Json {
     json!({
         "id": p.id,
@@ -144,6 +156,8 @@ pub fn post_json(p: &Post) -> Json {
         "time": rfc3339(p.time_ms),
         "text": p.text,
         "reply_to": p.reply_to,
+        "verified": p.verified,
+        "signature": hex::encode(&p.signature),
     })
 }
 
@@ -240,6 +254,8 @@ mod tests {
             time_ms: 1_714_566_896_789,
             text: text.into(),
             reply_to: Some(3),
+            signature: vec![1; 64],
+            verified: true,
         }
     }
 

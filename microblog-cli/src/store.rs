@@ -2,6 +2,7 @@
 //! does an in-memory [`MemoryStore`], so the microblog's logic is unit-tested without a cluster.
 
 use raftnode::client::{Client, ClientError, Entry};
+use raftnode::identity::Identity;
 use tuplespace::{Query, Space, Template, Tuple, TupleId};
 
 /// The most tuples one copy-collect returns (the server's cap; [`MemoryStore`] applies it too).
@@ -40,6 +41,10 @@ pub trait Store {
     async fn take_id(&mut self, id: TupleId) -> Result<Option<Tuple>, ClientError>;
     /// How many match.
     async fn count(&mut self, template: &Template) -> Result<u64, ClientError>;
+    /// Who signs this store's writes, if anyone.
+    fn identity(&self) -> Option<&Identity>;
+    /// Registers user `name` with [`Store::identity`]'s key.
+    async fn register(&mut self, name: &str) -> Result<(), ClientError>;
 }
 
 impl Store for Client {
@@ -79,6 +84,17 @@ impl Store for Client {
     async fn count(&mut self, template: &Template) -> Result<u64, ClientError> {
         Client::count(self, template).await
     }
+    fn identity(&self) -> Option<&Identity> {
+        Client::identity(self)
+    }
+    async fn register(&mut self, name: &str) -> Result<(), ClientError> {
+        match Client::identity(self) {
+            Some(me) if me.user() == name => Client::register(self).await.map(drop),
+            _ => Err(ClientError::Unauthenticated(format!(
+                "registering {name:?} needs {name:?}'s key"
+            ))),
+        }
+    }
 }
 
 /// A store in this process's memory: a bare [`Space`], for tests and experiments.
@@ -86,6 +102,8 @@ impl Store for Client {
 pub struct MemoryStore {
     /// The space itself.
     pub space: Space,
+    /// Who writes (registered by [`Store::register`] as the cluster would).
+    pub identity: Option<Identity>,
 }
 
 impl Store for MemoryStore {
@@ -140,6 +158,24 @@ impl Store for MemoryStore {
     }
     async fn count(&mut self, template: &Template) -> Result<u64, ClientError> {
         Ok(self.space.count(template) as u64)
+    }
+    fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+    async fn register(&mut self, name: &str) -> Result<(), ClientError> {
+        // Without an identity (tests of the microblog's logic), a user has an empty key.
+        let key = self
+            .identity
+            .as_ref()
+            .map_or_else(Vec::new, |me| me.public_key().to_vec());
+        let entry = tuplespace::tuple![
+            crate::model::USER,
+            name,
+            tuplespace::Value::Bytes(key.into_boxed_slice()),
+        ];
+        let template = Template::literal(&entry);
+        self.space.cas(&template, entry, None);
+        Ok(())
     }
 }
 

@@ -14,9 +14,17 @@ fn microblog(args: &[&str]) -> Output {
         .args(args)
         .env_remove("MICROBLOG_ENDPOINTS")
         .env_remove("MICROBLOG_USER")
+        .env("MICROBLOG_HOME", home())
         .stdin(Stdio::null())
         .output()
         .expect("run microblog")
+}
+
+/// A key home for this test process (never the user's own).
+fn home() -> &'static std::path::Path {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| tempfile::tempdir().expect("a temp dir"))
+        .path()
 }
 
 fn code(out: &Output) -> i32 {

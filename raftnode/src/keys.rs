@@ -18,6 +18,9 @@
 //!   one (`raftnode key add|promote|retire`, each followed by a reload: SIGHUP or restart).
 //! - The file must not be readable by anyone but its owner: a node refuses a file whose mode
 //!   grants group or other any access.
+//! - `admin_key` is the admin principal's Ed25519 **public** key (hex). A cluster founded with
+//!   this file registers it as user `admin` in its founding log entries; the private key is kept
+//!   apart, in `admin.key` next to this file (`raftnode key init` and `raftnode up` create both).
 
 use std::fmt;
 use std::io::Write as _;
@@ -103,6 +106,9 @@ pub struct Keys {
     pub cluster: ClusterId,
     /// At least one key; the first signs.
     keys: Vec<ClusterKey>,
+    /// The admin's public key, which the founding entries register (`None`: the file predates
+    /// it, and a cluster founded with it would have no admin).
+    pub admin: Option<[u8; 32]>,
 }
 
 /// Why a key file was refused.
@@ -152,6 +158,8 @@ pub enum KeyError {
 struct KeyFileText {
     cluster_id: String,
     keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin_key: Option<String>,
 }
 
 impl Keys {
@@ -171,7 +179,11 @@ impl Keys {
                 return Err(format!("key {} is listed twice", k.fingerprint()));
             }
         }
-        Ok(Keys { cluster, keys })
+        Ok(Keys {
+            cluster,
+            keys,
+            admin: None,
+        })
     }
 
     /// A new cluster: a random id and one random key.
@@ -185,7 +197,22 @@ impl Keys {
         Keys {
             cluster,
             keys: vec![ClusterKey::random()],
+            admin: None,
         }
+    }
+
+    /// These keys naming `public_key` as the admin's.
+    pub fn with_admin(mut self, public_key: [u8; 32]) -> Keys {
+        self.admin = Some(public_key);
+        self
+    }
+
+    /// The admin's private key file that goes with the key file at `path`: `admin.key` in the
+    /// same directory.
+    pub fn admin_key_path(path: &Path) -> PathBuf {
+        path.parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("admin.key")
     }
 
     /// The key that signs what this node sends.
@@ -225,7 +252,20 @@ impl Keys {
                 .map_err(|_| invalid(format!("key {} is not 64 hex digits (32 bytes)", i + 1)))?;
             keys.push(ClusterKey::new(bytes));
         }
-        Keys::new(cluster, keys).map_err(invalid)
+        let admin = match &file.admin_key {
+            None => None,
+            Some(text) => {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| {
+                    invalid("admin_key is not 64 hex digits (an Ed25519 public key)".into())
+                })?;
+                Some(bytes)
+            }
+        };
+        Ok(Keys {
+            admin,
+            ..Keys::new(cluster, keys).map_err(invalid)?
+        })
     }
 
     /// The key-file text for these keys.
@@ -234,6 +274,7 @@ impl Keys {
         let body = toml::to_string(&KeyFileText {
             cluster_id: self.cluster.to_string(),
             keys,
+            admin_key: self.admin.map(hex::encode),
         })
         .unwrap_or_default();
         format!(
@@ -338,7 +379,10 @@ impl Keys {
     pub fn with_new_key(&self) -> Result<Keys, String> {
         let mut keys = self.keys.clone();
         keys.push(ClusterKey::random());
-        Keys::new(self.cluster, keys)
+        Ok(Keys {
+            admin: self.admin,
+            ..Keys::new(self.cluster, keys)?
+        })
     }
 
     /// Rotation step 2: a copy whose newest key (the last listed) signs.
@@ -350,6 +394,7 @@ impl Keys {
         Keys {
             cluster: self.cluster,
             keys,
+            admin: self.admin,
         }
     }
 
@@ -358,6 +403,7 @@ impl Keys {
         Keys {
             cluster: self.cluster,
             keys: vec![self.keys[0].clone()],
+            admin: self.admin,
         }
     }
 }

@@ -29,6 +29,8 @@
 //! - [`node`]: the one thread that owns raft's `RawNode`, in rooms: the ready loop, writes,
 //!   reads, snapshots, membership, admission, status.
 //! - [`answer`]: building the answers clients get.
+//! - [`identity`]: users' Ed25519 keys, key files and signed requests; [`policy`]: who may
+//!   write and take which tuples (replicated).
 //! - [`server`]: the client endpoint, a ZeroMQ ROUTER speaking [`proto::Request`].
 //! - [`client`]: the async Rust API for programs.
 //! - [`recovery`]: a node's state from its disk (identity, founding membership, snapshot).
@@ -45,13 +47,16 @@ pub mod config;
 pub mod devcluster;
 pub mod disk;
 pub mod env;
+pub mod gate;
 pub mod guard;
+pub mod identity;
 pub mod keys;
 pub mod launch;
 pub mod logging;
 pub mod machine;
 pub mod node;
 pub mod peer_auth;
+pub mod policy;
 pub mod quota;
 pub mod raft_check;
 pub mod recovery;

@@ -20,6 +20,8 @@
 // boxing it would only add an allocation to the error path.
 #![allow(clippy::result_large_err)]
 
+mod access;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost::Message;
@@ -106,6 +108,8 @@ struct Session {
     bytes: usize,
     /// Results numbered up to here were dropped unacknowledged.
     forgotten: u64,
+    /// The user it belongs to ("" for anonymous writes).
+    user: String,
 }
 
 fn outcome_bytes(outcome: &Outcome) -> usize {
@@ -142,6 +146,10 @@ pub struct Machine {
     cluster_id: u64,
     /// The space's caps, as the log last set them.
     limits: Option<proto::SpaceLimits>,
+    /// The access policy, as the log last set it (`None`: the default policy).
+    policy: Option<proto::Policy>,
+    /// Registered users' public keys, mirroring the space's `("user", name, key)` tuples.
+    users: HashMap<String, Vec<u8>>,
 }
 
 /// A take's or read's answer from an owned result.
@@ -300,7 +308,7 @@ impl Machine {
                 return applied;
             }
             command::Op::Cancel(cancel) => {
-                let result = self.cancel(session, cancel.seq, &mut applied);
+                let result = self.cancel(session, cancel.seq, &cmd.user, &mut applied);
                 applied.completions.push(Completion {
                     session,
                     seq: 0,
@@ -310,7 +318,16 @@ impl Machine {
             }
             _ => {}
         }
-        match self.admit(session, seq, cmd.ack) {
+        if let Err(result) = self.authenticate(&cmd.user, &cmd.public_key, &op) {
+            // Not recorded in the session: nobody can poison another's request numbers.
+            applied.completions.push(Completion {
+                session,
+                seq,
+                result,
+            });
+            return applied;
+        }
+        match self.admit(session, seq, cmd.ack, &cmd.user) {
             Admit::Apply => {}
             Admit::Answer(result) => {
                 applied.completions.push(Completion {
@@ -322,7 +339,7 @@ impl Machine {
             }
             Admit::StillWaiting => return applied,
         }
-        let outcome = self.apply_op(op, (session, seq), &mut applied);
+        let outcome = self.apply_op(op, (session, seq), &cmd.user, &mut applied);
         if let Outcome::Done(result) = &outcome {
             applied.completions.push(Completion {
                 session,
@@ -365,7 +382,7 @@ impl Machine {
         }
     }
 
-    fn admit(&mut self, session: u64, seq: u64, ack: u64) -> Admit {
+    fn admit(&mut self, session: u64, seq: u64, ack: u64, user: &str) -> Admit {
         let now = self.space.now();
         if session == 0 || seq == 0 {
             return Admit::Answer(Box::new(error(
@@ -377,8 +394,17 @@ impl Machine {
             self.make_room_for_a_session();
         }
         let entry = match self.sessions.get_mut(&session) {
+            Some(s) if s.user != user => {
+                return Admit::Answer(Box::new(error(
+                    Code::PermissionDenied,
+                    format!("session {session:016x} belongs to another user"),
+                )));
+            }
             Some(s) => s,
-            None if seq == 1 => self.sessions.entry(session).or_default(),
+            None if seq == 1 => self.sessions.entry(session).or_insert_with(|| Session {
+                user: user.to_string(),
+                ..Session::default()
+            }),
             None => {
                 return Admit::Answer(Box::new(error(
                     Code::SessionExpired,
@@ -452,10 +478,17 @@ impl Machine {
     }
 
     /// Cancels the blocking `in` numbered `seq` of `session` if it still waits.
-    fn cancel(&mut self, session: u64, seq: u64, applied: &mut Applied) -> response::Result {
+    fn cancel(
+        &mut self,
+        session: u64,
+        seq: u64,
+        user: &str,
+        applied: &mut Applied,
+    ) -> response::Result {
         let outcome = self
             .sessions
             .get(&session)
+            .filter(|s| s.user == user)
             .and_then(|s| s.results.get(&seq));
         let w = match outcome {
             Some(Outcome::Waiting(w)) => *w,
@@ -515,8 +548,17 @@ impl Machine {
         }
     }
 
-    fn apply_op(&mut self, op: command::Op, me: (u64, u64), applied: &mut Applied) -> Outcome {
-        match self.try_apply_op(op, me, applied) {
+    fn apply_op(
+        &mut self,
+        op: command::Op,
+        me: (u64, u64),
+        user: &str,
+        applied: &mut Applied,
+    ) -> Outcome {
+        if let Err(result) = self.authorize(&op, user) {
+            return Outcome::Done(result);
+        }
+        match self.try_apply_op(op, me, user, applied) {
             Ok(outcome) => outcome,
             Err(result) => Outcome::Done(result),
         }
@@ -526,6 +568,7 @@ impl Machine {
         &mut self,
         op: command::Op,
         me: (u64, u64),
+        user: &str,
         applied: &mut Applied,
     ) -> Result<Outcome, response::Result> {
         Ok(match op {
@@ -580,6 +623,10 @@ impl Machine {
                 let item = self.space.take_id(take.id).map(|t| (take.id, t));
                 Outcome::Done(found(item))
             }
+            command::Op::Register(r) => Outcome::Done(self.register(r, user, applied)?),
+            command::Op::RotateKey(r) => Outcome::Done(self.rotate_key(r, user, applied)?),
+            command::Op::ResetKey(r) => Outcome::Done(self.reset_key(r, user, applied)?),
+            command::Op::SetPolicy(p) => Outcome::Done(self.set_policy(p, user)?),
             command::Op::Tick(_) | command::Op::Cancel(_) | command::Op::SetLimits(_) => {
                 Outcome::Done(response::Result::Count(0))
             }
@@ -702,6 +749,7 @@ impl Machine {
                 last_active_ms: s.last_active,
                 acked: s.acked,
                 forgotten: s.forgotten,
+                user: s.user.clone(),
                 results: s
                     .results
                     .iter()
@@ -728,6 +776,7 @@ impl Machine {
             removed_ids: self.removed_ids.iter().copied().collect(),
             cluster_id: self.cluster_id,
             limits: self.limits,
+            policy: self.policy.clone(),
         }
     }
 
@@ -744,8 +793,10 @@ impl Machine {
             removed_ids: state.removed_ids.into_iter().collect(),
             cluster_id: state.cluster_id,
             limits: state.limits,
+            policy: state.policy,
             ..Machine::default()
         };
+        m.users = access::users_in(&m.space);
         for s in state.sessions {
             let mut session = Session {
                 last_active: s.last_active_ms,
@@ -753,6 +804,7 @@ impl Machine {
                 results: BTreeMap::new(),
                 bytes: 0,
                 forgotten: s.forgotten,
+                user: s.user,
             };
             for r in s.results {
                 let outcome = match r.state {
@@ -831,10 +883,13 @@ mod tests {
 
     impl Log {
         fn new() -> Self {
-            Log {
-                machine: Machine::new(),
-                index: 0,
-            }
+            // Anonymous writes: these tests are about the machine, not about who may write.
+            let mut machine = Machine::new();
+            machine.policy = Some(proto::Policy {
+                anonymous_writes: true,
+                ..crate::policy::default_policy()
+            });
+            Log { machine, index: 0 }
         }
 
         fn apply(&mut self, stamp: u64, session: u64, seq: u64, op: command::Op) -> Applied {
@@ -845,6 +900,7 @@ mod tests {
                 seq,
                 ack: seq.saturating_sub(1),
                 op: Some(op),
+                ..Default::default()
             };
             self.machine
                 .apply(self.index, 1, &cmd.encode_to_vec(), true)
@@ -1086,6 +1142,7 @@ mod tests {
                 seq,
                 ack: 0,
                 op: Some(out(tuple!["n", seq as i64])),
+                ..Default::default()
             };
             log.index += 1;
             log.machine
@@ -1099,6 +1156,7 @@ mod tests {
             seq: 1,
             ack: 0,
             op: Some(out(tuple!["n", 1])),
+            ..Default::default()
         };
         log.index += 1;
         let retry = log
@@ -1153,6 +1211,7 @@ mod tests {
             seq: 1,
             ack: 0,
             op: Some(out(tuple!["b"])),
+            ..Default::default()
         };
         let applied = back.apply(10, 1, &cmd.encode_to_vec(), false).unwrap();
         assert!(matches!(

@@ -25,17 +25,18 @@ pub struct Recovered {
 
 /// Starts a new incarnation of the node whose disk `storage` and `snapshots` are: refuses a disk
 /// of another cluster, writes the founding membership if the log is fresh and `voters` are given,
-/// and restores the newest valid snapshot.
+/// and restores the newest valid snapshot. The founding entries name the cluster and `admin`,
+/// the admin's public key.
 pub fn recover(
     mut storage: RaftStorage,
     snapshots: &SnapshotStore,
     voters: &[u64],
-    cluster: ClusterId,
+    (cluster, admin): (ClusterId, Option<[u8; 32]>),
     logger: &Logger,
 ) -> anyhow::Result<Recovered> {
     let incarnation = storage.begin_incarnation(cluster.0)?;
     // A founding member writes the initial membership as the log's first entries.
-    storage.bootstrap(voters, cluster.0)?;
+    storage.bootstrap(voters, cluster.0, admin)?;
     let (machine, kept_snapshots) = restore(snapshots, &mut storage, logger)?;
     if machine.cluster_id() != 0 && machine.cluster_id() != cluster.0 {
         bail!(
@@ -120,7 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut storage = RaftStorage::open(dir.path(), &[1, 2, 3], logger()).unwrap();
-            storage.bootstrap(&[1, 2, 3], 7).unwrap();
+            storage.bootstrap(&[1, 2, 3], 7, None).unwrap();
             let snapshots = SnapshotStore::open(dir.path(), logger()).unwrap();
             let mut machine = Machine::new();
             machine.set_cluster_id(7);

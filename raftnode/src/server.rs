@@ -27,6 +27,8 @@ use tokio::sync::Semaphore;
 use tuplespace::{Query, TupleId};
 
 use crate::answer::{error, respond};
+use crate::gate::Gate;
+use crate::identity::{Opened, Signer};
 use crate::machine::{MAX_WAIT_MS, decode_template, decode_tuple};
 use crate::node::{COMMIT_TIMEOUT, NodeHandle, ReadOp};
 use crate::proto::{self, Command, command, error::Code, request::Op, response};
@@ -78,6 +80,7 @@ pub async fn serve(
     endpoint: &str,
     config: GuardConfig,
     node: NodeHandle,
+    gate: Arc<Gate>,
     refuser: Arc<Refuser>,
     logger: Logger,
     shutdown: impl Future<Output = ()>,
@@ -114,10 +117,10 @@ pub async fn serve(
         else {
             continue;
         };
-        let node = node.clone();
+        let (node, gate) = (node.clone(), Arc::clone(&gate));
         let gone = door.send.closed(&identity);
         tokio::spawn(async move {
-            if let Some(resp) = execute_for(&node, request, gone).await {
+            if let Some(resp) = execute_for(&node, &gate, request, gone).await {
                 reply_to.send(resp);
             }
             drop(held);
@@ -247,20 +250,33 @@ fn wait_ms(ms: u64) -> u64 {
 /// nobody will receive. `None` when there is nobody to answer.
 async fn execute_for(
     node: &NodeHandle,
+    gate: &Gate,
     req: proto::Request,
     gone: impl Future<Output = ()>,
 ) -> Option<proto::Response> {
+    let opened = match gate.open(req) {
+        Ok(opened) => opened,
+        Err(result) => return Some(respond(result)),
+    };
+    let req = &opened.request;
     let blocking_in = matches!(&req.op, Some(Op::In(take)) if take.block);
     if !blocking_in {
-        return Some(execute(node, req).await);
+        return Some(run(node, gate, opened).await);
     }
     let (session, seq) = (req.session, req.seq);
+    let (user, public_key) = opened
+        .signer
+        .as_ref()
+        .map_or_else(Default::default, |s| (s.user.clone(), s.public_key.clone()));
     tokio::select! {
-        resp = execute(node, req) => Some(resp),
+        resp = run(node, gate, opened) => Some(resp),
         () = gone => {
+            // On the client's behalf: the same user, so the session's owner check passes.
             let cancel = Command {
                 session,
                 op: Some(command::Op::Cancel(proto::Cancel { seq })),
+                user,
+                public_key,
                 ..Default::default()
             };
             let _ = node.write(cancel, CANCEL_WAIT).await;
@@ -272,10 +288,23 @@ async fn execute_for(
 /// How long the node waits for the cancel of a departed client's blocking `in` to apply.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
-/// Validates a request and runs it on the node.
-pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response {
-    let plan = plan(req);
+/// Verifies a request's signature, validates it and runs it on the node.
+pub async fn execute(node: &NodeHandle, gate: &Gate, req: proto::Request) -> proto::Response {
+    match gate.open(req) {
+        Ok(opened) => run(node, gate, opened).await,
+        Err(result) => respond(result),
+    }
+}
+
+/// Runs a request whose signature checked out.
+async fn run(node: &NodeHandle, gate: &Gate, opened: Opened) -> proto::Response {
+    let Opened { request, signer } = opened;
+    let plan = plan(request, signer.as_ref());
     let wait = plan.as_ref().map_or(Duration::ZERO, Plan::wait);
+    let needs_admin = matches!(plan, Ok(Plan::ConfChange(..) | Plan::Status(true)));
+    if needs_admin && let Err(result) = admin_only(node, gate, signer.as_ref()).await {
+        return respond(result);
+    }
     match plan {
         Ok(Plan::Write(cmd, _)) => node.write(cmd, wait).await,
         Ok(Plan::Read(op, _)) => node.read(op, wait).await,
@@ -285,6 +314,29 @@ pub async fn execute(node: &NodeHandle, req: proto::Request) -> proto::Response 
             None => respond(error(Code::Unavailable, "the node is shutting down")),
         },
         Err(result) => respond(result),
+    }
+}
+
+/// Membership changes and the space's digest are the admin's: a fresh (never seen) request
+/// signed by the key the replicated registry holds for `admin`.
+async fn admin_only(
+    node: &NodeHandle,
+    gate: &Gate,
+    signer: Option<&Signer>,
+) -> Result<(), response::Result> {
+    let Some(signer) = signer else {
+        return gate.once(None, 0);
+    };
+    match node.is_admin(&signer.user, &signer.public_key).await {
+        Some((true, cluster_now)) => gate.once(Some(signer), cluster_now),
+        Some((false, _)) => Err(error(
+            Code::PermissionDenied,
+            format!(
+                "only the admin may change the membership or read the digest, not user {:?}",
+                signer.user
+            ),
+        )),
+        None => Err(error(Code::Unavailable, "the node is shutting down")),
     }
 }
 
@@ -320,10 +372,16 @@ impl Plan {
 /// Checks a decoded request (every tuple and template in it decodes and is within its limits,
 /// writes carry a session) and says what the node will do with it; the error is the answer to
 /// send back.
-pub fn plan(req: proto::Request) -> Result<Plan, response::Result> {
+///
+/// `signer` is who signed the request (its signature already checked): writes carry their
+/// user and key into the log, where the state machine checks them.
+pub fn plan(req: proto::Request, signer: Option<&Signer>) -> Result<Plan, response::Result> {
     let Some(op) = req.op else {
         return Err(error(Code::Invalid, "the request has no operation"));
     };
+    let (user, public_key) = signer.map_or((String::new(), Vec::new()), |s| {
+        (s.user.clone(), s.public_key.clone())
+    });
     let write = |op: command::Op, extra_ms: u64| {
         if req.session == 0 || req.seq == 0 {
             return Err(error(
@@ -338,6 +396,8 @@ pub fn plan(req: proto::Request) -> Result<Plan, response::Result> {
                 seq: req.seq,
                 ack: req.ack,
                 op: Some(op),
+                user: user.clone(),
+                public_key: public_key.clone(),
             },
             Duration::from_millis(extra_ms),
         ))
@@ -417,11 +477,18 @@ pub fn plan(req: proto::Request) -> Result<Plan, response::Result> {
                     seq: 0,
                     ack: 0,
                     op: Some(command::Op::Cancel(cancel)),
+                    user,
+                    public_key,
                 },
                 Duration::ZERO,
             ))
         }
         Op::Status(s) => Ok(Plan::Status(s.digest)),
         Op::ConfChange(cc) => Ok(Plan::ConfChange(cc.changes, cc.force)),
+        Op::Register(r) => write(command::Op::Register(r), 0),
+        Op::RotateKey(r) => write(command::Op::RotateKey(r), 0),
+        Op::ResetKey(r) => write(command::Op::ResetKey(r), 0),
+        Op::SetPolicy(p) => write(command::Op::SetPolicy(p), 0),
+        Op::GetPolicy(_) => Ok(Plan::Read(ReadOp::Policy, Duration::ZERO)),
     }
 }

@@ -67,6 +67,8 @@ impl Cluster {
         tune(&mut options);
         let kit = DevCluster::configure(n, options)
             .unwrap_or_else(|e| panic!("cannot make a {n}-node cluster: {e}"));
+        // `microblog --admin` in this cluster's tests uses its admin's key.
+        microblog::set_admin_key(raftnode::keys::Keys::admin_key_path(kit.key_file()));
         Cluster { kit }
     }
 
@@ -211,9 +213,21 @@ impl Cluster {
         self.kit.running_endpoints()
     }
 
-    /// A client over every endpoint.
+    /// The cluster's admin (the kit writes its key beside the cluster key).
+    pub fn admin(&self) -> raftnode::identity::Identity {
+        self.kit
+            .admin()
+            .unwrap_or_else(|e| panic!("the cluster's admin key: {e}"))
+    }
+
+    /// `request` signed by the admin, as a client sends it.
+    pub fn sign(&self, request: proto::Request) -> proto::Request {
+        self.admin().seal(request, self.kit.cluster_id())
+    }
+
+    /// A client over every endpoint, signing as the admin.
     pub fn client(&self) -> Client {
-        Client::new(self.endpoints())
+        Client::new(self.endpoints()).with_identity(self.admin())
     }
 
     /// A client that talks to node `id` only while it answers (no switching to the leader).
@@ -222,7 +236,7 @@ impl Cluster {
             follow_leader: false,
             ..ClientOptions::default()
         };
-        Client::with_options([self.node(id).client.clone()], options)
+        Client::with_options([self.node(id).client.clone()], options).with_identity(self.admin())
     }
 
     /// The status of node `id`, if it answers within a second.

@@ -69,9 +69,33 @@ pub fn command(endpoints: &str, args: &[&str]) -> tokio::process::Command {
     cmd.args(args)
         .env_remove("MICROBLOG_ENDPOINTS")
         .env_remove("MICROBLOG_USER")
+        .env("MICROBLOG_HOME", home())
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    match admin_key() {
+        Some(key) => cmd.env("MICROBLOG_ADMIN_KEY", key),
+        None => cmd.env_remove("MICROBLOG_ADMIN_KEY"),
+    };
     cmd
+}
+
+/// The users' key home for this test process (`MICROBLOG_HOME`), never the user's own.
+pub fn home() -> &'static std::path::Path {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| tempfile::tempdir().expect("a temp dir"))
+        .path()
+}
+
+static ADMIN_KEY: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Where `microblog --admin` finds the admin's key (`MICROBLOG_ADMIN_KEY`): the newest
+/// cluster's (tests run one cluster at a time).
+pub fn set_admin_key(path: PathBuf) {
+    *ADMIN_KEY.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+}
+
+fn admin_key() -> Option<PathBuf> {
+    ADMIN_KEY.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Runs a command to its end (within [`COMMAND`]).

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use raftnode::client::Client;
 use raftnode::proto;
 use tests::{Cluster, bounded, raw_call, serial, skewed_clock_env};
 use tuplespace::{Template, codec, tuple};
@@ -38,9 +37,10 @@ async fn make_leader(cluster: &mut Cluster, want: u64) {
     }
 }
 
-/// The raw request a client would send: session `session`, number `seq`, an `out`.
-fn out_request(session: u64, seq: u64, what: &str) -> proto::Request {
-    proto::Request {
+/// The raw request a client would send: session `session`, number `seq`, an `out`, signed by
+/// the admin.
+fn out_request(cluster: &Cluster, session: u64, seq: u64, what: &str) -> proto::Request {
+    cluster.sign(proto::Request {
         session,
         seq,
         ack: seq - 1,
@@ -48,7 +48,8 @@ fn out_request(session: u64, seq: u64, what: &str) -> proto::Request {
             tuple: codec::tuple_to_bytes(&tuple!["replayed", what]),
             ttl_ms: 0,
         })),
-    }
+        ..Default::default()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +67,7 @@ async fn a_skewed_wall_clock_moves_no_ttl_and_expires_no_session() {
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
         // A long-lived session, and a tuple that must live ten minutes.
-        let mut keeper = Client::new(cluster.endpoints());
+        let mut keeper = cluster.client();
         keeper
             .out_with_ttl(&tuple!["ttl", "10m"], Some(Duration::from_secs(600)))
             .await
@@ -80,7 +81,11 @@ async fn a_skewed_wall_clock_moves_no_ttl_and_expires_no_session() {
         for (phase, (skewed, role)) in phases.into_iter().enumerate() {
             // A request applied before the skewed node serves...
             let session = 0x5eed_0000 + phase as u64;
-            let first = raw_call(&cluster.node(1).client, &out_request(session, 1, "first")).await;
+            let first = raw_call(
+                &cluster.node(1).client,
+                &out_request(&cluster, session, 1, "first"),
+            )
+            .await;
             let Some(proto::response::Result::OutId(first_id)) = first.result else {
                 panic!("{first:?}")
             };
@@ -108,7 +113,7 @@ async fn a_skewed_wall_clock_moves_no_ttl_and_expires_no_session() {
             // was not expired by the skew, and it is not applied again.
             let again = raw_call(
                 &cluster.node(skewed).client,
-                &out_request(session, 1, "first"),
+                &out_request(&cluster, session, 1, "first"),
             )
             .await;
             match again.result {
@@ -117,7 +122,7 @@ async fn a_skewed_wall_clock_moves_no_ttl_and_expires_no_session() {
             }
             let next = raw_call(
                 &cluster.node(skewed).client,
-                &out_request(session, 2, "next"),
+                &out_request(&cluster, session, 2, "next"),
             )
             .await;
             assert!(

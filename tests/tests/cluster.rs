@@ -252,7 +252,7 @@ async fn a_replayed_request_is_applied_once() {
     let cluster = Cluster::start(3);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
-        let request = proto::Request {
+        let plain = proto::Request {
             session: 0xfeed,
             seq: 1,
             ack: 0,
@@ -260,7 +260,10 @@ async fn a_replayed_request_is_applied_once() {
                 tuple: codec::tuple_to_bytes(&tuple!["once"]),
                 ttl_ms: 0,
             })),
+            ..Default::default()
         };
+        // Signed once, replayed as it is: the same bytes, the same signature.
+        let request = cluster.sign(plain.clone());
         let mut ids = Vec::new();
         for node in [1, 1, 2, 3] {
             let resp = raw_call(&cluster.node(node).client, &request).await;
@@ -275,11 +278,11 @@ async fn a_replayed_request_is_applied_once() {
             1
         );
         // A later request of a session the cluster never saw is refused and not applied.
-        let stray = proto::Request {
+        let stray = cluster.sign(proto::Request {
             session: 0xbeef,
             seq: 5,
-            ..request.clone()
-        };
+            ..plain.clone()
+        });
         let resp = raw_call(&cluster.node(2).client, &stray).await;
         match resp.result {
             Some(proto::response::Result::Error(e)) => {

@@ -94,20 +94,32 @@ async fn add_status_and_remove_a_node() {
         }
 
         // step: refusals, before and after contacting the cluster.
-        mb(&ep, &["cluster", "promote", "9"])
+        mb(&ep, &["--admin", "cluster", "promote", "9"])
             .await
             .fails(1, "node 9 is not a member of the cluster");
-        mb(&ep, &["cluster", "remove", "9"])
+        mb(&ep, &["--admin", "cluster", "remove", "9"])
             .await
             .fails(1, "not a member");
-        mb(&ep, &["cluster", "change", "--add-voter", "9"])
+        mb(&ep, &["--admin", "cluster", "change", "--add-voter", "9"])
             .await
             .fails(1, "--add-voter 9=RAFT_URL,CLIENT_URL");
         let taken = cluster.node(1).raft.clone();
-        let bad = mb(&ep, &["cluster", "add", "4", &taken, "tcp://127.0.0.1:9"]).await;
+        let bad = mb(
+            &ep,
+            &[
+                "--admin",
+                "cluster",
+                "add",
+                "4",
+                &taken,
+                "tcp://127.0.0.1:9",
+            ],
+        )
+        .await;
         bad.fails(1, "already node 1's raft endpoint");
         for args in [
             &[
+                "--admin",
                 "cluster",
                 "add",
                 "4",
@@ -115,6 +127,7 @@ async fn add_status_and_remove_a_node() {
                 "tcp://127.0.0.1:7204",
             ][..],
             &[
+                "--admin",
                 "cluster",
                 "add",
                 "4",
@@ -122,6 +135,7 @@ async fn add_status_and_remove_a_node() {
                 "tcp://127.0.0.1",
             ],
             &[
+                "--admin",
                 "cluster",
                 "change",
                 "--add-learner",
@@ -142,6 +156,7 @@ async fn add_status_and_remove_a_node() {
                 mb(
                     &ep,
                     &[
+                        "--admin",
                         "--json",
                         "cluster",
                         "add",
@@ -192,12 +207,16 @@ async fn add_status_and_remove_a_node() {
         assert!(text.contains("MEMBER") && text.contains("LAG"), "{table:?}");
         assert!(text.contains("voter (leader)"), "{table:?}");
         // Adding it again changes nothing.
-        let again = mb(&ep4, &["cluster", "add", "4", &n4.raft, &n4.client]).await;
+        let again = mb(
+            &ep4,
+            &["--admin", "cluster", "add", "4", &n4.raft, &n4.client],
+        )
+        .await;
         assert!(again.ok().contains("MEMBER"), "{again:?}");
         assert!(again.stderr.contains("already a voter"), "{again:?}");
 
         // step: remove it; it stops by itself.
-        let removed = mb(&ep, &["--json", "cluster", "remove", "4"]).await;
+        let removed = mb(&ep, &["--admin", "--json", "cluster", "remove", "4"]).await;
         assert_eq!(roles(&removed.json()[0]), voters(&[1, 2, 3]), "{removed:?}");
         assert!(removed.stderr.contains("stops by itself"), "{removed:?}");
         assert_eq!(cluster.wait_exit(4, EXIT).await, Some(0), "node 4 stopped");
@@ -223,19 +242,36 @@ async fn change_promote_and_remove_the_leader() {
         let spec = format!("4={},{}", n4.raft, n4.client);
         let run = mb(
             &ep,
-            &["--json", "cluster", "change", "--add-learner", &spec],
+            &[
+                "--admin",
+                "--json",
+                "cluster",
+                "change",
+                "--add-learner",
+                &spec,
+            ],
         )
         .await;
         let mut want = voters(&[1, 2, 3]);
         want.push((4, "learner".into()));
         assert_eq!(roles(&run.json()[0]), want, "{run:?}");
         wait_status(&ep, &want).await;
-        let run = mb(&ep, &["--json", "cluster", "promote", "4"]).await;
+        let run = mb(&ep, &["--admin", "--json", "cluster", "promote", "4"]).await;
         assert_eq!(roles(&run.json()[0]), voters(&[1, 2, 3, 4]), "{run:?}");
 
         // step: remove the leader: it hands over, and stops by itself.
         let leader = cluster.wait_leader(LEADER).await;
-        let run = mb(&ep, &["--json", "cluster", "remove", &leader.to_string()]).await;
+        let run = mb(
+            &ep,
+            &[
+                "--admin",
+                "--json",
+                "cluster",
+                "remove",
+                &leader.to_string(),
+            ],
+        )
+        .await;
         let rest: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&i| i != leader).collect();
         let after = &run.json()[0];
         assert_eq!(roles(after), voters(&rest), "{run:?}");
@@ -249,11 +285,15 @@ async fn change_promote_and_remove_the_leader() {
         cluster.spawn_joining(5);
         let ep = cluster.endpoints().join(",");
         let spec = format!("5={},{}", n5.raft, n5.client);
-        let run = mb(&ep, &["cluster", "change", "--add-voter", &spec]).await;
+        let run = mb(&ep, &["--admin", "cluster", "change", "--add-voter", &spec]).await;
         assert_eq!(run.code, 1, "{run:?}");
         assert!(run.stderr.contains("learner"), "{run:?}");
         // ...so: 5 as a learner, then promote 5 and remove 4 in one step (joint consensus).
-        mb(&ep, &["cluster", "change", "--add-learner", &spec]).await;
+        mb(
+            &ep,
+            &["--admin", "cluster", "change", "--add-learner", &spec],
+        )
+        .await;
         let mut want = voters(&rest);
         want.push((5, "learner".into()));
         wait_status(&ep, &want).await;
@@ -261,6 +301,7 @@ async fn change_promote_and_remove_the_leader() {
         let run = mb(
             &ep,
             &[
+                "--admin",
                 "--json",
                 "cluster",
                 "change",

@@ -19,16 +19,21 @@ fn tpl(text: &str) -> Template {
     text.parse().expect("a valid template")
 }
 
-fn request(session: u64, seq: u64, op: proto::request::Op) -> ZmqMessage {
-    ZmqMessage::from(Bytes::from(
-        proto::Request {
-            session,
-            seq,
-            ack: seq.saturating_sub(1),
-            op: Some(op),
-        }
-        .encode_to_vec(),
-    ))
+/// A raw request frame; a write (seq > 0) is signed by the admin.
+fn request(cluster: &Cluster, session: u64, seq: u64, op: proto::request::Op) -> ZmqMessage {
+    let request = proto::Request {
+        session,
+        seq,
+        ack: seq.saturating_sub(1),
+        op: Some(op),
+        ..Default::default()
+    };
+    let request = if seq > 0 {
+        cluster.sign(request)
+    } else {
+        request
+    };
+    ZmqMessage::from(Bytes::from(request.encode_to_vec()))
 }
 
 fn blocking_in(template: &str, timeout_ms: u64) -> proto::request::Op {
@@ -55,7 +60,12 @@ async fn a_blocking_in_whose_client_went_away_takes_nothing() {
                 .await
                 .expect("connect");
             socket
-                .send(request(0xabc, 1, blocking_in(r#"("job", "raw")"#, 30_000)))
+                .send(request(
+                    &cluster,
+                    0xabc,
+                    1,
+                    blocking_in(r#"("job", "raw")"#, 30_000),
+                ))
                 .await
                 .expect("send");
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -111,7 +121,10 @@ async fn one_connection_cannot_take_every_request_slot() {
         });
         let sent = Instant::now();
         for _ in 0..200 {
-            dealer.send(request(0, 0, rd.clone())).await.expect("send");
+            dealer
+                .send(request(&cluster, 0, 0, rd.clone()))
+                .await
+                .expect("send");
         }
         // Someone else is served while 64 blocking rds of that connection hold their slots.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -145,7 +158,8 @@ async fn one_connection_cannot_take_every_request_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_space_cap_refuses_outs_with_a_clear_error() {
     let _serial = serial().await;
-    let cluster = Cluster::start_with(3, |o| o.limits.max_tuples = 5);
+    // Room for 5 tuples beside the one the founding entries write: the admin's registration.
+    let cluster = Cluster::start_with(3, |o| o.limits.max_tuples = 6);
     bounded(LIMIT, async {
         let leader = cluster.wait_leader(LEADER).await;
         // The leader puts the caps in the log.
@@ -154,7 +168,7 @@ async fn the_space_cap_refuses_outs_with_a_clear_error() {
             .status(leader)
             .await
             .and_then(|s| s.limits)
-            .is_none_or(|l| l.max_tuples != 5)
+            .is_none_or(|l| l.max_tuples != 6)
         {
             assert!(Instant::now() < deadline, "the caps never reached the log");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -194,7 +208,14 @@ async fn ctrl_c_on_a_blocking_tuple_in_cancels_it() {
         let endpoints = cluster.endpoints().join(",");
         let mut cmd = tests::microblog::command(
             &endpoints,
-            &["--timeout", "60s", "tuple", "in", r#"("order", ?int)"#],
+            &[
+                "--admin",
+                "--timeout",
+                "60s",
+                "tuple",
+                "in",
+                r#"("order", ?int)"#,
+            ],
         );
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -57,6 +57,7 @@ async fn assert_holds(cluster: &Cluster, id: u64, template: &str, acked: &[Tuple
 
 /// A writer that keeps `out`ing until told to stop, recording every acknowledged id.
 fn start_writer(
+    cluster: &Cluster,
     endpoints: Vec<String>,
     label: &'static str,
 ) -> (
@@ -67,8 +68,8 @@ fn start_writer(
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let (stop2, acked2) = (stop.clone(), acked.clone());
+    let mut client = Client::new(endpoints).with_identity(cluster.admin());
     let handle = tokio::spawn(async move {
-        let mut client = Client::new(endpoints);
         let mut i = 0i64;
         while !stop2.load(Ordering::Relaxed) {
             match client.out(&tuple![label, i]).await {
@@ -92,10 +93,10 @@ async fn grow_to_five_and_shrink_to_three_while_writing() {
         let n4 = cluster.new_node(4);
         let n5 = cluster.new_node(5);
         endpoints.extend([n4.client.clone(), n5.client.clone()]);
-        let (stop, acked, writer) = start_writer(endpoints.clone(), "grow");
+        let (stop, acked, writer) = start_writer(&cluster, endpoints.clone(), "grow");
         cluster.spawn_joining(4);
         cluster.spawn_joining(5);
-        let mut admin = Client::new(cluster.endpoints());
+        let mut admin = cluster.client();
         for spec in [&n4, &n5] {
             admin
                 .add_node(spec.id, &spec.raft, &spec.client, CATCH_UP, 10)
@@ -165,7 +166,7 @@ async fn several_changes_in_one_step_go_through_joint_consensus() {
     let mut cluster = Cluster::start(3);
     bounded(LIMIT, async {
         let leader = cluster.wait_leader(LEADER).await;
-        let mut admin = Client::new(cluster.endpoints());
+        let mut admin = cluster.client();
         let mut acked = Vec::new();
         for i in 0..30 {
             acked.push(admin.out(&tuple!["joint", i]).await.unwrap());
@@ -248,7 +249,7 @@ async fn replace_a_dead_node_with_a_fresh_one() {
     bounded(LIMIT, async {
         let leader = cluster.wait_leader(LEADER).await;
         let dead = if leader == 3 { 2 } else { 3 };
-        let mut c = Client::new(cluster.endpoints());
+        let mut c = cluster.client();
         let mut acked = Vec::new();
         for i in 0..250 {
             acked.push(c.out(&tuple!["replace", i]).await.unwrap());
@@ -298,7 +299,7 @@ async fn a_follower_cut_off_past_compaction_catches_up_by_snapshot() {
             .filter(|&id| id != lagging)
             .map(|id| cluster.node(id).client.clone())
             .collect();
-        let mut c = Client::new(others);
+        let mut c = Client::new(others).with_identity(cluster.admin());
         let mut acked = Vec::new();
         for i in 0..400 {
             acked.push(c.out(&tuple!["gap", i, "y".repeat(50)]).await.unwrap());
@@ -324,7 +325,7 @@ async fn restart_every_node_after_compaction() {
     let mut cluster = Cluster::start_with(3, small_snapshots);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
-        let mut c = Client::new(cluster.endpoints());
+        let mut c = cluster.client();
         let mut acked = Vec::new();
         for i in 0..450 {
             acked.push(c.out(&tuple!["kept", i]).await.unwrap());
@@ -363,7 +364,7 @@ async fn a_corrupted_snapshot_is_refused_and_the_node_recovers() {
     let mut cluster = Cluster::start_with(3, small_snapshots);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
-        let mut c = Client::new(cluster.endpoints());
+        let mut c = cluster.client();
         let mut acked = Vec::new();
         for i in 0..350 {
             acked.push(c.out(&tuple!["snap", i]).await.unwrap());

@@ -364,7 +364,12 @@ async fn the_social_commands_end_to_end() {
             .collect();
         assert_eq!(
             users,
-            vec![("alice".into(), 2), ("bob".into(), 2), ("carol".into(), 1)]
+            vec![
+                ("admin".into(), 0),
+                ("alice".into(), 2),
+                ("bob".into(), 2),
+                ("carol".into(), 1)
+            ]
         );
         let topics = mb(ep, &["--json", "topics"]).await.json();
         assert_eq!(topics[0]["topic"], "intro");
@@ -522,38 +527,70 @@ async fn raw_tuple_operations() {
     let ep = ep.as_str();
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
-        let j1: u64 = mb(ep, &["tuple", "out", r#"("job", 1, "a")"#])
-            .await
-            .ok()
-            .trim()
-            .parse()
-            .unwrap();
-        let j2 = mb(ep, &["--json", "tuple", "out", r#"("job", 2, "b é")"#])
-            .await
-            .json()[0]["id"]
+        let j1: u64 = mb(
+            ep,
+            &["--user", "worker", "tuple", "out", r#"("job", 1, "a")"#],
+        )
+        .await
+        .ok()
+        .trim()
+        .parse()
+        .unwrap();
+        let j2 = mb(
+            ep,
+            &[
+                "--user",
+                "worker",
+                "--json",
+                "tuple",
+                "out",
+                r#"("job", 2, "b é")"#,
+            ],
+        )
+        .await
+        .json()[0]["id"]
             .as_u64()
             .unwrap();
         assert!(j2 > j1);
         assert_eq!(
-            mb(ep, &["tuple", "count", r#"("job", ?int, _)"#])
-                .await
-                .ok()
-                .trim(),
+            mb(
+                ep,
+                &["--user", "worker", "tuple", "count", r#"("job", ?int, _)"#]
+            )
+            .await
+            .ok()
+            .trim(),
             "2"
         );
         assert_eq!(
-            mb(ep, &["--json", "tuple", "count", r#"("job", 2, _)"#])
-                .await
-                .json()[0]["count"],
+            mb(
+                ep,
+                &[
+                    "--user",
+                    "worker",
+                    "--json",
+                    "tuple",
+                    "count",
+                    r#"("job", 2, _)"#
+                ]
+            )
+            .await
+            .json()[0]["count"],
             1
         );
 
         // step: rdp, rd (blocking), with --after.
-        let r = mb(ep, &["tuple", "rdp", r#"("job", ?int, _)"#]).await;
+        let r = mb(
+            ep,
+            &["--user", "worker", "tuple", "rdp", r#"("job", ?int, _)"#],
+        )
+        .await;
         assert_eq!(r.ok().trim(), format!(r#"{j1}  ("job", 1, "a")"#));
         let r = mb(
             ep,
             &[
+                "--user",
+                "worker",
                 "--json",
                 "tuple",
                 "rdp",
@@ -570,6 +607,8 @@ async fn raw_tuple_operations() {
         mb(
             ep,
             &[
+                "--user",
+                "worker",
                 "tuple",
                 "rdp",
                 r#"("job", _, _)"#,
@@ -582,6 +621,8 @@ async fn raw_tuple_operations() {
         let waiting = Streaming::spawn(command(
             ep,
             &[
+                "--user",
+                "worker",
                 "--json",
                 "--timeout",
                 "20s",
@@ -591,7 +632,7 @@ async fn raw_tuple_operations() {
             ],
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let p = mb(ep, &["tuple", "out", r#"("ping", 7)"#])
+        let p = mb(ep, &["--user", "worker", "tuple", "out", r#"("ping", 7)"#])
             .await
             .ok()
             .trim()
@@ -610,6 +651,8 @@ async fn raw_tuple_operations() {
         mb(
             ep,
             &[
+                "--user",
+                "worker",
                 "--timeout",
                 "500ms",
                 "tuple",
@@ -625,10 +668,23 @@ async fn raw_tuple_operations() {
         // step: in (blocking) and inp take; a second take finds nothing.
         let taker = Streaming::spawn(command(
             ep,
-            &["--timeout", "20s", "tuple", "in", r#"("task", ?str)"#],
+            &[
+                "--user",
+                "worker",
+                "--timeout",
+                "20s",
+                "tuple",
+                "in",
+                r#"("task", ?str)"#,
+            ],
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;
-        mb(ep, &["tuple", "out", r#"("task", "x")"#]).await.ok();
+        mb(
+            ep,
+            &["--user", "worker", "tuple", "out", r#"("task", "x")"#],
+        )
+        .await
+        .ok();
         taker
             .wait_for(Duration::from_secs(20), "the blocked in", |out, _| {
                 !out.is_empty()
@@ -637,33 +693,68 @@ async fn raw_tuple_operations() {
         assert!(taker.stdout()[0].ends_with(r#"("task", "x")"#));
         mb(
             ep,
-            &["--timeout", "500ms", "tuple", "in", r#"("task", ?str)"#],
+            &[
+                "--user",
+                "worker",
+                "--timeout",
+                "500ms",
+                "tuple",
+                "in",
+                r#"("task", ?str)"#,
+            ],
         )
         .await
         .fails(3, "timed out");
         assert!(
-            mb(ep, &["tuple", "inp", r#"("job", 1, _)"#])
-                .await
-                .ok()
-                .contains(r#"("job", 1, "a")"#)
-        );
-        mb(ep, &["tuple", "inp", r#"("job", 1, _)"#])
+            mb(
+                ep,
+                &["--user", "worker", "tuple", "inp", r#"("job", 1, _)"#]
+            )
             .await
-            .fails(3, "no tuple matches");
+            .ok()
+            .contains(r#"("job", 1, "a")"#)
+        );
+        mb(
+            ep,
+            &["--user", "worker", "tuple", "inp", r#"("job", 1, _)"#],
+        )
+        .await
+        .fails(3, "no tuple matches");
 
         // step: all, with --limit, --newest-first and --take.
         for i in 10..15 {
-            mb(ep, &["tuple", "out", &format!(r#"("item", {i})"#)])
-                .await
-                .ok();
-        }
-        let all = mb(ep, &["--json", "tuple", "all", r#"("item", _)"#])
+            mb(
+                ep,
+                &[
+                    "--user",
+                    "worker",
+                    "tuple",
+                    "out",
+                    &format!(r#"("item", {i})"#),
+                ],
+            )
             .await
-            .json();
+            .ok();
+        }
+        let all = mb(
+            ep,
+            &[
+                "--user",
+                "worker",
+                "--json",
+                "tuple",
+                "all",
+                r#"("item", _)"#,
+            ],
+        )
+        .await
+        .json();
         assert_eq!(all.len(), 5);
         let newest = mb(
             ep,
             &[
+                "--user",
+                "worker",
                 "--json",
                 "tuple",
                 "all",
@@ -677,7 +768,11 @@ async fn raw_tuple_operations() {
         .json();
         assert_eq!(newest[0]["fields"][1], 14);
         assert_eq!(newest[1]["fields"][1], 13);
-        let table = mb(ep, &["tuple", "all", r#"("item", 10..12)"#]).await;
+        let table = mb(
+            ep,
+            &["--user", "worker", "tuple", "all", r#"("item", 10..12)"#],
+        )
+        .await;
         assert!(
             table.ok().starts_with("ID") && table.ok().lines().count() == 3,
             "{table:?}"
@@ -685,6 +780,8 @@ async fn raw_tuple_operations() {
         let taken = mb(
             ep,
             &[
+                "--user",
+                "worker",
                 "--json",
                 "tuple",
                 "all",
@@ -704,10 +801,13 @@ async fn raw_tuple_operations() {
             vec![10, 11, 12]
         );
         assert_eq!(
-            mb(ep, &["tuple", "count", r#"("item", _)"#])
-                .await
-                .ok()
-                .trim(),
+            mb(
+                ep,
+                &["--user", "worker", "tuple", "count", r#"("item", _)"#]
+            )
+            .await
+            .ok()
+            .trim(),
             "2"
         );
 
@@ -715,6 +815,8 @@ async fn raw_tuple_operations() {
         let won = mb(
             ep,
             &[
+                "--user",
+                "worker",
                 "--json",
                 "tuple",
                 "cas",
@@ -728,6 +830,8 @@ async fn raw_tuple_operations() {
         let lost = mb(
             ep,
             &[
+                "--user",
+                "worker",
                 "--json",
                 "tuple",
                 "cas",
@@ -739,12 +843,25 @@ async fn raw_tuple_operations() {
         assert_eq!(lost.code, 1, "{lost:?}");
         assert!(lost.stdout.contains(r#""inserted":false"#), "{lost:?}");
         assert!(lost.stderr.contains("already matches"), "{lost:?}");
-        mb(ep, &["tuple", "out", r#"("brief", 1)"#, "--ttl", "300ms"])
-            .await
-            .ok();
         mb(
             ep,
             &[
+                "--user",
+                "worker",
+                "tuple",
+                "out",
+                r#"("brief", 1)"#,
+                "--ttl",
+                "300ms",
+            ],
+        )
+        .await
+        .ok();
+        mb(
+            ep,
+            &[
+                "--user",
+                "worker",
                 "tuple",
                 "cas",
                 r#"("lease")"#,
@@ -757,14 +874,17 @@ async fn raw_tuple_operations() {
         .ok();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(
-            mb(ep, &["tuple", "count", r#"("brief", _)"#])
-                .await
-                .ok()
-                .trim(),
+            mb(
+                ep,
+                &["--user", "worker", "tuple", "count", r#"("brief", _)"#]
+            )
+            .await
+            .ok()
+            .trim(),
             "0"
         );
         assert_eq!(
-            mb(ep, &["tuple", "count", r#"("lease")"#])
+            mb(ep, &["--user", "worker", "tuple", "count", r#"("lease")"#])
                 .await
                 .ok()
                 .trim(),
@@ -772,16 +892,19 @@ async fn raw_tuple_operations() {
         );
 
         // step: malformed input: exit 2, the column named and pointed at.
-        let bad = mb(ep, &["tuple", "out", r#"("job", 1"#]).await;
+        let bad = mb(ep, &["--user", "worker", "tuple", "out", r#"("job", 1"#]).await;
         bad.fails(2, "column 10");
         assert!(
             bad.stderr.contains(r#"    ("job", 1"#) && bad.stderr.contains("             ^"),
             "{bad:?}"
         );
-        mb(ep, &["tuple", "in", r#"("job", ?integer)"#])
-            .await
-            .fails(2, "column");
-        mb(ep, &["tuple", "cas", "(_)", "(oops)"])
+        mb(
+            ep,
+            &["--user", "worker", "tuple", "in", r#"("job", ?integer)"#],
+        )
+        .await
+        .fails(2, "column");
+        mb(ep, &["--user", "worker", "tuple", "cas", "(_)", "(oops)"])
             .await
             .fails(2, "malformed tuple");
     })

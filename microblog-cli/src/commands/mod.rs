@@ -2,6 +2,7 @@
 //!
 //! - [`social`]: post, read, show, timeline, follow, unfollow, following, followers, users,
 //!   topics, delete.
+//! - [`identity`]: register, whoami, rotate-key, reset-key, policy; and where keys live.
 //! - [`tail`]: the live stream.
 //! - [`tuple`]: raw tuple operations in the text syntax.
 //! - [`cluster`]: `cluster up`, `status`, and the membership changes `add`, `promote`,
@@ -10,6 +11,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod identity;
 pub mod social;
 pub mod tail;
 pub mod tuple;
@@ -38,6 +40,10 @@ pub struct Context {
     pub cluster: Option<PathBuf>,
     /// `--user` before the command, or `MICROBLOG_USER`.
     pub user: Option<String>,
+    /// `--admin`: act as the cluster's admin.
+    pub admin: bool,
+    /// `--admin-key` or `MICROBLOG_ADMIN_KEY`.
+    pub admin_key: Option<PathBuf>,
 }
 
 impl Context {
@@ -50,14 +56,63 @@ impl Context {
         )
     }
 
-    /// A client for the cluster.
+    /// A client for the cluster, signing as the admin with `--admin`, else as `--user` (or
+    /// `MICROBLOG_USER`) when that user has a key, else unsigned (reads need no signature).
     pub fn client(&self) -> Result<Client> {
-        Ok(connect::client(self.endpoints()?, self.timeout))
+        let client = connect::client(self.endpoints()?, self.timeout);
+        if self.admin {
+            return Ok(client.with_identity(self.admin_identity()?));
+        }
+        match &self.user {
+            Some(user) => match identity::load(user)? {
+                Some(me) => Ok(client.with_identity(me)),
+                None => Ok(client),
+            },
+            None => Ok(client),
+        }
     }
 
-    /// The microblog on the cluster.
+    /// A client signing as `me` (`--admin` signs as the admin); `me`'s key pair is created if
+    /// `me` has none yet (said on stderr).
+    pub fn client_as(&self, me: &str) -> Result<Client> {
+        let client = connect::client(self.endpoints()?, self.timeout);
+        if self.admin {
+            return Ok(client.with_identity(self.admin_identity()?));
+        }
+        Ok(client.with_identity(identity::load_or_create(me)?))
+    }
+
+    /// A client for raw writes: the admin with `--admin`, else `--user` (created and registered
+    /// if new, said on stderr), else unsigned (refused unless the policy allows anonymous
+    /// writes).
+    pub async fn writer(&self) -> Result<Client> {
+        if self.admin {
+            return self.client();
+        }
+        let Some(me) = self.user.clone() else {
+            return self.client();
+        };
+        let mut blog = self.blog_as(&me)?;
+        if blog.ensure_registered(&me).await? == crate::blog::Registration::New {
+            eprintln!("registered {} with your key", crate::output::clean(&me));
+        }
+        Ok(blog.store)
+    }
+
+    /// The microblog on the cluster (for reads).
     pub fn blog(&self) -> Result<Blog<Client>> {
         Ok(Blog::new(self.client()?))
+    }
+
+    /// The microblog on the cluster, writing as `me`.
+    pub fn blog_as(&self, me: &str) -> Result<Blog<Client>> {
+        Ok(Blog::new(self.client_as(me)?))
+    }
+
+    /// The admin's identity: `--admin-key`/`MICROBLOG_ADMIN_KEY`, else `admin.key` beside the
+    /// cluster's key file.
+    pub fn admin_identity(&self) -> Result<raftnode::identity::Identity> {
+        identity::admin(self.admin_key.as_deref(), self.cluster.as_deref())
     }
 
     /// Who is asking: `--user` after the command, else before it, else `MICROBLOG_USER`.
@@ -80,6 +135,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         endpoints: cli.endpoints,
         cluster: cli.cluster,
         user: cli.user,
+        admin: cli.admin,
+        admin_key: cli.admin_key,
     };
     let identity = cli.command.identity().map(str::to_string);
     let identity = identity.as_deref();
@@ -109,6 +166,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             social::follows(&mut ctx, identity, target, social::Direction::Followers).await
         }
         Command::Users => social::users(&mut ctx).await,
+        Command::Register { .. } => identity::register(&mut ctx, identity).await,
+        Command::Whoami { .. } => identity::whoami(&mut ctx, identity).await,
+        Command::RotateKey { .. } => identity::rotate(&mut ctx, identity).await,
+        Command::ResetKey { name, public_key } => {
+            identity::reset(&mut ctx, &name, &public_key).await
+        }
+        Command::Policy(cmd) => identity::policy(&mut ctx, cmd).await,
         Command::Topics => social::topics(&mut ctx).await,
         Command::Delete { id, .. } => social::delete(&mut ctx, identity, id).await,
         Command::Tail {

@@ -7,7 +7,7 @@ use serde_json::json;
 use tuplespace::TupleId;
 
 use super::Context;
-use crate::blog::{FollowOutcome, NameCount};
+use crate::blog::{FollowOutcome, NameCount, Registration};
 use crate::error::{Error, Result};
 use crate::model::PostFilter;
 use crate::output::{clean, post_json};
@@ -29,10 +29,15 @@ pub async fn post(
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let post = ctx
-        .blog()?
-        .post(&me, &text, topic, reply_to, now_ms)
-        .await?;
+    // Checked before anything is created or sent.
+    crate::model::check_user(&me)?;
+    crate::model::check_text(&text)?;
+    if let Some(t) = topic {
+        crate::model::check_topic(t)?;
+    }
+    let mut blog = ctx.blog_as(&me)?;
+    announce_registration(&mut blog, &me).await?;
+    let post = blog.post(&me, &text, topic, reply_to, now_ms).await?;
     if ctx.out.json {
         ctx.out.json_line(&post_json(&post))?;
     } else {
@@ -69,7 +74,9 @@ pub async fn read(
         topic,
         reply_to: None,
     };
-    let posts = ctx.blog()?.read(&filter, limit, before).await?;
+    let mut blog = ctx.blog()?;
+    let mut posts = blog.read(&filter, limit, before).await?;
+    blog.verify(&mut posts).await?;
     ctx.out.posts(&posts)?;
     if !ctx.out.json
         && posts.len() == limit
@@ -82,7 +89,10 @@ pub async fn read(
 
 /// `show ID`: the post in full, then its replies (`--json`: the post's line first).
 pub async fn show(ctx: &mut Context, id: TupleId) -> Result<()> {
-    let (post, replies) = ctx.blog()?.show(id).await?;
+    let mut blog = ctx.blog()?;
+    let (mut post, mut replies) = blog.show(id).await?;
+    blog.verify(std::slice::from_mut(&mut post)).await?;
+    blog.verify(&mut replies).await?;
     ctx.out.post_full(&post, "")?;
     if !ctx.out.json {
         ctx.out.line(&match replies.len() {
@@ -105,7 +115,9 @@ pub async fn timeline(
     before: Option<TupleId>,
 ) -> Result<()> {
     let me = ctx.me(identity)?;
-    let posts = ctx.blog()?.timeline(&me, limit, before).await?;
+    let mut blog = ctx.blog()?;
+    let mut posts = blog.timeline(&me, limit, before).await?;
+    blog.verify(&mut posts).await?;
     ctx.out.posts(&posts)?;
     Ok(())
 }
@@ -113,7 +125,11 @@ pub async fn timeline(
 /// `follow USER`.
 pub async fn follow(ctx: &mut Context, identity: Option<&str>, them: &str) -> Result<()> {
     let me = ctx.me(identity)?;
-    let outcome = ctx.blog()?.follow(&me, them).await?;
+    crate::model::check_user(&me)?;
+    crate::model::check_user(them)?;
+    let mut blog = ctx.blog_as(&me)?;
+    announce_registration(&mut blog, &me).await?;
+    let outcome = blog.follow(&me, them).await?;
     let (status, sentence) = match outcome {
         FollowOutcome::Followed => ("followed", "now follows"),
         FollowOutcome::AlreadyFollowing => ("already following", "already follows"),
@@ -131,7 +147,7 @@ pub async fn follow(ctx: &mut Context, identity: Option<&str>, them: &str) -> Re
 /// `unfollow USER`.
 pub async fn unfollow(ctx: &mut Context, identity: Option<&str>, them: &str) -> Result<()> {
     let me = ctx.me(identity)?;
-    ctx.blog()?.unfollow(&me, them).await?;
+    ctx.blog_as(&me)?.unfollow(&me, them).await?;
     if ctx.out.json {
         ctx.out
             .json_line(&json!({"follower": me, "followee": them, "status": "unfollowed"}))?;
@@ -189,10 +205,41 @@ pub async fn follows(
     Ok(())
 }
 
-/// `users`: every user with their number of posts.
+/// A first post or follow registers the user (first come, first served) and says so.
+async fn announce_registration(
+    blog: &mut crate::blog::Blog<raftnode::client::Client>,
+    me: &str,
+) -> Result<()> {
+    if blog.ensure_registered(me).await? == Registration::New {
+        let fingerprint = blog
+            .store
+            .identity()
+            .map(raftnode::identity::Identity::fingerprint)
+            .unwrap_or_default();
+        eprintln!("registered {} with your key {fingerprint}", clean(me));
+    }
+    Ok(())
+}
+
+/// `users`: every registered user with their key's fingerprint and number of posts.
 pub async fn users(ctx: &mut Context) -> Result<()> {
     let users = ctx.blog()?.users().await?;
-    counts(ctx, "user", &users, "no users yet")
+    if ctx.out.json {
+        for u in &users {
+            ctx.out.json_line(
+                &json!({ "user": u.name, "fingerprint": u.fingerprint, "posts": u.posts }),
+            )?;
+        }
+    } else if users.is_empty() {
+        ctx.out.line("no users yet")?;
+    } else {
+        let rows: Vec<Vec<String>> = users
+            .iter()
+            .map(|u| vec![clean(&u.name), u.fingerprint.clone(), u.posts.to_string()])
+            .collect();
+        ctx.out.table(&["USER", "KEY", "POSTS"], &rows)?;
+    }
+    Ok(())
 }
 
 /// `topics`: every topic with its number of posts, most first.
@@ -222,7 +269,7 @@ fn counts(ctx: &mut Context, what: &str, list: &[NameCount], empty: &str) -> Res
 /// `delete ID`: only your own post.
 pub async fn delete(ctx: &mut Context, identity: Option<&str>, id: TupleId) -> Result<()> {
     let me = ctx.me(identity)?;
-    let post = ctx.blog()?.delete(&me, id).await?;
+    let post = ctx.blog_as(&me)?.delete(&me, id).await?;
     if ctx.out.json {
         ctx.out
             .json_line(&json!({"deleted": post.id, "author": post.author}))?;

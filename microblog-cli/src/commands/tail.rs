@@ -56,6 +56,7 @@ pub async fn run(
         (Some(id), _) => id,
         (None, Some(n)) if n > 0 => {
             let mut recent = blog.read(&filter, n, None).await?;
+            blog.verify(&mut recent).await?;
             recent.reverse();
             for post in &recent {
                 print(ctx, post)?;
@@ -69,14 +70,13 @@ pub async fn run(
     };
     eprintln!("microblog: tailing posts after #{after} (Ctrl-C stops)");
     let template = filter.template();
-    let mut client = blog.store;
     let mut unreachable = false;
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     loop {
         let next = tokio::select! {
             _ = &mut stop => return Ok(()),
-            next = client.rd(&template, after, POLL) => next,
+            next = blog.store.rd(&template, after, POLL) => next,
         };
         match next {
             Ok((id, tuple)) => {
@@ -85,7 +85,9 @@ pub async fn run(
                     eprintln!("microblog: the cluster answers again");
                     unreachable = false;
                 }
-                if let Some(post) = Post::from_tuple(id, &tuple) {
+                if let Some(mut post) = Post::from_tuple(id, &tuple) {
+                    // A failed check leaves it marked forged, never silently unmarked.
+                    let _ = blog.verify(std::slice::from_mut(&mut post)).await;
                     print(ctx, &post)?;
                 }
                 after = id;

@@ -20,12 +20,12 @@ pub async fn run(ctx: &mut Context, cmd: TupleCommand) -> Result<()> {
     match cmd {
         TupleCommand::Out { tuple, ttl } => {
             let tuple = parse_tuple(&tuple)?;
-            let id = ctx.client()?.out_with_ttl(&tuple, ttl).await?;
+            let id = ctx.writer().await?.out_with_ttl(&tuple, ttl).await?;
             print_id(ctx, id)
         }
         TupleCommand::In { template } => {
             let template = parse_template(&template)?;
-            let mut client = ctx.client()?;
+            let mut client = ctx.writer().await?;
             let got = {
                 let call = client.in_(&template, ctx.timeout);
                 tokio::pin!(call);
@@ -46,7 +46,7 @@ pub async fn run(ctx: &mut Context, cmd: TupleCommand) -> Result<()> {
         }
         TupleCommand::Inp { template } => {
             let template = parse_template(&template)?;
-            let got = ctx.client()?.inp(&template).await;
+            let got = ctx.writer().await?.inp(&template).await;
             print_one(ctx, &template, got)
         }
         TupleCommand::Rdp { template, after } => {
@@ -64,7 +64,11 @@ pub async fn run(ctx: &mut Context, cmd: TupleCommand) -> Result<()> {
         } => {
             let template = parse_template(&template)?;
             let limit = limit.map_or(usize::MAX, |n| n as usize);
-            let mut client = ctx.client()?;
+            let mut client = if take {
+                ctx.writer().await?
+            } else {
+                ctx.client()?
+            };
             let entries = if take {
                 take_all(&mut client, &template, limit).await?
             } else {
@@ -95,7 +99,7 @@ pub async fn run(ctx: &mut Context, cmd: TupleCommand) -> Result<()> {
         } => {
             let template = parse_template(&template)?;
             let tuple = parse_tuple(&tuple)?;
-            match ctx.client()?.cas(&template, &tuple, ttl).await? {
+            match ctx.writer().await?.cas(&template, &tuple, ttl).await? {
                 Some(id) => {
                     if ctx.out.json {
                         ctx.out.json_line(&json!({"inserted": true, "id": id}))?;

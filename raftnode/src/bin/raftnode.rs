@@ -106,9 +106,14 @@ fn key_command(action: KeyAction) -> anyhow::Result<()> {
     use raftnode::keys::Keys;
     let (file, updated) = match action {
         KeyAction::Init { file } => {
-            let keys = Keys::generate();
-            keys.create(&file)?;
-            println!("created {} for cluster {}", file.display(), keys.cluster);
+            let keys = raftnode::devcluster::create_key_file(&file)?;
+            println!(
+                "created {} for cluster {}, and the admin's private key in {} (keep it apart: \
+                 it changes the cluster)",
+                file.display(),
+                keys.cluster,
+                Keys::admin_key_path(&file).display()
+            );
             return show(&keys);
         }
         KeyAction::Show { file } => return show(&Keys::load(&file)?),
@@ -144,6 +149,10 @@ fn show(keys: &raftnode::keys::Keys) -> anyhow::Result<()> {
             "accepted"
         };
         println!("key {}  {role}", key.fingerprint());
+    }
+    match keys.admin {
+        Some(admin) => println!("admin {}", raftnode::identity::fingerprint(&admin)),
+        None => println!("admin none (a cluster founded with this file has no admin)"),
     }
     Ok(())
 }

@@ -20,6 +20,7 @@
 //! applies it exactly once. The client rotates through its endpoints, and follows the leader
 //! hints in answers so it talks to the leader when it can.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use prost::Message as _;
 use tuplespace::{Query, Template, Tuple, TupleId, codec};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
+use crate::identity::Identity;
 use crate::proto::{self, error::Code, request::Op, response};
 
 pub mod retry;
@@ -125,6 +127,14 @@ pub enum ClientError {
     /// configuration when the wait ended (the leader finishes it by itself).
     #[error("still joint: {0}")]
     StillJoint(String),
+    /// Identity: the request was not signed, its signature or key is not the user's, it names
+    /// another cluster, or it expired. Nothing was applied.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Identity: the user may not do this (another user's tuple or session, an admin's
+    /// operation, a name that is taken). Nothing was applied.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// A tuple with its id.
@@ -222,6 +232,13 @@ pub struct Client {
     options: ClientOptions,
     /// The number of a blocking `in` under way (cancelled if the client is dropped meanwhile).
     pending_take: Option<u64>,
+    /// Who signs this client's requests (`None`: unsigned, for reads and anonymous writes).
+    identity: Option<Arc<Identity>>,
+    /// The cluster the signatures name (asked once, from a node's status).
+    cluster_id: Option<u64>,
+    /// Cluster time as that status gave it, and when it came (session-less requests expire in
+    /// cluster time).
+    cluster_time: Option<(u64, Instant)>,
 }
 
 impl Drop for Client {
@@ -235,6 +252,9 @@ impl Drop for Client {
         let mut canceller = Client::with_options(Vec::<String>::new(), self.options.clone());
         canceller.session = self.session;
         canceller.route = self.route.clone();
+        canceller.identity = self.identity.clone();
+        canceller.cluster_id = self.cluster_id;
+        canceller.cluster_time = self.cluster_time;
         runtime.spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), canceller.cancel(seq)).await;
         });
@@ -275,7 +295,67 @@ impl Client {
             seq: 0,
             options,
             pending_take: None,
+            identity: None,
+            cluster_id: None,
+            cluster_time: None,
         }
+    }
+
+    /// This client, signing every request as `identity`'s user.
+    pub fn with_identity(mut self, identity: Identity) -> Client {
+        self.set_identity(Some(identity));
+        self
+    }
+
+    /// Signs every request from now on as `identity`'s user (`None`: unsigned). A new identity
+    /// starts a new session (a session belongs to one user).
+    pub fn set_identity(&mut self, identity: Option<Identity>) {
+        self.identity = identity.map(Arc::new);
+        self.session = random_session();
+        self.seq = 0;
+    }
+
+    /// The identity that signs this client's requests.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_deref()
+    }
+
+    /// The id of the cluster the client talks to (asked once, then remembered).
+    pub async fn cluster_id(&mut self) -> Result<u64, ClientError> {
+        if let Some(id) = self.cluster_id {
+            return Ok(id);
+        }
+        // Boxed: `status` goes through `call`, which may ask for the cluster id.
+        let status = Box::pin(self.status()).await?;
+        let id = status.cluster_id;
+        self.cluster_time = Some((status.cluster_time_ms, Instant::now()));
+        if id == 0 {
+            return Err(ClientError::Protocol(
+                "the node does not know its cluster's id yet".into(),
+            ));
+        }
+        self.cluster_id = Some(id);
+        Ok(id)
+    }
+
+    /// `request` signed by this client's identity, if it has one. Requests outside a session
+    /// (membership changes, a status with the digest) get a random nonce and expire a minute
+    /// ahead in cluster time (as the status this client asked once said it, plus the time since),
+    /// so each attempt is a new signature and none can be replayed later.
+    fn seal(&self, mut request: proto::Request) -> proto::Request {
+        let (Some(identity), Some(cluster_id)) = (&self.identity, self.cluster_id) else {
+            return request;
+        };
+        let session_less = matches!(
+            request.op,
+            Some(Op::ConfChange(_)) | Some(Op::Status(proto::StatusRequest { digest: true }))
+        );
+        if session_less {
+            let (then, at) = self.cluster_time.unwrap_or((0, Instant::now()));
+            request.session = random_session();
+            request.not_after_ms = then + at.elapsed().as_millis() as u64 + 60_000;
+        }
+        identity.seal(request, cluster_id)
     }
 
     /// The endpoints this client knows.
@@ -342,12 +422,13 @@ impl Client {
         // The socket may still await the blocking request's answer (a REQ sends nothing else
         // meanwhile): a fresh one carries the cancel.
         self.socket = None;
-        let request = proto::Request {
+        let request = self.seal(proto::Request {
             session: self.session,
             seq: 0,
             ack: 0,
             op: Some(Op::Cancel(proto::Cancel { seq })),
-        };
+            ..Default::default()
+        });
         match self.exchange(&request, Duration::ZERO).await {
             Ok(proto::Response {
                 result: Some(response::Result::Count(n)),
@@ -532,12 +613,15 @@ impl Client {
 
     /// Node `endpoint`'s status with a digest of its space (a checksum of everything it holds:
     /// replicas that applied the same log agree). The node computes it off its raft thread.
+    /// Only the admin may ask (`admin` signs the request).
     pub async fn digest_of(
         endpoint: &str,
         options: &ClientOptions,
+        admin: &Identity,
     ) -> Result<proto::Status, ClientError> {
         let mut one = Client::with_options([endpoint], options.clone());
         one.options.retry_window = options.request_timeout;
+        one.identity = Some(Arc::new(admin.clone()));
         match one
             .call(
                 Op::Status(proto::StatusRequest { digest: true }),
@@ -548,6 +632,89 @@ impl Client {
             .await?
         {
             response::Result::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Registers this client's identity: binds its user name to its public key in the cluster
+    /// (first come, first served). Registering the same key again is answered like the first
+    /// time; a name taken by another key is [`ClientError::PermissionDenied`].
+    pub async fn register(&mut self) -> Result<TupleId, ClientError> {
+        let identity = self.signer("register")?;
+        let op = Op::Register(proto::Register {
+            name: identity.user().to_string(),
+            public_key: identity.public_key().to_vec(),
+        });
+        self.expect_id(op).await
+    }
+
+    /// The admin registers user `name` with `public_key` (needed when registration is closed).
+    pub async fn register_user(
+        &mut self,
+        name: &str,
+        public_key: [u8; 32],
+    ) -> Result<TupleId, ClientError> {
+        let op = Op::Register(proto::Register {
+            name: name.to_string(),
+            public_key: public_key.to_vec(),
+        });
+        self.expect_id(op).await
+    }
+
+    /// Replaces this user's key with `new`'s (signed by the current key); the client signs
+    /// with `new` afterwards.
+    pub async fn rotate_key(&mut self, new: Identity) -> Result<TupleId, ClientError> {
+        self.signer("rotate a key")?;
+        let op = Op::RotateKey(proto::RotateKey {
+            public_key: new.public_key().to_vec(),
+        });
+        let id = self.expect_id(op).await?;
+        self.set_identity(Some(new));
+        Ok(id)
+    }
+
+    /// The admin replaces user `name`'s key (a lost key).
+    pub async fn reset_key(
+        &mut self,
+        name: &str,
+        public_key: [u8; 32],
+    ) -> Result<TupleId, ClientError> {
+        let op = Op::ResetKey(proto::ResetKey {
+            name: name.to_string(),
+            public_key: public_key.to_vec(),
+        });
+        self.expect_id(op).await
+    }
+
+    /// The access policy in force.
+    pub async fn policy(&mut self) -> Result<proto::Policy, ClientError> {
+        let op = Op::GetPolicy(proto::GetPolicy {});
+        match self.read(op, Duration::ZERO).await? {
+            response::Result::Policy(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The admin replaces the access policy.
+    pub async fn set_policy(&mut self, policy: proto::Policy) -> Result<(), ClientError> {
+        let op = Op::SetPolicy(proto::SetPolicy {
+            policy: Some(policy),
+        });
+        match self.write(op, Duration::ZERO).await? {
+            response::Result::Count(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn signer(&self, what: &str) -> Result<Arc<Identity>, ClientError> {
+        self.identity.clone().ok_or_else(|| {
+            ClientError::Unauthenticated(format!("to {what}, the client needs an identity"))
+        })
+    }
+
+    async fn expect_id(&mut self, op: Op) -> Result<TupleId, ClientError> {
+        match self.write(op, Duration::ZERO).await? {
+            response::Result::OutId(id) => Ok(id),
             other => Err(unexpected(other)),
         }
     }
@@ -757,13 +924,24 @@ impl Client {
             Instant::now(),
             window,
         );
+        let signs = self.identity.is_some()
+            && (is_write
+                || matches!(
+                    op,
+                    Op::ConfChange(_) | Op::Status(proto::StatusRequest { digest: true })
+                ));
+        if signs && self.cluster_id.is_none() {
+            self.cluster_id().await?;
+        }
         loop {
-            let request = proto::Request {
+            let plain = proto::Request {
                 session: if is_write { self.session } else { 0 },
                 seq: if is_write { self.seq } else { 0 },
                 ack: if is_write { self.seq - 1 } else { 0 },
                 op: Some(op.clone()),
+                ..Default::default()
             };
+            let request = if signs { self.seal(plain) } else { plain };
             let before = self.route.current().unwrap_or_default().to_string();
             call.trying(&before);
             let attempt = match self.exchange(&request, wait).await {
@@ -859,6 +1037,8 @@ pub(crate) fn error_of(code: Code, message: String) -> ClientError {
         Code::TimedOut => ClientError::Timeout,
         Code::Limit => ClientError::OverLimit(message),
         Code::Cancelled => ClientError::Cancelled(message),
+        Code::Unauthenticated => ClientError::Unauthenticated(message),
+        Code::PermissionDenied => ClientError::PermissionDenied(message),
         Code::Unavailable | Code::Overloaded | Code::Internal => ClientError::Protocol(message),
     }
 }

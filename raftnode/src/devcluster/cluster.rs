@@ -157,7 +157,17 @@ impl DevCluster {
         &self.config_path
     }
 
-    /// The key file.
+    /// The cluster's id (from its key file; 0 if that cannot be read).
+    pub fn cluster_id(&self) -> u64 {
+        crate::keys::Keys::load(self.key_file()).map_or(0, |k| k.cluster.0)
+    }
+
+    /// The cluster's admin (its key is `admin.key` beside the key file).
+    pub fn admin(&self) -> Result<crate::identity::Identity, crate::identity::KeyFileError> {
+        crate::identity::Identity::load(&crate::keys::Keys::admin_key_path(self.key_file()))
+    }
+
+    /// The cluster key file.
     pub fn key_file(&self) -> &Path {
         self.config
             .key_file

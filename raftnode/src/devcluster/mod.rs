@@ -102,9 +102,23 @@ pub enum DevClusterError {
     },
 }
 
-/// Creates a new cluster key file at `path` (mode 0600; never over an existing file).
+/// Creates a new cluster key file at `path` (mode 0600; never over an existing file), with a
+/// new admin whose private key goes to `admin.key` beside it ([`Keys::admin_key_path`]).
 pub fn create_key_file(path: &Path) -> Result<Keys, KeyError> {
-    let keys = Keys::generate();
+    let admin_path = Keys::admin_key_path(path);
+    let invalid = |e: crate::identity::KeyFileError| KeyError::Invalid {
+        path: admin_path.clone(),
+        detail: e.to_string(),
+    };
+    // An admin key already there (another cluster's in the same directory) is used again.
+    let admin = if admin_path.exists() {
+        crate::identity::Identity::load(&admin_path).map_err(invalid)?
+    } else {
+        let admin = crate::identity::Identity::generate(crate::identity::ADMIN);
+        admin.save(&admin_path).map_err(invalid)?;
+        admin
+    };
+    let keys = Keys::generate().with_admin(admin.public_key());
     keys.create(path)?;
     Ok(keys)
 }

@@ -125,7 +125,7 @@ pub async fn run_node(
 ) -> anyhow::Result<Exit> {
     let logger = logger.new(slog::o!("node" => launch.id));
     let (disk, auth) = open_disk(&launch, &logger)?;
-    let (wires, inbox) = Wires::new(auth);
+    let (wires, inbox) = Wires::new(auth, disk.cluster);
     let node_done = start_node_thread(&launch, disk, inbox, &wires, &logger)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let endpoints = spawn_endpoints(&launch, &wires, stop_rx, &logger);
@@ -161,7 +161,8 @@ fn open_disk(launch: &NodeLaunch, logger: &Logger) -> anyhow::Result<(Disk, Arc<
     let storage = RaftStorage::open(data_dir, &launch.voters, logger.clone())
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     let snapshots = SnapshotStore::open(data_dir, logger.clone())?;
-    let recovered = recover(storage, &snapshots, &launch.voters, cluster, logger)
+    let founding = (cluster, keys.admin);
+    let recovered = recover(storage, &snapshots, &launch.voters, founding, logger)
         .with_context(|| format!("recovering data dir {}", data_dir.display()))?;
     info!(logger, "cluster identity"; "cluster" => %cluster, "incarnation" => recovered.incarnation,
         "signing_key" => keys.signing().fingerprint(), "keys" => keys.all().len());
@@ -181,17 +182,22 @@ struct Wires {
     refusals: Arc<Refusals>,
     removed_peers: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
     auth: Arc<PeerAuth>,
+    cluster: crate::keys::ClusterId,
 }
 
 impl Wires {
     /// The wires, and the inbox the node thread reads.
-    fn new(auth: Arc<PeerAuth>) -> (Wires, std::sync::mpsc::Receiver<NodeMsg>) {
+    fn new(
+        auth: Arc<PeerAuth>,
+        cluster: crate::keys::ClusterId,
+    ) -> (Wires, std::sync::mpsc::Receiver<NodeMsg>) {
         let (inbox_tx, inbox) = std::sync::mpsc::channel();
         let wires = Wires {
             inbox_tx,
             refusals: Arc::new(Refusals::new()),
             removed_peers: Arc::default(),
             auth,
+            cluster,
         };
         (wires, inbox)
     }
@@ -315,9 +321,12 @@ fn spawn_endpoints(
             launch.me.client.clone(),
             NodeHandle::new(wires.inbox_tx.clone()),
         );
+        let gate = Arc::new(crate::gate::Gate::new(wires.cluster.0));
         let refuser = Arc::new(Refuser::new(Arc::clone(&wires.refusals)));
         let (logger, stop) = (logger.clone(), stopped(stop));
-        async move { crate::server::serve(&url, client_guard, handle, refuser, logger, stop).await }
+        async move {
+            crate::server::serve(&url, client_guard, handle, gate, refuser, logger, stop).await
+        }
     });
     let reload = tokio::spawn(reload_keys_on_hangup(
         launch.key_file.clone(),

@@ -93,6 +93,24 @@ impl NodeHandle {
         .await
     }
 
+    /// Whether `user`, signing with `public_key`, is the admin, and cluster time as this node
+    /// sees it now; `None` if the node has stopped.
+    pub async fn is_admin(&self, user: &str, public_key: &[u8]) -> Option<(bool, u64)> {
+        let (reply, rx) = oneshot::channel();
+        let msg = NodeMsg::IsAdmin {
+            user: user.to_string(),
+            public_key: public_key.to_vec(),
+            reply,
+        };
+        if !self.send(msg) {
+            return None;
+        }
+        tokio::time::timeout(Duration::from_secs(2), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
     /// The node's status (with the space's digest if asked), or `None` if it has stopped.
     pub async fn status(&self, digest: bool) -> Option<proto::Status> {
         let (tx, rx) = oneshot::channel();

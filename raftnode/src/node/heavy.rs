@@ -63,7 +63,7 @@ impl Node {
 pub(super) fn is_heavy(op: &ReadOp) -> bool {
     match op {
         ReadOp::Count(template) | ReadOp::RdAll { template, .. } => template.index_key().is_none(),
-        ReadOp::Rd { .. } | ReadOp::ReadId(_) => false,
+        ReadOp::Rd { .. } | ReadOp::ReadId(_) | ReadOp::Policy => false,
     }
 }
 
@@ -71,7 +71,7 @@ fn scan(view: &SpaceView, op: ReadOp) -> proto::response::Result {
     match op {
         ReadOp::Count(template) => proto::response::Result::Count(view.count(&template) as u64),
         ReadOp::RdAll { template, query } => rd_all(view, &template, &query),
-        ReadOp::Rd { .. } | ReadOp::ReadId(_) => {
+        ReadOp::Rd { .. } | ReadOp::ReadId(_) | ReadOp::Policy => {
             error(Code::Internal, "not a read for the heavy-read workers")
         }
     }

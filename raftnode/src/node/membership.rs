@@ -227,6 +227,7 @@ impl Node {
     fn learn_added_addresses(&mut self, cc: &ConfChangeV2, context: proto::Members) {
         if context.cluster_id != 0 {
             self.machine.set_cluster_id(context.cluster_id);
+            self.machine.found_admin(&context.admin_key);
         }
         let adds = |id: u64| {
             cc.changes.iter().any(|c| {
@@ -465,6 +466,7 @@ impl Node {
         let context = proto::Members {
             members: added,
             cluster_id: 0,
+            admin_key: Vec::new(),
         };
         Ok(ConfPlan::Propose(cc, context.encode_to_vec()))
     }

@@ -96,6 +96,8 @@ pub enum ReadOp {
     ReadId(TupleId),
     /// How many match.
     Count(Template),
+    /// The access policy in force.
+    Policy,
 }
 
 /// What the node's inbox carries.
@@ -120,6 +122,15 @@ pub enum NodeMsg {
     },
     /// The node's status (with a digest of the space if the flag is set).
     Status(oneshot::Sender<proto::Status>, bool),
+    /// Whether this user, signing with this key, is the admin (as this node's state says).
+    IsAdmin {
+        /// The user the request names.
+        user: String,
+        /// The key that signed it.
+        public_key: Vec<u8>,
+        /// Where the answer goes (with cluster time now).
+        reply: oneshot::Sender<(bool, u64)>,
+    },
     /// A membership change; only the leader proposes it.
     ConfChange {
         /// The changes, applied in one step.
@@ -448,6 +459,14 @@ impl Node {
                 } else {
                     let _ = reply.send(status);
                 }
+            }
+            NodeMsg::IsAdmin {
+                user,
+                public_key,
+                reply,
+            } => {
+                let now = self.clock.now();
+                let _ = reply.send((self.machine.is_admin(&user, &public_key), now));
             }
             NodeMsg::ConfChange {
                 changes,

@@ -197,6 +197,7 @@ impl Node {
             }
             ReadOp::ReadId(id) => found(space.read_id(id).map(|t| (id, t))),
             ReadOp::Count(template) => response::Result::Count(space.count(&template) as u64),
+            ReadOp::Policy => response::Result::Policy(self.machine.policy()),
         };
         let resp = self.with_hint(respond(result));
         let _ = reply.send(resp);

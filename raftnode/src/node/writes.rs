@@ -76,6 +76,17 @@ impl Node {
 
     /// Proposes a client's write; the client is answered when this node applies it.
     pub(super) fn propose(&mut self, mut cmd: Command, reply: oneshot::Sender<proto::Response>) {
+        // An unsigned write where the policy wants users never reaches the log (the state
+        // machine would refuse it anyway; this keeps anonymous senders from filling the log).
+        // Unknown users and keys are left to the machine: this node's registry may lag.
+        if cmd.user.is_empty() && !self.machine.policy_ref().anonymous_writes {
+            let why = "writes need a registered user: sign the request with the user's key \
+                       (`microblog register`)";
+            self.refuser
+                .refuse(&self.logger, "client.unsigned_write", "a client", why);
+            let _ = reply.send(self.with_hint(respond(error(Code::Unauthenticated, why))));
+            return;
+        }
         cmd.stamp_ms = self.stamp();
         let key = (cmd.session, cmd.seq);
         match self.raw.propose(vec![], cmd.encode_to_vec()) {

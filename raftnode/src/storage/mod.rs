@@ -228,7 +228,15 @@ impl RaftStorage {
     /// that joins later and replays the log from the start sees the same configurations.
     ///
     /// Does nothing unless the storage is fresh (no term, no entries) and `voters` is non-empty.
-    pub fn bootstrap(&mut self, voters: &[u64], cluster_id: u64) -> Result<(), StorageError> {
+    ///
+    /// The entries name the cluster and the admin's public key (`admin`, registered as user
+    /// `admin` when they are applied).
+    pub fn bootstrap(
+        &mut self,
+        voters: &[u64],
+        cluster_id: u64,
+        admin: Option<[u8; 32]>,
+    ) -> Result<(), StorageError> {
         if voters.is_empty() || self.state.hard_state.term != 0 || self.last() != 0 {
             return Ok(());
         }
@@ -244,6 +252,7 @@ impl RaftStorage {
             cc.context = prost::Message::encode_to_vec(&crate::proto::Members {
                 members: Vec::new(),
                 cluster_id,
+                admin_key: admin.map(|k| k.to_vec()).unwrap_or_default(),
             })
             .into();
             let data =
@@ -866,7 +875,7 @@ mod tests {
     fn bootstrap_puts_the_founding_membership_in_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RaftStorage::open(dir.path(), &[3, 1, 2], logger()).unwrap();
-        s.bootstrap(&[3, 1, 2], 7).unwrap();
+        s.bootstrap(&[3, 1, 2], 7, None).unwrap();
         assert_eq!(s.last_index().unwrap(), 3);
         assert_eq!(s.hard_state().commit, 3);
         assert_eq!(s.hard_state().term, 1);
@@ -891,7 +900,7 @@ mod tests {
         // A second bootstrap (a restart) changes nothing.
         drop(s);
         let mut s = RaftStorage::open(dir.path(), &[1, 2, 3], logger()).unwrap();
-        s.bootstrap(&[1, 2, 3], 7).unwrap();
+        s.bootstrap(&[1, 2, 3], 7, None).unwrap();
         assert_eq!(s.last_index().unwrap(), 3);
         assert_eq!(s.conf_index(), 3);
     }

@@ -37,6 +37,8 @@ pub struct SharedMembers(Arc<MembersInner>);
 struct MembersInner {
     list: RwLock<Vec<(u64, String)>>,
     version: AtomicU64,
+    /// The cluster's admin: every chaos client signs as the admin.
+    admin: std::sync::OnceLock<raftnode::identity::Identity>,
 }
 
 impl SharedMembers {
@@ -52,6 +54,11 @@ impl SharedMembers {
     /// Every slot's client endpoint.
     pub fn client_endpoints(&self) -> Vec<String> {
         self.members().into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// The cluster's admin, whom the clients sign as.
+    pub fn admin(&self) -> Option<raftnode::identity::Identity> {
+        self.0.admin.get().cloned()
     }
 
     /// Bumped whenever the list changes.
@@ -143,6 +150,7 @@ impl ChaosCluster {
             members: SharedMembers::default(),
             clocks: None,
         };
+        let _ = me.members.0.admin.set(me.cluster.admin());
         if clocks {
             let files: Vec<PathBuf> = (0..n)
                 .map(|s| me.cluster.dir().join(format!("clock-slot{s}")))
@@ -385,6 +393,7 @@ impl ChaosCluster {
                 follow_leader: true,
             },
         )
+        .with_identity(self.cluster.admin())
     }
 
     /// Removes the node in `slot` from the cluster while it runs (it stops by itself), wipes its
@@ -583,10 +592,12 @@ impl ChaosCluster {
     pub async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<BTreeMap<u64, u32>> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("nothing asked yet");
+        let admin = self.cluster.admin();
+        let cluster_id = self.cluster.kit().cluster_id();
         loop {
             let mut views = BTreeMap::new();
             for (id, endpoint) in self.members.members() {
-                match status_with_digest(&endpoint).await {
+                match status_with_digest(&endpoint, &admin, cluster_id).await {
                     Ok(s) => {
                         views.insert(id, s);
                     }
@@ -641,6 +652,7 @@ impl ChaosCluster {
         let endpoint = self.cluster.node(id).client.clone();
         let mut client = Client::with_options([endpoint], options);
         let mut all = Vec::new();
+        // (Reads: unsigned.)
         let mut after = 0;
         loop {
             let page = client
@@ -710,14 +722,35 @@ pub fn leader_of(views: &[NodeView]) -> Option<(u64, u64)> {
         .map(|s| (s.id, s.term))
 }
 
-/// A node's status with the digest of its space (one request to that node only).
-pub async fn status_with_digest(endpoint: &str) -> Result<proto::Status, String> {
+/// A node's status with the digest of its space (one request to that node only), asked by
+/// the admin.
+pub async fn status_with_digest(
+    endpoint: &str,
+    admin: &raftnode::identity::Identity,
+    cluster_id: u64,
+) -> Result<proto::Status, String> {
+    // Cluster time from the node itself: the digest request expires a minute after it.
+    let plain = proto::Request {
+        op: Some(proto::request::Op::Status(proto::StatusRequest {
+            digest: false,
+        })),
+        ..Default::default()
+    };
+    let now = raw_status(endpoint, &plain).await?.cluster_time_ms;
     let request = proto::Request {
         op: Some(proto::request::Op::Status(proto::StatusRequest {
             digest: true,
         })),
+        session: rand::random(),
+        not_after_ms: now + 60_000,
         ..Default::default()
     };
+    let request = admin.seal(request, cluster_id);
+    raw_status(endpoint, &request).await
+}
+
+/// One request to `endpoint` only, answered by a status.
+async fn raw_status(endpoint: &str, request: &proto::Request) -> Result<proto::Status, String> {
     let exchange = async {
         let mut options = zeromq::SocketOptions::default();
         options.connect_timeout(Duration::from_millis(500));

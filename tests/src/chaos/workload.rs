@@ -223,7 +223,11 @@ impl Worker {
             retry_window: self.options.retry_window,
             follow_leader: true,
         };
-        Client::with_options(self.members.client_endpoints(), options)
+        let client = Client::with_options(self.members.client_endpoints(), options);
+        match self.members.admin() {
+            Some(admin) => client.with_identity(admin),
+            None => client,
+        }
     }
 
     async fn run(mut self) {

@@ -211,7 +211,8 @@ pub fn run(options: &Options) -> Outcome {
     let scenario = Scenario::draw(options.seed, options.duration);
     let shared_now = queue::Now::new();
     let shared = Shared {
-        keys: keys_of(options.seed),
+        keys: keys_of(options.seed).0,
+        admin: keys_of(options.seed).1,
         settings: settings(&scenario),
         logger: logger(options.verbose, shared_now.clone()),
     };
@@ -235,15 +236,18 @@ pub fn run(options: &Options) -> Outcome {
     }
 }
 
-/// The cluster's keys, from the seed (so that even the bytes on the wire repeat).
-fn keys_of(seed: u64) -> Keys {
+/// The cluster's keys and its admin, from the seed (so that even the bytes on the wire repeat).
+fn keys_of(seed: u64) -> (Keys, raftnode::identity::Identity) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6b65_7973);
     let key = raftnode::keys::ClusterKey::new(rng.r#gen());
-    Keys::new(
+    let admin = raftnode::identity::Identity::from_seed(raftnode::identity::ADMIN, rng.r#gen());
+    let keys = Keys::new(
         raftnode::keys::ClusterId(rng.gen_range(1..u64::MAX)),
         vec![key],
     )
     .expect("a valid cluster id and one key")
+    .with_admin(admin.public_key());
+    (keys, admin)
 }
 
 /// A hash of the history's events.
@@ -267,7 +271,13 @@ fn final_checks(world: &mut World) {
             continue;
         };
         let space = live.node.machine().space();
-        let tuples = space.iter().map(|(id, t)| (id, t.clone())).collect();
+        // The registry's tuples are the cluster's own (the founding entries register the
+        // admin), not a client's writes: the history has no operation for them.
+        let tuples = space
+            .iter()
+            .filter(|(_, t)| !is_registry(t))
+            .map(|(id, t)| (id, t.clone()))
+            .collect();
         states.push((id, tuples));
         machines.push((id, live.node.machine().encode()));
     }
@@ -291,6 +301,11 @@ fn final_checks(world: &mut World) {
         ));
     }
     compare_logs(world, &members);
+}
+
+/// Whether `t` is one of the users' registry tuples, written by the cluster itself.
+fn is_registry(t: &tuplespace::Tuple) -> bool {
+    matches!(t.fields().first(), Some(tuplespace::Value::Str(k)) if k.as_str() == "user" || k.as_str() == "pastkey")
 }
 
 /// Which parts of two encoded machine states differ, in words.

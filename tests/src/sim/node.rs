@@ -180,6 +180,9 @@ pub struct SimNode {
 pub struct Shared {
     /// The cluster's keys.
     pub keys: Keys,
+    /// The admin, whose key the founding entries register; every simulated client signs as the
+    /// admin (the policy's checks have their own tests).
+    pub admin: raftnode::identity::Identity,
     /// Raft settings.
     pub settings: RaftSettings,
     /// The logger.
@@ -217,12 +220,13 @@ impl SimNode {
         let snapshots = SnapshotStore::in_dir(self.disk.snapshot_dir(), logger.clone())
             .map_err(|e| format!("opening the snapshots: {e}"))?;
         let cluster = shared.keys.cluster;
+        let founding = (cluster, shared.keys.admin);
         let Recovered {
             storage,
             machine,
             kept_snapshots,
             incarnation,
-        } = recover(storage, &snapshots, &self.founders, cluster, &logger)
+        } = recover(storage, &snapshots, &self.founders, founding, &logger)
             .map_err(|e| format!("recovering: {e:#}"))?;
         let auth = PeerAuth::new(KeyRing::new(shared.keys.clone()), self.id, incarnation);
         let refusals = Arc::new(Refusals::new());

@@ -22,6 +22,7 @@ use tokio::sync::oneshot::error::TryRecvError;
 use tuplespace::codec;
 
 use super::clock::SimClock;
+
 use super::faults::{Fault, Hostile, NetParams};
 use super::node::{Held, Shared, SimNode, client_url, node_of, raft_url};
 use super::queue::{Nanos, Now, Queue, ms, ns};
@@ -1008,11 +1009,27 @@ impl World {
         c.attempt += 1;
         c.awaiting = Some(c.attempt);
         let attempt = c.attempt;
-        let req = proto::Request {
+        let plain = proto::Request {
             session: if running.is_write { c.session } else { 0 },
             seq: if running.is_write { c.seq } else { 0 },
             ack: if running.is_write { c.seq - 1 } else { 0 },
             op: Some(running.op.clone()),
+            ..Default::default()
+        };
+        // Writes and membership changes are signed, as the Rust client signs them; a
+        // session-less one carries a nonce and an expiry in the cluster's (simulated) time.
+        let session_less = matches!(plain.op, Some(request::Op::ConfChange(_)));
+        let req = if running.is_write || session_less {
+            let mut plain = plain;
+            if session_less {
+                // (The simulated endpoint checks who signs, not the expiry: `Gate` has its own
+                // tests.)
+                plain.session = self.rng.r#gen();
+                plain.not_after_ms = 1;
+            }
+            self.shared.admin.seal(plain, self.shared.keys.cluster.0)
+        } else {
+            plain
         };
         let timeout = ns(REQUEST_TIMEOUT + running.wait);
         let node = node_of(&endpoint);
@@ -1056,10 +1073,33 @@ impl World {
     /// A request reaches a node's client endpoint, which checks it and hands it to the node.
     fn serve(&mut self, node: u64, client: usize, attempt: u64, req: proto::Request) {
         let now = self.now.get();
+        if self.live_mut(node).is_none() {
+            return;
+        }
+        let cluster = self.shared.keys.cluster.0;
+        let opened = match raftnode::identity::open(req, cluster) {
+            Ok(opened) => opened,
+            Err((code, why)) => {
+                let resp = raftnode::answer::respond(raftnode::answer::error(code, why));
+                self.answer(node, client, attempt, resp);
+                return;
+            }
+        };
         let Some(live) = self.live_mut(node) else {
             return;
         };
-        let planned = plan(req);
+        let mut planned = plan(opened.request, opened.signer.as_ref());
+        if matches!(planned, Ok(Plan::ConfChange(..)))
+            && !opened
+                .signer
+                .as_ref()
+                .is_some_and(|s| live.node.machine().is_admin(&s.user, &s.public_key))
+        {
+            planned = Err(raftnode::answer::error(
+                proto::error::Code::PermissionDenied,
+                "only the admin changes the membership",
+            ));
+        }
         let wait = planned.as_ref().map_or(Duration::ZERO, Plan::wait);
         let (reply, rx) = oneshot_pair();
         let msg = match planned {

@@ -77,7 +77,9 @@ async fn catchup_on(
     let endpoints = cluster.client_endpoints();
     let options = connect::client_options(ctx.timeout, endpoints.len());
     let before = loadavg();
-    let (tuple_bytes, loaded) = load_tuples(&endpoints, &options, tuples, size, clients).await?;
+    let admin_id = cluster.admin()?;
+    let (tuple_bytes, loaded) =
+        load_tuples(&endpoints, &options, &admin_id, (tuples, size), clients).await?;
     let load_secs = loaded.measured.as_secs_f64();
     let after_load = loadavg();
     let mut admin = Client::with_options(
@@ -86,7 +88,8 @@ async fn catchup_on(
             retry_window: Duration::from_secs(60),
             ..options.clone()
         },
-    );
+    )
+    .with_identity(admin_id);
     let (leader, compacted) = wait_for_snapshot(&mut admin).await?;
     let spec = start_new_node(cluster).await?;
     let timed = add_and_catch_up(&mut admin, &spec, &leader, max_lag, catch_up_timeout).await?;
@@ -152,8 +155,8 @@ async fn catchup_on(
 async fn load_tuples(
     endpoints: &[String],
     options: &ClientOptions,
-    tuples: u64,
-    size: usize,
+    admin: &raftnode::identity::Identity,
+    (tuples, size): (u64, usize),
     clients: u64,
 ) -> Result<(usize, load::Outcome)> {
     let prefix = "catchup";
@@ -161,6 +164,7 @@ async fn load_tuples(
         work: Work::Out { prefix },
         payload: load::payload_for(prefix, size),
         text: String::new(),
+        signers: Arc::new(vec![admin.clone()]),
     });
     let tuple_bytes = load::encoded_size(prefix, &plan.payload);
     eprintln!(

@@ -142,10 +142,12 @@ async fn trials_on(
         retry_window: Duration::from_secs(30),
         follow_leader: true,
     };
-    let mut admin = Client::with_options(endpoints.clone(), admin_options);
+    let admin_id = cluster.admin()?;
+    let mut admin =
+        Client::with_options(endpoints.clone(), admin_options).with_identity(admin_id.clone());
     let writer = Arc::new(Writer::default());
     let write_task = tokio::spawn(write_loop(
-        Client::with_options(endpoints.clone(), writer_options),
+        Client::with_options(endpoints.clone(), writer_options).with_identity(admin_id),
         writer.clone(),
     ));
     let before = loadavg();

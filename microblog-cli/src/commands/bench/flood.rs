@@ -26,7 +26,8 @@ pub async fn run(ctx: &mut Context, duration: Duration) -> Result<()> {
     eprintln!("bench flood: starting a 3-node local cluster (default raft settings)");
     let mut cluster = LocalCluster::start(3)?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
-    let result = measure(ctx, cluster.client_endpoints(), duration).await;
+    let admin = cluster.admin()?;
+    let result = measure(ctx, cluster.client_endpoints(), duration, admin).await;
     if result.is_err() {
         cluster.keep();
     }
@@ -86,6 +87,7 @@ async fn flood(endpoint: String, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) ->
             seq: if writes { seq } else { 0 },
             ack: if writes { seq - 1 } else { 0 },
             op: Some(op),
+            ..Default::default()
         };
         let frame = ZmqMessage::from(Bytes::from(request.encode_to_vec()));
         match tokio::time::timeout(Duration::from_secs(1), tx.send(frame)).await {
@@ -99,9 +101,16 @@ async fn flood(endpoint: String, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) ->
     Ok(())
 }
 
-async fn measure(ctx: &mut Context, endpoints: Vec<String>, duration: Duration) -> Result<()> {
+/// The well-behaved client signs (as the admin); the flooder sends unsigned writes, which the
+/// node refuses before proposing them.
+async fn measure(
+    ctx: &mut Context,
+    endpoints: Vec<String>,
+    duration: Duration,
+    admin: raftnode::identity::Identity,
+) -> Result<()> {
     let options = connect::client_options(ctx.timeout, endpoints.len());
-    let mut good = Client::with_options(endpoints.clone(), options);
+    let mut good = Client::with_options(endpoints.clone(), options).with_identity(admin);
     // Warm up (and find the leader), then the unloaded phase.
     behave(&mut good, Instant::now() + Duration::from_secs(2)).await;
     let before = loadavg();

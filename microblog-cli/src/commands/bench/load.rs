@@ -73,6 +73,9 @@ pub struct Plan {
     pub payload: String,
     /// A post's text for the mix.
     pub text: String,
+    /// Who the clients sign as: client `i` as `signers[i % len]` (empty: unsigned, for a
+    /// cluster whose policy allows anonymous writes). For the mix, `signers[i]` is `users[i]`.
+    pub signers: Arc<Vec<raftnode::identity::Identity>>,
 }
 
 /// The names of the latency classes of a work: one, or the mix's three.
@@ -245,7 +248,11 @@ pub async fn drive(
         .map_or(1, |d| d.as_nanos() as u64);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..clients {
-        let client = Client::with_options(endpoints.to_vec(), options.clone());
+        let mut client = Client::with_options(endpoints.to_vec(), options.clone());
+        if !plan.signers.is_empty() {
+            let signer = plan.signers[i as usize % plan.signers.len()].clone();
+            client.set_identity(Some(signer));
+        }
         let (plan, shared) = (plan.clone(), shared.clone());
         tasks.spawn(run_client(
             i,

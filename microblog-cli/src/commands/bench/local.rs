@@ -70,6 +70,13 @@ impl LocalCluster {
         })
     }
 
+    /// The cluster's admin.
+    pub fn admin(&self) -> Result<raftnode::identity::Identity> {
+        self.kit
+            .admin()
+            .map_err(|e| Error::failed(format!("the local cluster's admin key: {e}")))
+    }
+
     /// The temp dir (cluster file, data dirs, logs).
     pub fn dir(&self) -> &Path {
         self.kit.dir()

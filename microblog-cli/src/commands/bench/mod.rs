@@ -38,6 +38,7 @@ use crate::connect;
 use crate::duration;
 use crate::error::{Error, Result};
 use crate::model::MAX_POST_BYTES;
+use raftnode::identity::Identity;
 
 use histogram::Histogram;
 use load::{Outcome, Plan, Stop, Work};
@@ -228,7 +229,12 @@ async fn throughput(ctx: &mut Context, load: BenchLoad) -> Result<()> {
     }
     if !load.start_cluster {
         let endpoints = ctx.endpoints()?;
-        return throughput_on(ctx, &load, &endpoints, None).await;
+        let admin = if ctx.admin || load.no_auth {
+            Some(ctx.admin_identity()?)
+        } else {
+            None
+        };
+        return throughput_on(ctx, &load, &endpoints, (None, admin)).await;
     }
     eprintln!("bench: starting a {}-node local cluster", load.nodes);
     let mut cluster = LocalCluster::start(load.nodes)?;
@@ -239,7 +245,8 @@ async fn throughput(ctx: &mut Context, load: BenchLoad) -> Result<()> {
     let result = async {
         cluster.wait_ready(Duration::from_secs(30)).await?;
         let endpoints = cluster.client_endpoints();
-        throughput_on(ctx, &load, &endpoints, Some(load.nodes)).await
+        let admin = cluster.admin()?;
+        throughput_on(ctx, &load, &endpoints, (Some(load.nodes), Some(admin))).await
     }
     .await;
     if result.is_err() {
@@ -253,6 +260,7 @@ async fn throughput(ctx: &mut Context, load: BenchLoad) -> Result<()> {
 async fn preload(
     endpoints: &[String],
     options: &raftnode::client::ClientOptions,
+    signers: &Signers,
     prefix: &'static str,
     size: usize,
     clients: u64,
@@ -262,6 +270,7 @@ async fn preload(
         work: Work::Out { prefix },
         payload: load::payload_for(prefix, size),
         text: String::new(),
+        signers: signers.clone(),
     });
     let what = match stop {
         Stop::Ops(n) => format!("{n} tuples"),
@@ -299,11 +308,15 @@ async fn preload(
 async fn mix_users(
     endpoints: &[String],
     options: &raftnode::client::ClientOptions,
+    signers: &Signers,
     clients: u64,
 ) -> Result<Vec<String>> {
-    let users: Vec<String> = (0..clients.clamp(2, 256))
-        .map(|i| format!("bench{i}"))
-        .collect();
+    let users: Vec<String> = match signers.is_empty() {
+        true => (0..clients.clamp(2, 256))
+            .map(|i| format!("bench{i}"))
+            .collect(),
+        false => signers.iter().map(|s| s.user().to_string()).collect(),
+    };
     eprintln!(
         "bench: registering {} users, each following up to 4 others",
         users.len()
@@ -311,10 +324,12 @@ async fn mix_users(
     for phase in 0..2 {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, me) in users.iter().enumerate() {
-            let mut blog = Blog::new(raftnode::client::Client::with_options(
-                endpoints.to_vec(),
-                options.clone(),
-            ));
+            let mut client =
+                raftnode::client::Client::with_options(endpoints.to_vec(), options.clone());
+            if let Some(signer) = signers.get(i) {
+                client.set_identity(Some(signer.clone()));
+            }
+            let mut blog = Blog::new(client);
             let me = me.clone();
             let others: Vec<String> = (1..=4.min(users.len() - 1))
                 .map(|k| users[(i + k) % users.len()].clone())
@@ -342,7 +357,7 @@ async fn throughput_on(
     ctx: &mut Context,
     load: &BenchLoad,
     endpoints: &[String],
-    local_nodes: Option<u64>,
+    (local_nodes, admin): (Option<u64>, Option<Identity>),
 ) -> Result<()> {
     let options = connect::client_options(ctx.timeout, endpoints.len());
     let measure = load.duration.unwrap_or(Duration::from_secs(10));
@@ -352,11 +367,13 @@ async fn throughput_on(
     };
     let size = load.size as usize;
     let clients = load.clients;
-    let (work, prefix) = prepare_work(load, endpoints, &options, measure).await?;
+    let signers = bench_signers(load, endpoints, &options, admin).await?;
+    let (work, prefix) = prepare_work(load, endpoints, &options, &signers, measure).await?;
     let plan = Arc::new(Plan {
         work,
         payload: load::payload_for(prefix, size),
         text: "m".repeat(size),
+        signers,
     });
     let tuple_bytes = match load.op {
         BenchOp::Mix => size,
@@ -418,6 +435,49 @@ async fn throughput_on(
     Ok(())
 }
 
+/// Who a bench's clients sign as (see [`Plan::signers`]).
+pub type Signers = Arc<Vec<Identity>>;
+
+/// The bench's users: with authentication (the default), one registered user per client (up to
+/// 256, `bench0`, `bench1`, ...; client `i` signs as user `i % n`), each with a new key. With
+/// `--no-auth`, the admin sets the policy to allow anonymous writes and the clients sign nothing.
+async fn bench_signers(
+    load: &BenchLoad,
+    endpoints: &[String],
+    options: &raftnode::client::ClientOptions,
+    admin: Option<Identity>,
+) -> Result<Signers> {
+    if load.no_auth {
+        let admin = admin.ok_or_else(|| {
+            Error::not_allowed("--no-auth changes the cluster's policy: it needs --admin")
+        })?;
+        let mut client =
+            raftnode::client::Client::with_options(endpoints.to_vec(), options.clone())
+                .with_identity(admin);
+        let mut policy = client.policy().await?;
+        policy.anonymous_writes = true;
+        client.set_policy(policy).await?;
+        eprintln!("bench: authentication off (the policy now allows anonymous writes)");
+        return Ok(Arc::new(Vec::new()));
+    }
+    let n = load.clients.clamp(2, 256) as usize;
+    let signers: Vec<Identity> = (0..n)
+        .map(|i| Identity::generate(&format!("bench{i}")))
+        .collect();
+    eprintln!("bench: registering {n} users, one key each (authentication on)");
+    let mut tasks = tokio::task::JoinSet::new();
+    for signer in &signers {
+        let mut client =
+            raftnode::client::Client::with_options(endpoints.to_vec(), options.clone())
+                .with_identity(signer.clone());
+        tasks.spawn(async move { client.register().await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| Error::failed(format!("a registration task failed: {e}")))??;
+    }
+    Ok(Arc::new(signers))
+}
+
 /// What a throughput run is called in its report.
 struct Run {
     name: &'static str,
@@ -432,6 +492,7 @@ async fn prepare_work(
     load: &BenchLoad,
     endpoints: &[String],
     options: &raftnode::client::ClientOptions,
+    signers: &Signers,
     measure: Duration,
 ) -> Result<(Work, &'static str)> {
     let (size, clients) = (load.size as usize, load.clients);
@@ -439,14 +500,23 @@ async fn prepare_work(
         BenchOp::Out => (Work::Out { prefix: "bench" }, "bench"),
         BenchOp::In => {
             let prefix = "bench-in";
-            preload_for_in(load, endpoints, options, prefix, measure).await?;
+            preload_for_in(load, endpoints, options, signers, prefix, measure).await?;
             let template = load::template_for(prefix);
             (Work::In { template }, prefix)
         }
         BenchOp::Rd | BenchOp::Rdp => {
             let prefix = "bench-rd";
             let n = load.preload.unwrap_or(10_000).max(1);
-            let loaded = preload(endpoints, options, prefix, size, clients, Stop::Ops(n)).await?;
+            let loaded = preload(
+                endpoints,
+                options,
+                signers,
+                prefix,
+                size,
+                clients,
+                Stop::Ops(n),
+            )
+            .await?;
             let (first, last) = loaded
                 .ids
                 .ok_or_else(|| Error::failed("the preload reported no tuple ids"))?;
@@ -459,8 +529,8 @@ async fn prepare_work(
             (work, prefix)
         }
         BenchOp::Mix => {
-            let users = mix_users(endpoints, options, clients).await?;
-            preload_posts(load, endpoints, options, &users).await?;
+            let users = mix_users(endpoints, options, signers, clients).await?;
+            preload_posts(load, endpoints, options, signers, &users).await?;
             (Work::Mix { users }, "post")
         }
     })
@@ -472,16 +542,35 @@ async fn preload_for_in(
     load: &BenchLoad,
     endpoints: &[String],
     options: &raftnode::client::ClientOptions,
+    signers: &Signers,
     prefix: &'static str,
     measure: Duration,
 ) -> Result<()> {
     let (size, clients) = (load.size as usize, load.clients);
     if let Some(n) = load.preload {
-        preload(endpoints, options, prefix, size, clients, Stop::Ops(n)).await?;
+        preload(
+            endpoints,
+            options,
+            signers,
+            prefix,
+            size,
+            clients,
+            Stop::Ops(n),
+        )
+        .await?;
         return Ok(());
     }
     if let Some(n) = load.ops {
-        preload(endpoints, options, prefix, size, clients, Stop::Ops(n)).await?;
+        preload(
+            endpoints,
+            options,
+            signers,
+            prefix,
+            size,
+            clients,
+            Stop::Ops(n),
+        )
+        .await?;
     }
     let span = if load.ops.is_some() {
         load.warmup
@@ -490,7 +579,7 @@ async fn preload_for_in(
     };
     if !span.is_zero() {
         let stop = Stop::For(span.mul_f64(1.25));
-        preload(endpoints, options, prefix, size, clients, stop).await?;
+        preload(endpoints, options, signers, prefix, size, clients, stop).await?;
     }
     Ok(())
 }
@@ -500,6 +589,7 @@ async fn preload_posts(
     load: &BenchLoad,
     endpoints: &[String],
     options: &raftnode::client::ClientOptions,
+    signers: &Signers,
     users: &[String],
 ) -> Result<()> {
     let n = load.preload.unwrap_or(2_000);
@@ -512,6 +602,7 @@ async fn preload_posts(
         },
         payload: String::new(),
         text: "p".repeat(load.size as usize),
+        signers: signers.clone(),
     });
     eprintln!("bench: preloading {n} posts");
     let posted = load::drive(

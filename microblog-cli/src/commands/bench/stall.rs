@@ -39,25 +39,34 @@ struct Acks {
 pub async fn run(ctx: &mut Context, args: StallArgs) -> Result<()> {
     if !ctx.endpoints.is_empty() || ctx.cluster.is_some() {
         let endpoints = ctx.endpoints()?;
-        return measure(ctx, endpoints, &args).await;
+        let admin = ctx.admin_identity()?;
+        return measure(ctx, endpoints, &args, admin).await;
     }
     eprintln!("bench stall: starting a 3-node local cluster (default raft settings)");
     let mut cluster = LocalCluster::start(3)?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
-    let result = measure(ctx, cluster.client_endpoints(), &args).await;
+    let admin = cluster.admin()?;
+    let result = measure(ctx, cluster.client_endpoints(), &args, admin).await;
     if result.is_err() {
         cluster.keep();
     }
     result
 }
 
-async fn measure(ctx: &mut Context, endpoints: Vec<String>, args: &StallArgs) -> Result<()> {
+/// The load, the writers and the scans all sign as the admin (the digest is the admin's).
+async fn measure(
+    ctx: &mut Context,
+    endpoints: Vec<String>,
+    args: &StallArgs,
+    admin: raftnode::identity::Identity,
+) -> Result<()> {
     let options = connect::client_options(ctx.timeout, endpoints.len());
     let prefix = "stall";
     let plan = Arc::new(Plan {
         work: Work::Out { prefix },
         payload: load::payload_for(prefix, 64),
         text: String::new(),
+        signers: Arc::new(vec![admin.clone()]),
     });
     eprintln!("bench stall: loading {} tuples", args.tuples);
     let loaded = load::drive(
@@ -83,8 +92,9 @@ async fn measure(ctx: &mut Context, endpoints: Vec<String>, args: &StallArgs) ->
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.writers {
         let (endpoints, options, acks) = (endpoints.clone(), options.clone(), Arc::clone(&acks));
+        let admin = admin.clone();
         tasks.spawn(async move {
-            let mut client = Client::with_options(endpoints, options);
+            let mut client = Client::with_options(endpoints, options).with_identity(admin);
             let mut n = 0i64;
             while Instant::now() < end {
                 n += 1;
@@ -104,6 +114,7 @@ async fn measure(ctx: &mut Context, endpoints: Vec<String>, args: &StallArgs) ->
     ]);
     for h in 0..args.heavy * 2 {
         let (endpoints, options, scan) = (endpoints.clone(), options.clone(), scan.clone());
+        let admin = admin.clone();
         tasks.spawn(async move {
             let mut done = 0u64;
             let mut latencies = Vec::new();
@@ -112,7 +123,7 @@ async fn measure(ctx: &mut Context, endpoints: Vec<String>, args: &StallArgs) ->
                 let t = Instant::now();
                 let ok = if h % 2 == 0 {
                     let endpoint = &endpoints[(done as usize + h as usize) % endpoints.len()];
-                    Client::digest_of(endpoint, &options).await.is_ok()
+                    Client::digest_of(endpoint, &options, &admin).await.is_ok()
                 } else {
                     client.count(&scan).await.is_ok()
                 };
