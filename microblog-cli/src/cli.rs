@@ -49,7 +49,7 @@ pub struct Cli {
     #[arg(long, env = "MICROBLOG_USER", value_name = "NAME")]
     pub user: Option<String>,
 
-    /// Act as the cluster's admin (membership changes, policy, key resets, status --digest),
+    /// Act as the cluster's admin (membership changes, policy, key resets, the digest),
     /// signing with the admin's key: --admin-key, else MICROBLOG_ADMIN_KEY, else admin.key next
     /// to the cluster's key file (which `raftnode up` and `cluster up` create).
     #[arg(long, global = true)]

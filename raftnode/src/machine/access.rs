@@ -99,6 +99,14 @@ impl Machine {
                  (`microblog register`)",
             ));
         }
+        // A user registering their own name with the key that signs: `register` decides (a name
+        // that is taken is refused there, as PERMISSION_DENIED).
+        if let command::Op::Register(r) = op
+            && r.name == user
+            && r.public_key == public_key
+        {
+            return Ok(());
+        }
         match self.users.get(user) {
             Some(key) if key.as_slice() == public_key => Ok(()),
             Some(_) => Err(error(
@@ -108,13 +116,10 @@ impl Machine {
                     identity::fingerprint(public_key)
                 ),
             )),
-            None => match op {
-                command::Op::Register(r) if r.name == user && r.public_key == public_key => Ok(()),
-                _ => Err(error(
-                    Code::Unauthenticated,
-                    format!("user {user:?} is not registered (`microblog register`)"),
-                )),
-            },
+            None => Err(error(
+                Code::Unauthenticated,
+                format!("user {user:?} is not registered (`microblog register`)"),
+            )),
         }
     }
 
