@@ -187,11 +187,17 @@ Example:
     Users,
     /// Create your key pair (in MICROBLOG_HOME/keys, mode 0600) if you have none, and register
     /// your name with it: first come, first served.
-    #[command(after_help = "Example:\n  microblog --user alice register")]
+    #[command(
+        after_help = "Example:\n  microblog --user alice register\n  microblog --admin --user carol register --public-key 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29   # when registration is closed"
+    )]
     Register {
-        /// `--user`: who you are.
+        /// `--user`: who you are (with --admin: the user to register).
         #[command(flatten)]
         identity: Identity,
+        /// (admin) Register --user with this public key (64 hex digits) instead of your own key:
+        /// how users join a cluster whose registration is closed.
+        #[arg(long, value_name = "HEX", requires = "admin")]
+        public_key: Option<String>,
     },
     /// Who you are: your name, your key's fingerprint, and whether the cluster has it.
     #[command(after_help = "Example:\n  microblog --user alice whoami\n  microblog --admin whoami")]
@@ -662,7 +668,7 @@ impl Command {
             | Command::Following { identity, .. }
             | Command::Followers { identity, .. }
             | Command::Delete { identity, .. }
-            | Command::Register { identity }
+            | Command::Register { identity, .. }
             | Command::Whoami { identity }
             | Command::RotateKey { identity } => identity.user.as_deref(),
             _ => None,

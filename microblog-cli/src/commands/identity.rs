@@ -120,9 +120,23 @@ pub fn admin(key: Option<&Path>, cluster: Option<&Path>) -> Result<Identity> {
     Ok(admin)
 }
 
-/// `register`: create a key pair if needed, then register the name with it.
-pub async fn register(ctx: &mut Context, after: Option<&str>) -> Result<()> {
+/// `register`: create a key pair if needed, then register the name with it; with `--admin` and
+/// `--public-key`, the admin registers `--user` with that key.
+pub async fn register(ctx: &mut Context, after: Option<&str>, key: Option<&str>) -> Result<()> {
     let me = ctx.me(after)?;
+    if let Some(key) = key {
+        check_user(&me)?;
+        let mut public = [0u8; 32];
+        hex::decode_to_slice(key.trim(), &mut public)
+            .map_err(|_| Error::usage("a public key is 64 hex digits"))?;
+        ctx.client()?.register_user(&me, public).await?;
+        let fingerprint = identity::fingerprint(&public);
+        ctx.out.line(&format!(
+            "{} is registered with key {fingerprint}",
+            clean(&me)
+        ))?;
+        return Ok(());
+    }
     let identity = load_or_create(&me)?;
     let fingerprint = identity.fingerprint();
     let public = hex::encode(identity.public_key());

@@ -166,7 +166,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             social::follows(&mut ctx, identity, target, social::Direction::Followers).await
         }
         Command::Users => social::users(&mut ctx).await,
-        Command::Register { .. } => identity::register(&mut ctx, identity).await,
+        Command::Register { public_key, .. } => {
+            identity::register(&mut ctx, identity, public_key.as_deref()).await
+        }
         Command::Whoami { .. } => identity::whoami(&mut ctx, identity).await,
         Command::RotateKey { .. } => identity::rotate(&mut ctx, identity).await,
         Command::ResetKey { name, public_key } => {

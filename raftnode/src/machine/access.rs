@@ -274,3 +274,156 @@ impl Machine {
         self.out(tuple, None, applied)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::identity::Identity;
+    use crate::proto::Command;
+
+    /// Applies commands signed (as far as the machine knows) by `who`.
+    struct Log {
+        machine: Machine,
+        index: u64,
+    }
+
+    impl Log {
+        fn new(admin: &Identity) -> Log {
+            let mut machine = Machine::new();
+            machine.found_admin(&admin.public_key());
+            Log { machine, index: 0 }
+        }
+
+        fn apply(&mut self, who: &Identity, session: u64, seq: u64, op: command::Op) -> Code {
+            self.index += 1;
+            let cmd = Command {
+                session,
+                seq,
+                ack: seq - 1,
+                op: Some(op),
+                user: who.user().to_string(),
+                public_key: who.public_key().to_vec(),
+                ..Default::default()
+            };
+            let applied = self
+                .machine
+                .apply(self.index, 1, &cmd.encode_to_vec(), false)
+                .unwrap();
+            let completion = applied
+                .completions
+                .iter()
+                .find(|c| c.session == session && c.seq == seq)
+                .expect("answered");
+            match &completion.result {
+                response::Result::Error(e) => Code::try_from(e.code).unwrap(),
+                _ => Code::Internal, // "ok" for these tests
+            }
+        }
+    }
+
+    const OK: Code = Code::Internal;
+
+    fn register(who: &Identity) -> command::Op {
+        command::Op::Register(proto::Register {
+            name: who.user().into(),
+            public_key: who.public_key().to_vec(),
+        })
+    }
+
+    fn out(tuple: tuplespace::Tuple) -> command::Op {
+        command::Op::Out(proto::Out {
+            tuple: tuplespace::codec::tuple_to_bytes(&tuple),
+            ttl_ms: 0,
+        })
+    }
+
+    #[test]
+    fn registration_rotation_reset_and_sessions() {
+        let admin = Identity::generate(ADMIN);
+        let alice = Identity::generate("alice");
+        let thief = Identity::generate("alice");
+        let bob = Identity::generate("bob");
+        let mut log = Log::new(&admin);
+        assert_eq!(log.apply(&alice, 1, 1, register(&alice)), OK);
+        assert_eq!(
+            log.apply(&alice, 1, 2, register(&alice)),
+            OK,
+            "again: the same"
+        );
+        assert_eq!(
+            log.apply(&thief, 2, 1, register(&thief)),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            log.apply(&thief, 2, 2, out(tuplespace::tuple!["x"])),
+            Code::Unauthenticated
+        );
+        // Bob is not registered yet; then his session is his.
+        assert_eq!(
+            log.apply(&bob, 3, 1, out(tuplespace::tuple!["x"])),
+            Code::Unauthenticated
+        );
+        assert_eq!(log.apply(&bob, 4, 1, register(&bob)), OK);
+        assert_eq!(
+            log.apply(&bob, 1, 3, out(tuplespace::tuple!["x"])),
+            Code::PermissionDenied,
+            "alice's session"
+        );
+        assert_eq!(log.apply(&alice, 1, 3, out(tuplespace::tuple!["y"])), OK);
+        // Rotation: the old key stops signing; the new one signs.
+        let new = Identity::generate("alice");
+        let rotate = command::Op::RotateKey(proto::RotateKey {
+            public_key: new.public_key().to_vec(),
+        });
+        assert_eq!(log.apply(&alice, 1, 4, rotate), OK);
+        assert_eq!(
+            log.apply(&alice, 5, 1, out(tuplespace::tuple!["z"])),
+            Code::Unauthenticated
+        );
+        assert_eq!(log.apply(&new, 5, 1, out(tuplespace::tuple!["z"])), OK);
+        // Only the admin resets; then the new key signs.
+        let lost = Identity::generate("bob");
+        let reset = command::Op::ResetKey(proto::ResetKey {
+            name: "bob".into(),
+            public_key: lost.public_key().to_vec(),
+        });
+        assert_eq!(log.apply(&bob, 4, 2, reset.clone()), Code::PermissionDenied);
+        assert_eq!(log.apply(&admin, 6, 1, reset), OK);
+        assert_eq!(log.apply(&lost, 7, 1, out(tuplespace::tuple!["w"])), OK);
+        // The registry survives a snapshot: it is rebuilt from the space's tuples.
+        let back = Machine::decode(&log.machine.encode()).unwrap();
+        assert_eq!(back.user_key("alice"), Some(&new.public_key()[..]));
+        assert_eq!(back.user_key("bob"), Some(&lost.public_key()[..]));
+        assert!(back.is_admin(ADMIN, &admin.public_key()));
+        assert!(!back.is_admin("alice", &new.public_key()));
+    }
+
+    #[test]
+    fn closed_registration_and_the_policy_are_the_admins() {
+        let admin = Identity::generate(ADMIN);
+        let alice = Identity::generate("alice");
+        let mut log = Log::new(&admin);
+        let closed = proto::Policy {
+            closed_registration: true,
+            ..policy::default_policy()
+        };
+        let set = command::Op::SetPolicy(proto::SetPolicy {
+            policy: Some(closed.clone()),
+        });
+        assert_eq!(log.apply(&admin, 1, 1, set), OK);
+        assert_eq!(
+            log.apply(&alice, 2, 1, register(&alice)),
+            Code::PermissionDenied
+        );
+        // The admin adds her.
+        assert_eq!(log.apply(&admin, 1, 2, register(&alice)), OK);
+        let set = command::Op::SetPolicy(proto::SetPolicy {
+            policy: Some(policy::default_policy()),
+        });
+        assert_eq!(log.apply(&alice, 3, 1, set), Code::PermissionDenied);
+        let back = Machine::decode(&log.machine.encode()).unwrap();
+        assert_eq!(back.policy(), closed, "the policy is in the snapshot");
+    }
+}
