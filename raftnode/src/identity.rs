@@ -35,6 +35,11 @@ pub const MAX_NAME_CHARS: usize = 64;
 /// How far ahead (in cluster time) a session-less signed request may say it expires.
 pub const MAX_VALIDITY_MS: u64 = 10 * 60 * 1000;
 
+/// How far ahead (in cluster time) a signed write may say it expires: its retries (the longest
+/// blocking wait is 10 minutes) must fit, and a recorded one must not outlive its session (which
+/// lasts 30 idle minutes, and is not evicted younger than this).
+pub const MAX_WRITE_VALIDITY_MS: u64 = 15 * 60 * 1000;
+
 /// A user's name and private key.
 #[derive(Clone)]
 pub struct Identity {

@@ -308,7 +308,10 @@ impl Machine {
                 return applied;
             }
             command::Op::Cancel(cancel) => {
-                let result = self.cancel(session, cancel.seq, &cmd.user, &mut applied);
+                let result = match self.authenticate(&cmd.user, &cmd.public_key, &op) {
+                    Ok(()) => self.cancel(session, cancel.seq, &cmd.user, &mut applied),
+                    Err(result) => result,
+                };
                 applied.completions.push(Completion {
                     session,
                     seq: 0,
@@ -328,7 +331,17 @@ impl Machine {
             return applied;
         }
         match self.admit(session, seq, cmd.ack, &cmd.user) {
-            Admit::Apply => {}
+            Admit::Apply => {
+                // An expired signed write is refused, not recorded.
+                if let Err(result) = self.fresh(&cmd.user, cmd.not_after_ms) {
+                    applied.completions.push(Completion {
+                        session,
+                        seq,
+                        result,
+                    });
+                    return applied;
+                }
+            }
             Admit::Answer(result) => {
                 applied.completions.push(Completion {
                     session,
@@ -390,8 +403,14 @@ impl Machine {
                 "writes need a session id and a sequence number from 1",
             )));
         }
-        if seq == 1 && !self.sessions.contains_key(&session) {
-            self.make_room_for_a_session();
+        if seq == 1 && !self.sessions.contains_key(&session) && !self.make_room_for_a_session() {
+            return Admit::Answer(Box::new(error(
+                Code::Limit,
+                format!(
+                    "{MAX_SESSIONS} sessions are open and none has been idle for 15 minutes; \
+                     retry later"
+                ),
+            )));
         }
         let entry = match self.sessions.get_mut(&session) {
             Some(s) if s.user != user => {
@@ -456,12 +475,24 @@ impl Machine {
     }
 
     /// At the session cap, ends the session idle longest (its waiters are cancelled).
-    fn make_room_for_a_session(&mut self) {
+    /// Whether a new session may open. At the cap, ends the session idle longest (its waiters
+    /// are cancelled) — but never one active within the last 15 minutes of cluster time, the
+    /// longest a signed write stays valid: a recorded write must never find its session gone
+    /// while it could still be applied.
+    fn make_room_for_a_session(&mut self) -> bool {
         if self.sessions.len() < MAX_SESSIONS {
-            return;
+            return true;
         }
-        if let Some((_, id)) = self.by_activity.pop_first() {
-            self.end_session(id);
+        let now = self.space.now();
+        match self.by_activity.first() {
+            Some(&(last, id))
+                if last.saturating_add(crate::identity::MAX_WRITE_VALIDITY_MS) <= now =>
+            {
+                self.by_activity.pop_first();
+                self.end_session(id);
+                true
+            }
+            _ => false,
         }
     }
 

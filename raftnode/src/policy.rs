@@ -9,8 +9,9 @@
 //! Takes by template are decided from the template alone, before anything is taken, so a
 //! blocking `in` can never be handed a tuple its user may not take: a template for an owned kind
 //! must name the owner literally (the user's own name, unless the user is the admin), and a
-//! template whose first field is not a literal string may take anything, so only the admin (or
-//! anyone, when no kind restricts takes) may use one.
+//! template whose first field is not a literal string could take anything (the registry
+//! included), so nobody takes with one. The registry's kinds (`user`, `pastkey`) are `NOBODY` for
+//! writes and takes whatever the policy says.
 
 use tuplespace::{Field, Template, Tuple, Value};
 
@@ -83,7 +84,28 @@ fn access(value: i32) -> Access {
     Access::try_from(value).unwrap_or(Access::Nobody)
 }
 
+/// The registry's kinds: written and taken only by the cluster's own operations (register, key
+/// rotation and reset), whatever a policy says, so the registry every replica rebuilds from the
+/// space after a snapshot is the one it checks.
+pub const RESERVED: [&str; 2] = ["user", "pastkey"];
+
+/// The rule for `kind`: the reserved kinds are always `NOBODY`.
 fn rule_for<'p>(policy: &'p Policy, kind: &str) -> Option<&'p Rule> {
+    static RESERVED_RULES: std::sync::OnceLock<Vec<Rule>> = std::sync::OnceLock::new();
+    let reserved = RESERVED_RULES.get_or_init(|| {
+        RESERVED
+            .iter()
+            .map(|kind| Rule {
+                kind: (*kind).to_string(),
+                owner_field: 1,
+                write: Access::Nobody as i32,
+                take: Access::Nobody as i32,
+            })
+            .collect()
+    });
+    if let Some(rule) = reserved.iter().find(|r| r.kind == kind) {
+        return Some(rule);
+    }
     policy.rules.iter().find(|r| r.kind == kind)
 }
 
@@ -154,22 +176,12 @@ pub fn may_take_with(
         _ => None,
     };
     let Some(kind) = literal_str(0) else {
-        let whoever_owns = |a: Access| match a {
-            Access::AnyUser => true,
-            Access::Admin | Access::OwnerOrAdmin => who.is_admin(),
-            Access::Owner | Access::Nobody => false,
-        };
-        let everything_open = whoever_owns(access(policy.default_take))
-            && policy.rules.iter().all(|r| whoever_owns(access(r.take)));
-        return if everything_open {
-            Ok(())
-        } else {
-            Err(
-                "a take whose template does not name its kind (a literal string first field) \
-                 could take protected tuples: name the kind"
-                    .into(),
-            )
-        };
+        // It could match any kind, the registry's included: nobody takes that way.
+        return Err(
+            "a take whose template does not name its kind (a literal string first \
+                    field) could take protected tuples: name the kind"
+                .into(),
+        );
     };
     match rule_for(policy, kind) {
         None => check(access(policy.default_take), who, None, "take", kind),
@@ -268,7 +280,11 @@ mod tests {
             rules: vec![],
             ..default_policy()
         };
-        assert!(may_take_with(&open, who("bob"), &wild).is_ok());
+        assert!(may_take_with(&open, who("bob"), &wild).is_err());
+        // A policy that forgets the registry still protects it.
+        let users: Template = "(\"user\", \"alice\", ?bytes)".parse().unwrap();
+        assert!(may_take_with(&open, who(ADMIN), &users).is_err());
+        assert!(may_write(&open, who("alice"), &tuple!["user", "alice", 1]).is_err());
     }
 
     // The model: a take by template is allowed exactly when every tuple it could match may be

@@ -379,8 +379,8 @@ pub fn plan(req: proto::Request, signer: Option<&Signer>) -> Result<Plan, respon
     let Some(op) = req.op else {
         return Err(error(Code::Invalid, "the request has no operation"));
     };
-    let (user, public_key) = signer.map_or((String::new(), Vec::new()), |s| {
-        (s.user.clone(), s.public_key.clone())
+    let (user, public_key, not_after_ms) = signer.map_or((String::new(), Vec::new(), 0), |s| {
+        (s.user.clone(), s.public_key.clone(), s.not_after_ms)
     });
     let write = |op: command::Op, extra_ms: u64| {
         if req.session == 0 || req.seq == 0 {
@@ -398,6 +398,7 @@ pub fn plan(req: proto::Request, signer: Option<&Signer>) -> Result<Plan, respon
                 op: Some(op),
                 user: user.clone(),
                 public_key: public_key.clone(),
+                not_after_ms,
             },
             Duration::from_millis(extra_ms),
         ))
@@ -479,6 +480,7 @@ pub fn plan(req: proto::Request, signer: Option<&Signer>) -> Result<Plan, respon
                     op: Some(command::Op::Cancel(cancel)),
                     user,
                     public_key,
+                    not_after_ms,
                 },
                 Duration::ZERO,
             ))

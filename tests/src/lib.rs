@@ -220,8 +220,18 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("the cluster's admin key: {e}"))
     }
 
-    /// `request` signed by the admin, as a client sends it.
-    pub fn sign(&self, request: proto::Request) -> proto::Request {
+    /// `request` signed by the admin, as a client sends it: valid for ten minutes of cluster
+    /// time (as a running node says it now) unless it names its own expiry.
+    pub async fn sign(&self, mut request: proto::Request) -> proto::Request {
+        if request.not_after_ms == 0 {
+            let mut now = 0;
+            for id in self.running() {
+                if let Some(status) = self.status(id).await {
+                    now = now.max(status.cluster_time_ms);
+                }
+            }
+            request.not_after_ms = now + 10 * 60 * 1000;
+        }
         self.admin().seal(request, self.kit.cluster_id())
     }
 

@@ -39,17 +39,19 @@ async fn make_leader(cluster: &mut Cluster, want: u64) {
 
 /// The raw request a client would send: session `session`, number `seq`, an `out`, signed by
 /// the admin.
-fn out_request(cluster: &Cluster, session: u64, seq: u64, what: &str) -> proto::Request {
-    cluster.sign(proto::Request {
-        session,
-        seq,
-        ack: seq - 1,
-        op: Some(proto::request::Op::Out(proto::Out {
-            tuple: codec::tuple_to_bytes(&tuple!["replayed", what]),
-            ttl_ms: 0,
-        })),
-        ..Default::default()
-    })
+async fn out_request(cluster: &Cluster, session: u64, seq: u64, what: &str) -> proto::Request {
+    cluster
+        .sign(proto::Request {
+            session,
+            seq,
+            ack: seq - 1,
+            op: Some(proto::request::Op::Out(proto::Out {
+                tuple: codec::tuple_to_bytes(&tuple!["replayed", what]),
+                ttl_ms: 0,
+            })),
+            ..Default::default()
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +85,7 @@ async fn a_skewed_wall_clock_moves_no_ttl_and_expires_no_session() {
             let session = 0x5eed_0000 + phase as u64;
             let first = raw_call(
                 &cluster.node(1).client,
-                &out_request(&cluster, session, 1, "first"),
+                &out_request(&cluster, session, 1, "first").await,
             )
             .await;
             let Some(proto::response::Result::OutId(first_id)) = first.result else {
@@ -113,7 +115,7 @@ async fn a_skewed_wall_clock_moves_no_ttl_and_expires_no_session() {
             // was not expired by the skew, and it is not applied again.
             let again = raw_call(
                 &cluster.node(skewed).client,
-                &out_request(&cluster, session, 1, "first"),
+                &out_request(&cluster, session, 1, "first").await,
             )
             .await;
             match again.result {
@@ -122,7 +124,7 @@ async fn a_skewed_wall_clock_moves_no_ttl_and_expires_no_session() {
             }
             let next = raw_call(
                 &cluster.node(skewed).client,
-                &out_request(&cluster, session, 2, "next"),
+                &out_request(&cluster, session, 2, "next").await,
             )
             .await;
             assert!(

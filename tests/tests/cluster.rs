@@ -263,7 +263,7 @@ async fn a_replayed_request_is_applied_once() {
             ..Default::default()
         };
         // Signed once, replayed as it is: the same bytes, the same signature.
-        let request = cluster.sign(plain.clone());
+        let request = cluster.sign(plain.clone()).await;
         let mut ids = Vec::new();
         for node in [1, 1, 2, 3] {
             let resp = raw_call(&cluster.node(node).client, &request).await;
@@ -278,11 +278,13 @@ async fn a_replayed_request_is_applied_once() {
             1
         );
         // A later request of a session the cluster never saw is refused and not applied.
-        let stray = cluster.sign(proto::Request {
-            session: 0xbeef,
-            seq: 5,
-            ..plain.clone()
-        });
+        let stray = cluster
+            .sign(proto::Request {
+                session: 0xbeef,
+                seq: 5,
+                ..plain.clone()
+            })
+            .await;
         let resp = raw_call(&cluster.node(2).client, &stray).await;
         match resp.result {
             Some(proto::response::Result::Error(e)) => {

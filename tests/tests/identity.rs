@@ -115,10 +115,12 @@ async fn nobody_acts_as_someone_else() {
         // Raw protocol: unsigned, a signature by another key, a replay, a borrowed session.
         let endpoint = cluster.node(1).client.clone();
         let cluster_id = a.cluster_id().await.unwrap();
+        let not_after_ms = a.status().await.unwrap().cluster_time_ms + 600_000;
         let write = |session: u64, seq: u64, what: &str| proto::Request {
             session,
             seq,
             ack: seq - 1,
+            not_after_ms,
             op: Some(proto::request::Op::Out(proto::Out {
                 tuple: codec::tuple_to_bytes(&tuple!["note", what]),
                 ttl_ms: 0,
@@ -154,6 +156,13 @@ async fn nobody_acts_as_someone_else() {
             2,
             "only alice's two notes"
         );
+        // A recorded write that expired is never applied (its session may be long gone).
+        let late = proto::Request {
+            not_after_ms: 1,
+            ..write(0xe1a7e, 1, "late")
+        };
+        let expired = raw_call(&endpoint, &alice.seal(late, cluster_id)).await;
+        assert_eq!(error_code(&expired), Some(Code::Unauthenticated));
         // A signature for another cluster.
         let elsewhere = raw_call(
             &endpoint,

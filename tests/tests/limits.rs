@@ -20,7 +20,7 @@ fn tpl(text: &str) -> Template {
 }
 
 /// A raw request frame; a write (seq > 0) is signed by the admin.
-fn request(cluster: &Cluster, session: u64, seq: u64, op: proto::request::Op) -> ZmqMessage {
+async fn request(cluster: &Cluster, session: u64, seq: u64, op: proto::request::Op) -> ZmqMessage {
     let request = proto::Request {
         session,
         seq,
@@ -29,7 +29,7 @@ fn request(cluster: &Cluster, session: u64, seq: u64, op: proto::request::Op) ->
         ..Default::default()
     };
     let request = if seq > 0 {
-        cluster.sign(request)
+        cluster.sign(request).await
     } else {
         request
     };
@@ -60,12 +60,7 @@ async fn a_blocking_in_whose_client_went_away_takes_nothing() {
                 .await
                 .expect("connect");
             socket
-                .send(request(
-                    &cluster,
-                    0xabc,
-                    1,
-                    blocking_in(r#"("job", "raw")"#, 30_000),
-                ))
+                .send(request(&cluster, 0xabc, 1, blocking_in(r#"("job", "raw")"#, 30_000)).await)
                 .await
                 .expect("send");
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -122,7 +117,7 @@ async fn one_connection_cannot_take_every_request_slot() {
         let sent = Instant::now();
         for _ in 0..200 {
             dealer
-                .send(request(&cluster, 0, 0, rd.clone()))
+                .send(request(&cluster, 0, 0, rd.clone()).await)
                 .await
                 .expect("send");
         }

@@ -338,11 +338,12 @@ impl Client {
         Ok(id)
     }
 
-    /// `request` signed by this client's identity, if it has one. Requests outside a session
-    /// (membership changes, a status with the digest) get a random nonce and expire a minute
-    /// ahead in cluster time (as the status this client asked once said it, plus the time since),
-    /// so each attempt is a new signature and none can be replayed later.
-    fn seal(&self, mut request: proto::Request) -> proto::Request {
+    /// `request` signed by this client's identity, if it has one, valid for `valid_for` of
+    /// cluster time (as a node's status said it lately, plus the time since): a write for as
+    /// long as its retries may take, a request outside a session (membership changes, a status
+    /// with the digest) for a minute, with a random nonce so that each attempt is a new signature.
+    /// None can be applied again once it expires.
+    fn seal(&self, mut request: proto::Request, valid_for: Duration) -> proto::Request {
         let (Some(identity), Some(cluster_id)) = (&self.identity, self.cluster_id) else {
             return request;
         };
@@ -350,12 +351,29 @@ impl Client {
             request.op,
             Some(Op::ConfChange(_)) | Some(Op::Status(proto::StatusRequest { digest: true }))
         );
-        if session_less {
-            let (then, at) = self.cluster_time.unwrap_or((0, Instant::now()));
+        let (then, at) = self.cluster_time.unwrap_or((0, Instant::now()));
+        let now = then + at.elapsed().as_millis() as u64;
+        let valid_for = if session_less {
             request.session = random_session();
-            request.not_after_ms = then + at.elapsed().as_millis() as u64 + 60_000;
-        }
+            60_000
+        } else {
+            (valid_for.as_millis() as u64).min(crate::identity::MAX_WRITE_VALIDITY_MS - 120_000)
+        };
+        request.not_after_ms = now + valid_for;
         identity.seal(request, cluster_id)
+    }
+
+    /// Asks a node for cluster time again when this client's estimate is over a minute old (its
+    /// signatures' expiries are counted from it).
+    async fn refresh_cluster_time(&mut self) -> Result<(), ClientError> {
+        let stale = self
+            .cluster_time
+            .is_none_or(|(_, at)| at.elapsed() > Duration::from_secs(60));
+        if self.cluster_id.is_none() || stale {
+            self.cluster_id = None;
+            self.cluster_id().await?;
+        }
+        Ok(())
     }
 
     /// The endpoints this client knows.
@@ -422,13 +440,16 @@ impl Client {
         // The socket may still await the blocking request's answer (a REQ sends nothing else
         // meanwhile): a fresh one carries the cancel.
         self.socket = None;
-        let request = self.seal(proto::Request {
-            session: self.session,
-            seq: 0,
-            ack: 0,
-            op: Some(Op::Cancel(proto::Cancel { seq })),
-            ..Default::default()
-        });
+        let request = self.seal(
+            proto::Request {
+                session: self.session,
+                seq: 0,
+                ack: 0,
+                op: Some(Op::Cancel(proto::Cancel { seq })),
+                ..Default::default()
+            },
+            Duration::from_secs(60),
+        );
         match self.exchange(&request, Duration::ZERO).await {
             Ok(proto::Response {
                 result: Some(response::Result::Count(n)),
@@ -930,9 +951,10 @@ impl Client {
                     op,
                     Op::ConfChange(_) | Op::Status(proto::StatusRequest { digest: true })
                 ));
-        if signs && self.cluster_id.is_none() {
-            self.cluster_id().await?;
+        if signs {
+            self.refresh_cluster_time().await?;
         }
+        let valid_for = self.options.retry_window + wait + Duration::from_secs(60);
         loop {
             let plain = proto::Request {
                 session: if is_write { self.session } else { 0 },
@@ -941,7 +963,11 @@ impl Client {
                 op: Some(op.clone()),
                 ..Default::default()
             };
-            let request = if signs { self.seal(plain) } else { plain };
+            let request = if signs {
+                self.seal(plain, valid_for)
+            } else {
+                plain
+            };
             let before = self.route.current().unwrap_or_default().to_string();
             call.trying(&before);
             let attempt = match self.exchange(&request, wait).await {

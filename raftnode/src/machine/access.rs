@@ -99,13 +99,20 @@ impl Machine {
                  (`microblog register`)",
             ));
         }
-        // A user registering their own name with the key that signs: `register` decides (a name
-        // that is taken is refused there, as PERMISSION_DENIED).
+        // A user registering their own, free name with the key that signs: `register` decides.
+        // A name that is taken is refused here, before the request touches any session (the
+        // session it names may be the name's owner's).
         if let command::Op::Register(r) = op
             && r.name == user
             && r.public_key == public_key
         {
-            return Ok(());
+            return match self.users.get(user) {
+                None => Ok(()),
+                Some(key) if key.as_slice() == public_key => Ok(()),
+                Some(_) => Err(denied(format!(
+                    "the name {user:?} is taken (registered with another key)"
+                ))),
+            };
         }
         match self.users.get(user) {
             Some(key) if key.as_slice() == public_key => Ok(()),
@@ -121,6 +128,27 @@ impl Machine {
                 format!("user {user:?} is not registered (`microblog register`)"),
             )),
         }
+    }
+
+    /// A signed command is applied only while it is valid: it names an expiry in cluster time,
+    /// not past and at most [`identity::MAX_WRITE_VALIDITY_MS`] ahead. (Anonymous commands carry
+    /// no signature to replay.)
+    pub(super) fn fresh(&self, user: &str, not_after_ms: u64) -> Result<(), response::Result> {
+        if user.is_empty() {
+            return Ok(());
+        }
+        let now = self.space.now();
+        let why = if not_after_ms == 0 {
+            "a signed write must say when it expires (not_after_ms, in cluster time)"
+        } else if not_after_ms < now {
+            "the signed request has expired (cluster time is past its not_after_ms); nothing \
+             was applied"
+        } else if not_after_ms > now.saturating_add(identity::MAX_WRITE_VALIDITY_MS) {
+            "the signed request says it is valid for more than 15 minutes of cluster time"
+        } else {
+            return Ok(());
+        };
+        Err(error(Code::Unauthenticated, why))
     }
 
     /// The policy's check of `op` by `user` (already authenticated).
@@ -175,6 +203,11 @@ impl Machine {
                 "the name {:?} is taken (registered with another key)",
                 r.name
             )));
+        }
+        if r.name == ADMIN {
+            return Err(denied(
+                "the admin is registered by the cluster's founding entries, never by register",
+            ));
         }
         let by_admin = user == ADMIN;
         if !by_admin && user != r.name {
@@ -305,6 +338,7 @@ mod tests {
                 op: Some(op),
                 user: who.user().to_string(),
                 public_key: who.public_key().to_vec(),
+                not_after_ms: self.machine.now() + 60_000,
                 ..Default::default()
             };
             let applied = self

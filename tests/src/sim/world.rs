@@ -1022,11 +1022,19 @@ impl World {
         let req = if running.is_write || session_less {
             let mut plain = plain;
             if session_less {
-                // (The simulated endpoint checks who signs, not the expiry: `Gate` has its own
-                // tests.)
+                // (The simulated endpoint checks who signs, not the replay cache: `Gate` has
+                // its own tests.)
                 plain.session = self.rng.r#gen();
-                plain.not_after_ms = 1;
             }
+            // Valid for ten minutes of cluster time, as the client would say from a status.
+            let cluster_now = self
+                .nodes
+                .values()
+                .filter_map(|n| n.live.as_ref())
+                .map(|l| l.node.machine().now())
+                .max()
+                .unwrap_or(0);
+            plain.not_after_ms = cluster_now + 10 * 60 * 1000;
             self.shared.admin.seal(plain, self.shared.keys.cluster.0)
         } else {
             plain
