@@ -34,6 +34,15 @@ pub fn recover(
     (cluster, admin): (ClusterId, Option<[u8; 32]>),
     logger: &Logger,
 ) -> anyhow::Result<Recovered> {
+    let fresh = storage.hard_state().term == 0
+        && raft::Storage::last_index(&storage).unwrap_or(0) == 0;
+    if fresh && !voters.is_empty() && admin.is_none() {
+        bail!(
+            "the key file names no admin_key: a cluster founded without an admin could never \
+             change its membership, and its name `admin` would be free for anyone to take; make \
+             the key file with `raftnode key init FILE` (it creates admin.key beside it)"
+        );
+    }
     let incarnation = storage.begin_incarnation(cluster.0)?;
     // A founding member writes the initial membership as the log's first entries.
     storage.bootstrap(voters, cluster.0, admin)?;
