@@ -34,8 +34,8 @@ pub fn recover(
     (cluster, admin): (ClusterId, Option<[u8; 32]>),
     logger: &Logger,
 ) -> anyhow::Result<Recovered> {
-    let fresh = storage.hard_state().term == 0
-        && raft::Storage::last_index(&storage).unwrap_or(0) == 0;
+    let fresh =
+        storage.hard_state().term == 0 && raft::Storage::last_index(&storage).unwrap_or(0) == 0;
     if fresh && !voters.is_empty() && admin.is_none() {
         bail!(
             "the key file names no admin_key: a cluster founded without an admin could never \
