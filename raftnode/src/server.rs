@@ -328,8 +328,13 @@ async fn admin_only(
         return gate.once(None, 0);
     };
     match node.is_admin(&signer.user, &signer.public_key).await {
-        Some((true, cluster_now)) => gate.once(Some(signer), cluster_now),
-        Some((false, _)) => Err(error(
+        Some((Some(true), cluster_now)) => gate.once(Some(signer), cluster_now),
+        Some((None, _)) => Err(error(
+            Code::Unavailable,
+            "this node has not applied the cluster's founding entries yet (it is catching up), \
+             so it cannot tell who the admin is; retry at another node",
+        )),
+        Some((Some(false), _)) => Err(error(
             Code::PermissionDenied,
             format!(
                 "only the admin may change the membership or read the digest, not user {:?}",

@@ -69,8 +69,9 @@ impl Node {
             }
             if msg.get_msg_type() == MessageType::MsgPropose
                 && self.raw.raft.state == StateRole::Leader
+                && !self.restamp(&mut msg, from)
             {
-                self.restamp(&mut msg);
+                continue;
             }
             if let Err(e) = self.raw.step(msg) {
                 // Stale terms, responses from peers raft no longer tracks: raft says why.
@@ -123,18 +124,40 @@ impl Node {
 
     /// A follower's proposal carries no time the cluster may trust: the leader stamps it on
     /// arrival with cluster time (`crate::clock`), as it stamps its own.
-    fn restamp(&mut self, msg: &mut Message) {
-        for entry in msg.mut_entries().iter_mut() {
-            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-                continue;
+    ///
+    /// Unsigned commands are dropped here when the policy wants users (as the receiving node
+    /// refuses them when it leads): anonymous senders cannot fill the log through a follower.
+    /// Returns whether any entry is left to step (an empty proposal must never reach raft).
+    fn restamp(&mut self, msg: &mut Message, from: u64) -> bool {
+        let anonymous_ok = self.machine.policy_ref().anonymous_writes;
+        let mut kept = Vec::with_capacity(msg.entries.len());
+        let mut dropped = 0;
+        for mut entry in msg.take_entries().into_iter() {
+            if entry.get_entry_type() == EntryType::EntryNormal
+                && !entry.data.is_empty()
+                // An undecodable command is skipped identically by every replica when applied.
+                && let Ok(mut cmd) = Command::decode(entry.data.as_ref())
+            {
+                if cmd.user.is_empty() && !anonymous_ok && cmd.op.is_some() {
+                    dropped += 1;
+                    continue;
+                }
+                cmd.stamp_ms = self.clock.stamp();
+                entry.data = cmd.encode_to_vec().into();
             }
-            // An undecodable command is skipped identically by every replica when applied.
-            let Ok(mut cmd) = Command::decode(entry.data.as_ref()) else {
-                continue;
-            };
-            cmd.stamp_ms = self.clock.stamp();
-            entry.data = cmd.encode_to_vec().into();
+            kept.push(entry);
         }
+        if dropped > 0 {
+            self.refuser.refuse(
+                &self.logger,
+                "client.unsigned_write",
+                &format!("node {from}"),
+                &format!("{dropped} unsigned writes forwarded: the policy wants users"),
+            );
+        }
+        let any = !kept.is_empty();
+        msg.set_entries(kept.into());
+        any
     }
 
     /// A node waiting to be added has no members to answer: it dials the sender at the address

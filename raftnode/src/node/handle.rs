@@ -93,9 +93,10 @@ impl NodeHandle {
         .await
     }
 
-    /// Whether `user`, signing with `public_key`, is the admin, and cluster time as this node
-    /// sees it now; `None` if the node has stopped.
-    pub async fn is_admin(&self, user: &str, public_key: &[u8]) -> Option<(bool, u64)> {
+    /// Whether `user`, signing with `public_key`, is the admin (`None` inside: this node does not
+    /// know the admin yet), and cluster time as this node sees it now; `None` if the node has
+    /// stopped.
+    pub async fn is_admin(&self, user: &str, public_key: &[u8]) -> Option<(Option<bool>, u64)> {
         let (reply, rx) = oneshot::channel();
         let msg = NodeMsg::IsAdmin {
             user: user.to_string(),

@@ -128,8 +128,9 @@ pub enum NodeMsg {
         user: String,
         /// The key that signed it.
         public_key: Vec<u8>,
-        /// Where the answer goes (with cluster time now).
-        reply: oneshot::Sender<(bool, u64)>,
+        /// Where the answer goes, with cluster time now: `None` when this node does not know
+        /// the admin yet (it has not applied the founding entries: it is catching up).
+        reply: oneshot::Sender<(Option<bool>, u64)>,
     },
     /// A membership change; only the leader proposes it.
     ConfChange {
@@ -466,7 +467,9 @@ impl Node {
                 reply,
             } => {
                 let now = self.clock.now();
-                let _ = reply.send((self.machine.is_admin(&user, &public_key), now));
+                let known = self.machine.user_key(crate::identity::ADMIN).is_some();
+                let admin = known.then(|| self.machine.is_admin(&user, &public_key));
+                let _ = reply.send((admin, now));
             }
             NodeMsg::ConfChange {
                 changes,

@@ -78,7 +78,8 @@ impl Node {
     pub(super) fn propose(&mut self, mut cmd: Command, reply: oneshot::Sender<proto::Response>) {
         // An unsigned write where the policy wants users never reaches the log (the state
         // machine would refuse it anyway; this keeps anonymous senders from filling the log).
-        // Unknown users and keys are left to the machine: this node's registry may lag.
+        // (The leader also drops unsigned proposals a follower forwards.) Unknown users and
+        // keys are left to the machine: a node's registry may lag.
         if cmd.user.is_empty() && !self.machine.policy_ref().anonymous_writes {
             let why = "writes need a registered user: sign the request with the user's key \
                        (`microblog register`)";

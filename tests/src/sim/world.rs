@@ -1097,16 +1097,25 @@ impl World {
             return;
         };
         let mut planned = plan(opened.request, opened.signer.as_ref());
-        if matches!(planned, Ok(Plan::ConfChange(..)))
-            && !opened
+        // The endpoint's admin check (`server::admin_only`): a node that does not know the admin
+        // yet sends the client elsewhere.
+        if matches!(planned, Ok(Plan::ConfChange(..))) {
+            let machine = live.node.machine();
+            let admin = opened
                 .signer
                 .as_ref()
-                .is_some_and(|s| live.node.machine().is_admin(&s.user, &s.public_key))
-        {
-            planned = Err(raftnode::answer::error(
-                proto::error::Code::PermissionDenied,
-                "only the admin changes the membership",
-            ));
+                .is_some_and(|s| machine.is_admin(&s.user, &s.public_key));
+            if machine.user_key(raftnode::identity::ADMIN).is_none() {
+                planned = Err(raftnode::answer::error(
+                    proto::error::Code::Unavailable,
+                    "this node does not know the admin yet",
+                ));
+            } else if !admin {
+                planned = Err(raftnode::answer::error(
+                    proto::error::Code::PermissionDenied,
+                    "only the admin changes the membership",
+                ));
+            }
         }
         let wait = planned.as_ref().map_or(Duration::ZERO, Plan::wait);
         let (reply, rx) = oneshot_pair();
