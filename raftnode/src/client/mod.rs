@@ -955,6 +955,7 @@ impl Client {
             self.refresh_cluster_time().await?;
         }
         let valid_for = self.options.retry_window + wait + Duration::from_secs(60);
+        let mut refreshed = false;
         loop {
             let plain = proto::Request {
                 session: if is_write { self.session } else { 0 },
@@ -983,6 +984,16 @@ impl Client {
                 self.socket = None;
             }
             match next {
+                // Refused as expired: this client's idea of cluster time was behind (it asked a
+                // node that was itself behind). Nothing was applied, so the same request, with an
+                // expiry from a fresh look at cluster time, is sent again, once.
+                Next::Done(Err(ClientError::Unauthenticated(why)))
+                    if signs && !refreshed && why.contains("expired") =>
+                {
+                    refreshed = true;
+                    self.cluster_time = None;
+                    self.refresh_cluster_time().await?;
+                }
                 Next::Done(result) => return result,
                 Next::RenewSession => {
                     self.session = random_session();
