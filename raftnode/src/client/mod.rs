@@ -618,15 +618,17 @@ impl Client {
 
     /// The status of whichever node answers.
     pub async fn status(&mut self) -> Result<proto::Status, ClientError> {
-        match self
-            .call(
-                Op::Status(proto::StatusRequest { digest: false }),
-                false,
-                Duration::ZERO,
-                false,
-            )
-            .await?
-        {
+        self.ask_status(false, false).await
+    }
+
+    /// A status (with the digest or not), from this client's node only when `pinned`.
+    async fn ask_status(
+        &mut self,
+        digest: bool,
+        pinned: bool,
+    ) -> Result<proto::Status, ClientError> {
+        let op = Op::Status(proto::StatusRequest { digest });
+        match self.call(op, false, Duration::ZERO, pinned).await? {
             response::Result::Status(s) => Ok(s),
             other => Err(unexpected(other)),
         }
@@ -643,18 +645,7 @@ impl Client {
         let mut one = Client::with_options([endpoint], options.clone());
         one.options.retry_window = options.request_timeout;
         one.identity = Some(Arc::new(admin.clone()));
-        match one
-            .call(
-                Op::Status(proto::StatusRequest { digest: true }),
-                false,
-                Duration::ZERO,
-                true,
-            )
-            .await?
-        {
-            response::Result::Status(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+        one.ask_status(true, true).await
     }
 
     /// Registers this client's identity: binds its user name to its public key in the cluster
@@ -747,18 +738,7 @@ impl Client {
     ) -> Result<proto::Status, ClientError> {
         let mut one = Client::with_options([endpoint], options.clone());
         one.options.retry_window = options.request_timeout;
-        match one
-            .call(
-                Op::Status(proto::StatusRequest { digest: false }),
-                false,
-                Duration::ZERO,
-                true,
-            )
-            .await?
-        {
-            response::Result::Status(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+        one.ask_status(false, true).await
     }
 
     /// Applies membership changes in one step (several go through joint consensus) and waits

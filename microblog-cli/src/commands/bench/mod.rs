@@ -547,30 +547,12 @@ async fn preload_for_in(
     measure: Duration,
 ) -> Result<()> {
     let (size, clients) = (load.size as usize, load.clients);
-    if let Some(n) = load.preload {
-        preload(
-            endpoints,
-            options,
-            signers,
-            prefix,
-            size,
-            clients,
-            Stop::Ops(n),
-        )
-        .await?;
-        return Ok(());
+    if let Some(n) = load.preload.or(load.ops) {
+        let stop = Stop::Ops(n);
+        preload(endpoints, options, signers, prefix, size, clients, stop).await?;
     }
-    if let Some(n) = load.ops {
-        preload(
-            endpoints,
-            options,
-            signers,
-            prefix,
-            size,
-            clients,
-            Stop::Ops(n),
-        )
-        .await?;
+    if load.preload.is_some() {
+        return Ok(());
     }
     let span = if load.ops.is_some() {
         load.warmup
