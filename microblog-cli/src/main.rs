@@ -4,6 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use microblog_cli::cli::Cli;
 use microblog_cli::commands;
 use microblog_cli::error::Error;

@@ -4,8 +4,8 @@
 //! Writes are replay-proof through their session (a request number is applied once). Requests
 //! outside a session (membership changes, `status --digest`) carry an expiry instead
 //! (`not_after_ms`, in cluster time, at most 10 minutes ahead: the client learns cluster time
-//! from a node's status); the gate remembers the signatures it let through until they expire (at
-//! most [`MAX_REMEMBERED`]) and refuses the same signature again. Cluster time, not a wall
+//! from a node's status); the gate remembers the requests it let through (the hash of their signed
+//! bytes) until they expire (at most [`MAX_REMEMBERED`]) and refuses the same request again. Cluster time, not a wall
 //! clock: no node's clock step makes a fresh request stale or a stale one fresh.
 
 // The error side is the answer sent to the client, built once and moved along (as in the state
@@ -16,30 +16,33 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use crate::answer::error;
-use crate::identity::{self, Opened, Signer};
+use crate::identity::{self, Opened, Signer, Unsealed};
 use crate::proto::{self, error::Code, response};
+use crate::verifier::Verifier;
 
-/// The most signatures of session-less requests remembered at once.
+/// The most session-less requests remembered at once.
 pub const MAX_REMEMBERED: usize = 16_384;
 
 /// Checks requests for one cluster.
 #[derive(Debug)]
 pub struct Gate {
     cluster_id: u64,
+    verifier: Verifier,
     seen: Mutex<Seen>,
 }
 
 #[derive(Debug, Default)]
 struct Seen {
-    signatures: HashSet<Vec<u8>>,
-    by_expiry: BTreeSet<(u64, Vec<u8>)>,
+    requests: HashSet<[u8; 32]>,
+    by_expiry: BTreeSet<(u64, [u8; 32])>,
 }
 
 impl Gate {
-    /// A gate for cluster `cluster_id`.
-    pub fn new(cluster_id: u64) -> Gate {
+    /// A gate for cluster `cluster_id`, checking signatures with `verifier`.
+    pub fn new(cluster_id: u64, verifier: Verifier) -> Gate {
         Gate {
             cluster_id,
+            verifier,
             seen: Mutex::new(Seen::default()),
         }
     }
@@ -50,8 +53,19 @@ impl Gate {
     }
 
     /// Verifies `request`'s signature, if any.
-    pub fn open(&self, request: proto::Request) -> Result<Opened, response::Result> {
-        identity::open(request, self.cluster_id).map_err(|(code, why)| error(code, why))
+    pub async fn open(&self, request: proto::Request) -> Result<Opened, response::Result> {
+        let refused = |(code, why)| error(code, why);
+        match identity::unseal(request).map_err(refused)? {
+            Unsealed::Plain(opened) => Ok(opened),
+            Unsealed::Signed(mut sealed) => {
+                let message = std::mem::take(&mut sealed.message);
+                let verified = self
+                    .verifier
+                    .verify(&sealed.inner.public_key, message, &sealed.signature)
+                    .await;
+                sealed.finish(verified, self.cluster_id).map_err(refused)
+            }
+        }
     }
 
     /// A session-less request that needs the admin, at cluster time `now_ms`: it must be
@@ -89,20 +103,20 @@ impl Gate {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         while let Some((expiry, _)) = seen.by_expiry.first()
-            && (*expiry < now_ms || seen.signatures.len() >= MAX_REMEMBERED)
+            && (*expiry < now_ms || seen.requests.len() >= MAX_REMEMBERED)
         {
             if let Some((_, sig)) = seen.by_expiry.pop_first() {
-                seen.signatures.remove(&sig);
+                seen.requests.remove(&sig);
             }
         }
-        if !seen.signatures.insert(signer.signature.clone()) {
+        if !seen.requests.insert(signer.request_hash) {
             return Err(error(
                 Code::Unauthenticated,
                 "this signed request was received before: a replay is refused",
             ));
         }
         seen.by_expiry
-            .insert((signer.not_after_ms, signer.signature.clone()));
+            .insert((signer.not_after_ms, signer.request_hash));
         Ok(())
     }
 }
@@ -112,9 +126,9 @@ mod tests {
     use super::*;
     use crate::identity::Identity;
 
-    #[test]
-    fn a_session_less_request_passes_once() {
-        let gate = Gate::new(9);
+    #[tokio::test]
+    async fn a_session_less_request_passes_once() {
+        let gate = Gate::new(9, Verifier::inline());
         let admin = Identity::generate(identity::ADMIN);
         let now = 1_000;
         let request = proto::Request {
@@ -125,9 +139,9 @@ mod tests {
             ..Default::default()
         };
         let sealed = admin.seal(request.clone(), 9);
-        let opened = gate.open(sealed.clone()).unwrap();
+        let opened = gate.open(sealed.clone()).await.unwrap();
         assert!(gate.once(opened.signer.as_ref(), now).is_ok());
-        let again = gate.open(sealed).unwrap();
+        let again = gate.open(sealed).await.unwrap();
         assert!(gate.once(again.signer.as_ref(), now).is_err(), "a replay");
         assert!(gate.once(None, now).is_err());
         // Expired, or valid for too long.
@@ -139,7 +153,7 @@ mod tests {
                 },
                 9,
             );
-            let opened = gate.open(sealed).unwrap();
+            let opened = gate.open(sealed).await.unwrap();
             assert!(gate.once(opened.signer.as_ref(), now).is_err());
         }
     }

@@ -272,8 +272,9 @@ pub struct Signer {
     pub user: String,
     /// The key that signed (32 bytes): the state machine checks it is the user's.
     pub public_key: Vec<u8>,
-    /// The signature (a replay of the same request carries the same one).
-    pub signature: Vec<u8>,
+    /// The BLAKE3 hash of the signed bytes: a replay of the request carries the same (its
+    /// signature bytes need not be the same, see [`crate::verifier`]).
+    pub request_hash: [u8; 32],
     /// When a session-less request stops being valid, in cluster time (ms; 0: a session
     /// request). Cluster time, not anyone's wall clock: no node's clock can make a fresh
     /// request look stale or an old one fresh.
@@ -292,8 +293,43 @@ pub struct Opened {
 /// Checks a request's signature, if it has one, for cluster `cluster_id`: the inner request, and
 /// who signed it. An unsigned request passes as it is (the state machine decides what an
 /// anonymous user may do). A session-less request's expiry is checked later, against cluster
-/// time ([`crate::gate::Gate::once`]).
+/// time ([`crate::gate::Gate::once`]). The node checks signatures in batches
+/// ([`crate::verifier`]) through [`unseal`] and [`Sealed::finish`]; this is the same, one by one.
 pub fn open(outer: proto::Request, cluster_id: u64) -> Result<Opened, (Code, String)> {
+    match unseal(outer)? {
+        Unsealed::Plain(opened) => Ok(opened),
+        Unsealed::Signed(sealed) => {
+            let verified = verify(&sealed.inner.public_key, &sealed.message, &sealed.signature);
+            sealed.finish(verified, cluster_id)
+        }
+    }
+}
+
+/// A request taken out of its envelope, before its signature is checked.
+#[derive(Debug)]
+pub enum Unsealed {
+    /// An unsigned request.
+    Plain(Opened),
+    /// A signed one: check `message` and `signature` against `inner.public_key`.
+    Signed(Sealed),
+}
+
+/// A signed request whose signature is still to be checked.
+#[derive(Debug)]
+pub struct Sealed {
+    /// The request inside.
+    pub inner: proto::Request,
+    /// What was signed: [`REQUEST_DOMAIN`] and the inner request's bytes.
+    pub message: Vec<u8>,
+    /// The signature.
+    pub signature: Vec<u8>,
+    /// The BLAKE3 hash of `message`.
+    pub request_hash: [u8; 32],
+}
+
+/// Takes a request out of its envelope: decodes a signed request's inner request and checks its
+/// shape (one level of signing, a valid user name), not yet its signature.
+pub fn unseal(outer: proto::Request) -> Result<Unsealed, (Code, String)> {
     if outer.signed.is_empty() {
         if !outer.signature.is_empty() || !outer.user.is_empty() || !outer.public_key.is_empty() {
             return Err((
@@ -301,10 +337,10 @@ pub fn open(outer: proto::Request, cluster_id: u64) -> Result<Opened, (Code, Str
                 "a signature or user without signed bytes: sign the whole request".into(),
             ));
         }
-        return Ok(Opened {
+        return Ok(Unsealed::Plain(Opened {
             request: outer,
             signer: None,
-        });
+        }));
     }
     let unauthenticated = |why: String| (Code::Unauthenticated, why);
     let inner = proto::Request::decode(outer.signed.as_slice())
@@ -318,28 +354,45 @@ pub fn open(outer: proto::Request, cluster_id: u64) -> Result<Opened, (Code, Str
     let mut message = Vec::with_capacity(REQUEST_DOMAIN.len() + outer.signed.len());
     message.extend_from_slice(REQUEST_DOMAIN);
     message.extend_from_slice(&outer.signed);
-    if !verify(&inner.public_key, &message, &outer.signature) {
-        return Err(unauthenticated(format!(
-            "the signature of user {:?} does not verify",
-            inner.user
-        )));
-    }
-    if inner.cluster_id != cluster_id {
-        return Err(unauthenticated(format!(
-            "the request was signed for cluster {:016x}, this is cluster {cluster_id:016x}",
-            inner.cluster_id
-        )));
-    }
-    let signer = Some(Signer {
-        user: inner.user.clone(),
-        public_key: inner.public_key.clone(),
+    Ok(Unsealed::Signed(Sealed {
+        inner,
+        request_hash: *blake3::hash(&message).as_bytes(),
+        message,
         signature: outer.signature,
-        not_after_ms: inner.not_after_ms,
-    });
-    Ok(Opened {
-        request: inner,
-        signer,
-    })
+    }))
+}
+
+impl Sealed {
+    /// The opened request, given whether its signature verified, for cluster `cluster_id`.
+    pub fn finish(self, verified: bool, cluster_id: u64) -> Result<Opened, (Code, String)> {
+        let inner = self.inner;
+        if !verified {
+            return Err((
+                Code::Unauthenticated,
+                format!("the signature of user {:?} does not verify", inner.user),
+            ));
+        }
+        if inner.cluster_id != cluster_id {
+            return Err((
+                Code::Unauthenticated,
+                format!(
+                    "the request was signed for cluster {:016x}, this is cluster \
+                     {cluster_id:016x}",
+                    inner.cluster_id
+                ),
+            ));
+        }
+        let signer = Some(Signer {
+            user: inner.user.clone(),
+            public_key: inner.public_key.clone(),
+            request_hash: self.request_hash,
+            not_after_ms: inner.not_after_ms,
+        });
+        Ok(Opened {
+            request: inner,
+            signer,
+        })
+    }
 }
 
 /// The wall clock in Unix milliseconds (for `not_after_ms`).

@@ -29,8 +29,10 @@
 //! - [`node`]: the one thread that owns raft's `RawNode`, in rooms: the ready loop, writes,
 //!   reads, snapshots, membership, admission, status.
 //! - [`answer`]: building the answers clients get.
-//! - [`identity`]: users' Ed25519 keys, key files and signed requests; [`policy`]: who may
-//!   write and take which tuples (replicated).
+//! - [`identity`]: users' Ed25519 keys, key files and signed requests; [`verifier`]: request
+//!   signatures checked in batches on their own thread; [`gate`]: the endpoint's check of every
+//!   request's signature and of admin replays; [`policy`]: who may write and take which tuples
+//!   (replicated).
 //! - [`server`]: the client endpoint, a ZeroMQ ROUTER speaking [`proto::Request`].
 //! - [`client`]: the async Rust API for programs.
 //! - [`recovery`]: a node's state from its disk (identity, founding membership, snapshot).
@@ -65,6 +67,7 @@ pub mod server;
 pub mod snapshot;
 pub mod storage;
 pub mod transport;
+pub mod verifier;
 
 /// The prost wire types generated from `proto/raftnode.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -254,7 +254,7 @@ async fn execute_for(
     req: proto::Request,
     gone: impl Future<Output = ()>,
 ) -> Option<proto::Response> {
-    let opened = match gate.open(req) {
+    let opened = match gate.open(req).await {
         Ok(opened) => opened,
         Err(result) => return Some(respond(result)),
     };
@@ -290,7 +290,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Verifies a request's signature, validates it and runs it on the node.
 pub async fn execute(node: &NodeHandle, gate: &Gate, req: proto::Request) -> proto::Response {
-    match gate.open(req) {
+    match gate.open(req).await {
         Ok(opened) => run(node, gate, opened).await,
         Err(result) => respond(result),
     }

@@ -321,7 +321,8 @@ fn spawn_endpoints(
             launch.me.client.clone(),
             NodeHandle::new(wires.inbox_tx.clone()),
         );
-        let gate = Arc::new(crate::gate::Gate::new(wires.cluster.0));
+        let verifier = crate::verifier::Verifier::start(logger);
+        let gate = Arc::new(crate::gate::Gate::new(wires.cluster.0, verifier));
         let refuser = Arc::new(Refuser::new(Arc::clone(&wires.refusals)));
         let (logger, stop) = (logger.clone(), stopped(stop));
         async move {
