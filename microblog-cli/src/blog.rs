@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use tuplespace::{Query, Template, TupleId};
+use tuplespace::{Query, Template, TupleId, Value};
 
 use crate::error::{Error, Result};
 use crate::model::{
@@ -17,9 +17,10 @@ use crate::model::{
 };
 use crate::store::{MAX_LIST, Store, rd_every};
 
-/// Up to this many authors, a timeline asks for each author's newest posts and merges them;
-/// beyond it, it pages through all posts newest first and keeps the followed authors' ones.
-pub const TIMELINE_PER_AUTHOR_MAX: usize = 16;
+/// Up to this many authors (the most templates of a union copy-collect), a timeline is one
+/// request for the newest posts by any of them; beyond it, it pages through all posts newest
+/// first and keeps the followed authors' ones.
+pub use tuplespace::union::MAX_TEMPLATES;
 
 /// Posts per page when a timeline pages through all posts.
 const TIMELINE_PAGE: usize = 1_000;
@@ -159,33 +160,48 @@ impl<S: Store> Blog<S> {
     }
 
     /// Checks every post's signature against its author's key (or a key the author rotated
-    /// away from) and sets [`Post::verified`].
+    /// away from) and sets [`Post::verified`]. The authors' keys come in one union copy-collect
+    /// (per [`MAX_TEMPLATES`] / 2 authors) and the signatures are checked in one batch.
     pub async fn verify(&mut self, posts: &mut [Post]) -> Result<()> {
+        let authors: BTreeSet<&str> = posts.iter().map(|p| p.author.as_str()).collect();
+        let authors: Vec<&str> = authors.into_iter().collect();
         let mut keys: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
-        for post in posts.iter_mut() {
-            if !keys.contains_key(&post.author) {
-                let mut theirs = Vec::new();
-                if let Some((_, t)) = self
-                    .store
-                    .rdp(&user_template(Some(&post.author)), 0)
-                    .await?
-                    && let Some((_, key)) = user_of(&t)
-                {
-                    theirs.push(key);
-                }
-                let past =
-                    rd_every(&mut self.store, &rotated_keys_template(&post.author), 0).await?;
-                for (_, t) in past {
-                    if let Some(tuplespace::Value::Bytes(key)) = t.fields().get(2) {
-                        theirs.push(key.to_vec());
-                    }
-                }
-                keys.insert(post.author.clone(), theirs);
-            }
-            let message = post.signing_bytes();
-            post.verified = keys[&post.author]
+        for chunk in authors.chunks(MAX_TEMPLATES / 2) {
+            let templates: Vec<Template> = chunk
                 .iter()
-                .any(|key| raftnode::identity::verify(key, &message, &post.signature));
+                .flat_map(|a| [user_template(Some(a)), rotated_keys_template(a)])
+                .collect();
+            let found = self
+                .store
+                .rd_any(&templates, &Query::limit(MAX_LIST))
+                .await?;
+            for (_, t) in found {
+                let (name, key) = match (user_of(&t), t.fields()) {
+                    (Some(user), _) => user,
+                    (None, [_, Value::Str(name), Value::Bytes(key), _]) => {
+                        (name.to_string(), key.to_vec())
+                    }
+                    _ => continue,
+                };
+                keys.entry(name).or_default().push(key);
+            }
+        }
+        let mut checks = Vec::new();
+        let mut whose = Vec::new();
+        for (i, post) in posts.iter().enumerate() {
+            let message = post.signing_bytes();
+            for key in keys.get(&post.author).into_iter().flatten() {
+                checks.push((key.as_slice(), message.clone(), post.signature.as_slice()));
+                whose.push(i);
+            }
+        }
+        let verdicts = raftnode::verifier::verify_all(&checks);
+        let mut verified = vec![false; posts.len()];
+        for (i, ok) in whose.into_iter().zip(verdicts) {
+            verified[i] |= ok;
+        }
+        for (post, ok) in posts.iter_mut().zip(verified) {
+            post.verified = ok;
         }
         Ok(())
     }
@@ -276,18 +292,25 @@ impl<S: Store> Blog<S> {
         let limit = limit.clamp(1, MAX_LIST);
         let mut authors: BTreeSet<String> = self.follows(Some(me), None).await?;
         authors.insert(me.to_string());
-        if authors.len() <= TIMELINE_PER_AUTHOR_MAX {
-            let mut all = Vec::new();
-            for author in authors {
-                let filter = PostFilter {
-                    author: Some(author),
-                    ..PostFilter::default()
-                };
-                all.extend(self.read(&filter, limit, before).await?);
-            }
-            all.sort_by_key(|p| std::cmp::Reverse(p.id));
-            all.truncate(limit);
-            return Ok(all);
+        if authors.len() <= MAX_TEMPLATES {
+            // One union copy-collect: the newest posts by any of them.
+            let templates: Vec<Template> = authors
+                .into_iter()
+                .map(|author| {
+                    PostFilter {
+                        author: Some(author),
+                        ..PostFilter::default()
+                    }
+                    .template()
+                })
+                .collect();
+            let query = Query {
+                limit,
+                before: before.unwrap_or(TupleId::MAX),
+                newest_first: true,
+                ..Query::default()
+            };
+            return Ok(posts_of(self.store.rd_any(&templates, &query).await?));
         }
         let every_post = PostFilter::default().template();
         let mut found = Vec::new();
@@ -581,7 +604,7 @@ mod tests {
     #[tokio::test]
     async fn a_timeline_over_many_authors_pages_through_all_posts() {
         let mut b = blog();
-        let n = TIMELINE_PER_AUTHOR_MAX + 4;
+        let n = MAX_TEMPLATES + 4;
         for i in 0..n {
             b.post(&format!("u{i}"), "hello", None, None, 0)
                 .await

@@ -35,6 +35,13 @@ pub trait Store {
         template: &Template,
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError>;
+    /// Union copy-collect: matches of any of `templates` (1 to
+    /// [`tuplespace::union::MAX_TEMPLATES`]) within the query, each once (at most [`MAX_LIST`]).
+    async fn rd_any(
+        &mut self,
+        templates: &[Template],
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError>;
     /// The tuple with this id.
     async fn read_id(&mut self, id: TupleId) -> Result<Option<Tuple>, ClientError>;
     /// Removes the tuple with this id.
@@ -74,6 +81,13 @@ impl Store for Client {
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError> {
         Client::rd_all(self, template, query).await
+    }
+    async fn rd_any(
+        &mut self,
+        templates: &[Template],
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError> {
+        Client::rd_any(self, templates, query).await
     }
     async fn read_id(&mut self, id: TupleId) -> Result<Option<Tuple>, ClientError> {
         Client::read_id(self, id).await
@@ -135,6 +149,13 @@ impl Store for MemoryStore {
         template: &Template,
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError> {
+        self.rd_any(std::slice::from_ref(template), query).await
+    }
+    async fn rd_any(
+        &mut self,
+        templates: &[Template],
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError> {
         let capped = Query {
             limit: if query.limit == 0 {
                 MAX_LIST
@@ -145,7 +166,7 @@ impl Store for MemoryStore {
         };
         Ok(self
             .space
-            .rd_all(template, &capped)
+            .rd_any(templates, &capped)
             .into_iter()
             .map(|(id, t)| (id, t.clone()))
             .collect())

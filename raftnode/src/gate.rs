@@ -52,8 +52,13 @@ impl Gate {
         self.cluster_id
     }
 
-    /// Verifies `request`'s signature, if any.
-    pub async fn open(&self, request: proto::Request) -> Result<Opened, response::Result> {
+    /// Verifies `request`'s signature, if any; `in_flight` requests are running at the endpoint,
+    /// this one included (see [`Verifier::verify`]).
+    pub async fn open(
+        &self,
+        request: proto::Request,
+        in_flight: usize,
+    ) -> Result<Opened, response::Result> {
         let refused = |(code, why)| error(code, why);
         match identity::unseal(request).map_err(refused)? {
             Unsealed::Plain(opened) => Ok(opened),
@@ -61,7 +66,12 @@ impl Gate {
                 let message = std::mem::take(&mut sealed.message);
                 let verified = self
                     .verifier
-                    .verify(&sealed.inner.public_key, message, &sealed.signature)
+                    .verify(
+                        &sealed.inner.public_key,
+                        message,
+                        &sealed.signature,
+                        in_flight,
+                    )
                     .await;
                 sealed.finish(verified, self.cluster_id).map_err(refused)
             }
@@ -139,9 +149,9 @@ mod tests {
             ..Default::default()
         };
         let sealed = admin.seal(request.clone(), 9);
-        let opened = gate.open(sealed.clone()).await.unwrap();
+        let opened = gate.open(sealed.clone(), 1).await.unwrap();
         assert!(gate.once(opened.signer.as_ref(), now).is_ok());
-        let again = gate.open(sealed).await.unwrap();
+        let again = gate.open(sealed, 1).await.unwrap();
         assert!(gate.once(again.signer.as_ref(), now).is_err(), "a replay");
         assert!(gate.once(None, now).is_err());
         // Expired, or valid for too long.
@@ -153,7 +163,7 @@ mod tests {
                 },
                 9,
             );
-            let opened = gate.open(sealed).await.unwrap();
+            let opened = gate.open(sealed, 1).await.unwrap();
             assert!(gate.once(opened.signer.as_ref(), now).is_err());
         }
     }

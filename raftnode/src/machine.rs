@@ -745,7 +745,13 @@ impl Machine {
     /// A linearizable copy-collect's answer, computed on the local state once it is current: at
     /// most [`MAX_RESPONSE_BYTES`] of tuples (`truncated` says it stopped there).
     pub fn rd_all(&self, template: &Template, query: &Query) -> TupleList {
-        let found = self.space.rd_all(template, query);
+        self.rd_any(std::slice::from_ref(template), query)
+    }
+
+    /// A linearizable union copy-collect's answer (tuples matching any of `templates`), like
+    /// [`Machine::rd_all`]'s.
+    pub fn rd_any(&self, templates: &[Template], query: &Query) -> TupleList {
+        let found = self.space.rd_any(templates, query);
         let (fit, truncated) = fitting(found.iter().map(|(id, t)| (*id, *t)).collect());
         TupleList {
             items: found[..fit]

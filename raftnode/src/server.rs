@@ -24,6 +24,7 @@ use slog::{Logger, debug, info};
 use crate::guard::{self, GuardConfig, Limits, Router, RouterHandle};
 use crate::refusals::Refuser;
 use tokio::sync::Semaphore;
+use tuplespace::union::MAX_TEMPLATES;
 use tuplespace::{Query, TupleId};
 
 use crate::answer::{error, respond};
@@ -119,8 +120,9 @@ pub async fn serve(
         };
         let (node, gate) = (node.clone(), Arc::clone(&gate));
         let gone = door.send.closed(&identity);
+        let in_flight = MAX_IN_FLIGHT - door.permits.available_permits();
         tokio::spawn(async move {
-            if let Some(resp) = execute_for(&node, &gate, request, gone).await {
+            if let Some(resp) = execute_for(&node, &gate, request, in_flight, gone).await {
                 reply_to.send(resp);
             }
             drop(held);
@@ -241,6 +243,16 @@ fn limit(n: u32) -> usize {
     }
 }
 
+/// A copy-collect's bounds from the wire (`before_id` 0: no upper bound).
+fn query(limit_: u32, after: TupleId, before: TupleId, newest_first: bool) -> Query {
+    Query {
+        limit: limit(limit_),
+        after,
+        before: if before == 0 { TupleId::MAX } else { before },
+        newest_first,
+    }
+}
+
 fn wait_ms(ms: u64) -> u64 {
     ms.min(MAX_WAIT_MS)
 }
@@ -252,9 +264,10 @@ async fn execute_for(
     node: &NodeHandle,
     gate: &Gate,
     req: proto::Request,
+    in_flight: usize,
     gone: impl Future<Output = ()>,
 ) -> Option<proto::Response> {
-    let opened = match gate.open(req).await {
+    let opened = match gate.open(req, in_flight).await {
         Ok(opened) => opened,
         Err(result) => return Some(respond(result)),
     };
@@ -290,7 +303,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Verifies a request's signature, validates it and runs it on the node.
 pub async fn execute(node: &NodeHandle, gate: &Gate, req: proto::Request) -> proto::Response {
-    match gate.open(req).await {
+    match gate.open(req, 1).await {
         Ok(opened) => run(node, gate, opened).await,
         Err(result) => respond(result),
     }
@@ -449,20 +462,34 @@ pub fn plan(req: proto::Request, signer: Option<&Signer>) -> Result<Plan, respon
         }
         Op::RdAll(all) => Ok(Plan::Read(
             ReadOp::RdAll {
-                template: decode_template(&all.template)?,
-                query: Query {
-                    limit: limit(all.limit),
-                    after: all.after_id,
-                    before: if all.before_id == 0 {
-                        TupleId::MAX
-                    } else {
-                        all.before_id
-                    },
-                    newest_first: all.newest_first,
-                },
+                templates: vec![decode_template(&all.template)?],
+                query: query(all.limit, all.after_id, all.before_id, all.newest_first),
             },
             Duration::ZERO,
         )),
+        Op::RdAny(any) => {
+            if any.templates.is_empty() || any.templates.len() > MAX_TEMPLATES {
+                return Err(error(
+                    Code::Invalid,
+                    format!(
+                        "a union copy-collect names 1 to {MAX_TEMPLATES} templates, not {}",
+                        any.templates.len()
+                    ),
+                ));
+            }
+            let templates = any
+                .templates
+                .iter()
+                .map(|t| decode_template(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Plan::Read(
+                ReadOp::RdAll {
+                    templates,
+                    query: query(any.limit, any.after_id, any.before_id, any.newest_first),
+                },
+                Duration::ZERO,
+            ))
+        }
         Op::ReadId(r) => Ok(Plan::Read(ReadOp::ReadId(r.id), Duration::ZERO)),
         Op::Count(c) => Ok(Plan::Read(
             ReadOp::Count(decode_template(&c.template)?),

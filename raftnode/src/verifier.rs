@@ -4,8 +4,9 @@
 //! that are waiting together (`ed25519_dalek::verify_batch`, one multiscalar multiplication for
 //! the lot) costs ~16 µs each from a batch of 16 on (`cargo bench -p raftnode --bench
 //! identity`). Under load requests queue while the previous batch is checked, so the batches
-//! grow by themselves. A request that arrives while no other is being checked is checked where it
-//! is, strictly, at once: a lone client pays no thread hop.
+//! grow by themselves. A request that arrives while the endpoint runs at most
+//! [`ALONE_UP_TO`] requests is checked where it is, strictly, at once: a lone client pays no
+//! thread hop, and a busy endpoint batches.
 //!
 //! A batch that fails is checked again one by one (`verify_strict`), so one bad signature never
 //! fails its neighbours. Batch acceptance is not bit-for-bit strict acceptance: a signature whose
@@ -19,13 +20,16 @@
 //! recently costs no decompression.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use slog::{Logger, warn};
 use tokio::sync::oneshot;
+
+/// Up to this many requests running at the endpoint (the one being checked included), a
+/// signature is checked where it arrives rather than on the verifier thread.
+pub const ALONE_UP_TO: usize = 2;
 
 /// The most requests checked in one batch (the gain per signature stops growing beyond ~32).
 pub const MAX_BATCH: usize = 64;
@@ -48,19 +52,8 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     jobs: Option<mpsc::SyncSender<Job>>,
-    /// Signatures being checked now, here or on the thread.
-    busy: Arc<AtomicUsize>,
     /// The keys of the checks done where they arrive.
     keys: Arc<Mutex<Keys>>,
-}
-
-/// Counts a check while it lasts.
-struct Busy<'a>(&'a AtomicUsize);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl Verifier {
@@ -88,21 +81,26 @@ impl Verifier {
     pub fn inline() -> Verifier {
         Verifier {
             jobs: None,
-            busy: Arc::default(),
             keys: Arc::default(),
         }
     }
 
-    /// Whether `signature` is `public_key`'s signature of `message`.
-    pub async fn verify(&self, public_key: &[u8], message: Vec<u8>, signature: &[u8]) -> bool {
+    /// Whether `signature` is `public_key`'s signature of `message`; `in_flight` requests are
+    /// running at the endpoint, this one included (few: checked here and now; more: batched).
+    pub async fn verify(
+        &self,
+        public_key: &[u8],
+        message: Vec<u8>,
+        signature: &[u8],
+        in_flight: usize,
+    ) -> bool {
         let (Ok(public_key), Ok(signature)) = (
             <[u8; 32]>::try_from(public_key),
             <[u8; 64]>::try_from(signature),
         ) else {
             return false;
         };
-        let alone = self.busy.fetch_add(1, Ordering::AcqRel) == 0;
-        let _busy = Busy(&self.busy);
+        let alone = in_flight <= ALONE_UP_TO;
         let here = |message: &[u8]| {
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             let key = keys.get(&public_key);
@@ -180,6 +178,36 @@ fn check(keys: &mut Keys, batch: &[Job]) -> Vec<bool> {
             verdicts[i] = verifying_keys[n]
                 .verify_strict(messages[n], &signatures[n])
                 .is_ok();
+        }
+    }
+    verdicts
+}
+
+/// Checks many signatures at once, `(public_key, message, signature)` each, as the verifier
+/// thread does: one batch, and one by one if the batch fails. For clients checking the posts
+/// they read.
+pub fn verify_all(checks: &[(&[u8], Vec<u8>, &[u8])]) -> Vec<bool> {
+    let mut keys = Keys::default();
+    let mut verdicts = vec![false; checks.len()];
+    let mut jobs = Vec::with_capacity(checks.len());
+    let mut at = Vec::with_capacity(checks.len());
+    for (i, (public_key, message, signature)) in checks.iter().enumerate() {
+        if let (Ok(public_key), Ok(signature)) = (
+            <[u8; 32]>::try_from(*public_key),
+            <[u8; 64]>::try_from(*signature),
+        ) {
+            jobs.push(Job {
+                public_key,
+                message: message.clone(),
+                signature,
+                reply: oneshot::channel().0,
+            });
+            at.push(i);
+        }
+    }
+    for (chunk, places) in jobs.chunks(MAX_BATCH).zip(at.chunks(MAX_BATCH)) {
+        for (ok, &i) in check(&mut keys, chunk).into_iter().zip(places) {
+            verdicts[i] = ok;
         }
     }
     verdicts
@@ -293,17 +321,17 @@ mod tests {
                 alice.sign(&message)
             };
             let key = alice.public_key();
-            tokio::spawn(async move { (i, verifier.verify(&key, message, &signature).await) })
+            tokio::spawn(async move { (i, verifier.verify(&key, message, &signature, 64).await) })
         });
         for check in checks.collect::<Vec<_>>() {
             let (i, ok) = check.await.unwrap();
             assert_eq!(ok, i % 7 != 0, "request {i}");
         }
         // Wrong lengths never reach the thread.
-        assert!(!verifier.verify(&[1; 31], vec![], &[0; 64]).await);
+        assert!(!verifier.verify(&[1; 31], vec![], &[0; 64], 1).await);
         assert!(
             !Verifier::inline()
-                .verify(&alice.public_key(), b"x".to_vec(), &[0; 64])
+                .verify(&alice.public_key(), b"x".to_vec(), &[0; 64], 64)
                 .await
         );
     }

@@ -47,6 +47,22 @@ async fn serves_every_operation_through_every_node() {
             );
             let (id, _) = c.rdp(&tpl(r#"("item", 2)"#), 0).await.unwrap().unwrap();
             assert_eq!(id, ids[1]);
+            // Union copy-collect: each match once, newest first, limited.
+            let union = [
+                tpl(r#"("item", 1)"#),
+                tpl(r#"("item", 3)"#),
+                tpl(r#"("item", ?int)"#),
+            ];
+            let newest_two = Query {
+                limit: 2,
+                newest_first: true,
+                ..Query::default()
+            };
+            let found = c.rd_any(&union, &newest_two).await.unwrap();
+            assert_eq!(
+                found.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                vec![ids[2], ids[1]]
+            );
             assert!(c.rdp(&tpl(r#"("item", 2)"#), id).await.unwrap().is_none());
         }
         // Takes through three different nodes get three different tuples.
@@ -86,6 +102,15 @@ async fn serves_every_operation_through_every_node() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(c3.count(&tpl(r#"("brief")"#)).await.unwrap(), 0, "expired");
+        // A union of no templates, or of too many, is refused as invalid.
+        for n in [0, tuplespace::union::MAX_TEMPLATES + 1] {
+            let templates = vec![tpl(r#"("batch", _)"#); n];
+            let refused = c3.rd_any(&templates, &Query::default()).await;
+            assert!(
+                matches!(&refused, Err(ClientError::Invalid(why)) if why.contains("1 to 256")),
+                "{n} templates: {refused:?}"
+            );
+        }
         let status = c3.status().await.unwrap();
         assert_eq!(status.members.len(), 3);
         assert!(status.applied > 0 && status.commit >= status.applied);

@@ -12,6 +12,8 @@
 //! - [`space`]: the [`Space`]: ids, the index, blocking waiters, TTL expiry; and [`SpaceView`], a
 //!   consistent read-only view of it that costs a page table (the store's pages are shared
 //!   copy-on-write), for encoding, digests and scans off the caller's thread.
+//! - [`union`]: union copy-collect, the tuples matching any of several templates in one merged
+//!   scan of their index postings ([`Space::rd_any`]).
 //! - [`waiters`]: FIFO queues of blocked `in` and `rd` operations.
 //! - [`codec`]: the compact binary encoding of values, templates and whole spaces (snapshots).
 //!
@@ -35,6 +37,7 @@ pub mod space;
 mod store;
 pub mod syntax;
 pub mod template;
+pub mod union;
 pub mod value;
 pub mod waiters;
 

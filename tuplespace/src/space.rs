@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use crate::index::{Index, Posting};
 use crate::store::Store;
+use crate::union;
 use crate::waiters::{Served, WaitKind, Waiter, Waiters};
 use crate::{Millis, Template, Tuple, TupleId, WaiterId};
 
@@ -101,6 +102,29 @@ impl SpaceView {
     /// How many tuples match (a scan of every tuple: for templates the index cannot narrow).
     pub fn count(&self, template: &Template) -> usize {
         self.iter().filter(|(_, _, t)| template.matches(t)).count()
+    }
+
+    /// A union copy-collect over the view (a scan of every tuple in the query's order).
+    pub fn rd_any(&self, templates: &[Template], query: &Query) -> Vec<(TupleId, Tuple)> {
+        let inside = |id: TupleId| id > query.after && id < query.before;
+        let matching = |(id, _, t): &(TupleId, Option<Millis>, &Tuple)| {
+            inside(*id) && crate::union::any_matches(templates, t)
+        };
+        let pick = |(id, _, t): (TupleId, Option<Millis>, &Tuple)| (id, t.clone());
+        if query.newest_first {
+            self.iter()
+                .rev()
+                .filter(matching)
+                .take(query.limit)
+                .map(pick)
+                .collect()
+        } else {
+            self.iter()
+                .filter(matching)
+                .take(query.limit)
+                .map(pick)
+                .collect()
+        }
     }
 
     /// A copy-collect over the view (a scan of every tuple in the query's order).
@@ -388,6 +412,24 @@ impl Space {
     /// Copy-collect: matching tuples within the query, oldest or newest first.
     pub fn rd_all(&self, template: &Template, query: &Query) -> Vec<(TupleId, &Tuple)> {
         self.matches(template, query.after, query.before, query.newest_first)
+            .take(query.limit)
+            .collect()
+    }
+
+    /// Union copy-collect: tuples matching any of `templates` within the query, each once, oldest
+    /// or newest first, at most `query.limit` (see [`crate::union`]). No template: nothing.
+    pub fn rd_any(&self, templates: &[Template], query: &Query) -> Vec<(TupleId, &Tuple)> {
+        if let [template] = templates {
+            return self.rd_all(template, query);
+        }
+        let postings = union::distinct(templates.iter().map(|t| self.index.candidates(t)));
+        union::merged(&postings, query)
+            .filter_map(|id| {
+                self.tuples
+                    .get(&id)
+                    .filter(|t| union::any_matches(templates, t))
+                    .map(|t| (id, t))
+            })
             .take(query.limit)
             .collect()
     }

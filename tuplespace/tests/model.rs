@@ -137,6 +137,23 @@ impl Model {
         }
     }
 
+    /// Union copy-collect: each tuple matching any template, once, in the query's order.
+    fn rd_any(&self, templates: &[Template], query: &Query) -> Vec<(TupleId, Tuple)> {
+        let mut found: Vec<(TupleId, Tuple)> = self
+            .tuples
+            .iter()
+            .filter(|(id, t, _)| {
+                *id > query.after && *id < query.before && templates.iter().any(|p| p.matches(t))
+            })
+            .map(|(id, t, _)| (*id, t.clone()))
+            .collect();
+        if query.newest_first {
+            found.reverse();
+        }
+        found.truncate(query.limit);
+        found
+    }
+
     fn rd_all(&self, template: &Template, query: &Query) -> Vec<(TupleId, Tuple)> {
         let mut found: Vec<(TupleId, Tuple)> = self
             .tuples
@@ -334,6 +351,7 @@ enum Op {
     InOrWait(TplPick, Option<Millis>),
     RdOrWait(TplPick, IdPick, Option<Millis>),
     RdAll(TplPick, QueryPick),
+    RdAny(Vec<TplPick>, QueryPick),
     InAll(TplPick, usize),
     ReadId(IdPick),
     TakeId(IdPick),
@@ -403,6 +421,17 @@ fn step(space: &mut Space, model: &mut Model, op: &Op) -> Result<(), TestCaseErr
                 model.rd_all(&tpl, &query),
                 "rd_all {:?} {:?}",
                 tpl,
+                query
+            );
+        }
+        Op::RdAny(tpls, query) => {
+            let tpls: Vec<Template> = tpls.iter().map(|t| t.resolve(model)).collect();
+            let query = query.resolve(model);
+            prop_assert_eq!(
+                owned_all(space.rd_any(&tpls, &query)),
+                model.rd_any(&tpls, &query),
+                "rd_any {:?} {:?}",
+                tpls,
                 query
             );
         }
@@ -751,6 +780,7 @@ fn op_strategy() -> BoxedStrategy<Op> {
         3 => (tpl_pick(), id_pick(), time_strategy())
             .prop_map(|(t, a, to)| Op::RdOrWait(t, a, to)),
         2 => (tpl_pick(), query_pick()).prop_map(|(t, q)| Op::RdAll(t, q)),
+        2 => (vec(tpl_pick(), 0..5), query_pick()).prop_map(|(t, q)| Op::RdAny(t, q)),
         1 => (tpl_pick(), prop_oneof![Just(usize::MAX), 0usize..4])
             .prop_map(|(t, l)| Op::InAll(t, l)),
         1 => id_pick().prop_map(Op::ReadId),
@@ -882,6 +912,10 @@ proptest! {
                 space.rd_all(p, &q).into_iter().map(|(id, t)| (id, t.clone())).collect()
             })
             .collect();
+        let union: Vec<(TupleId, Tuple)> = {
+            let q = Query { limit: 5, newest_first: true, ..Query::default() };
+            owned_all(space.rd_any(&probes, &q))
+        };
         let mut model = Model::new();
         // Replay `before` on a fresh model so the steps after run against matching state.
         let mut replay = Space::new();
@@ -897,6 +931,8 @@ proptest! {
             let q = Query { limit: 3, newest_first: true, ..Query::default() };
             prop_assert_eq!(&view.rd_all(p, &q), &newest[i], "rd_all {:?}", p);
         }
+        let q = Query { limit: 5, newest_first: true, ..Query::default() };
+        prop_assert_eq!(view.rd_any(&probes, &q), union, "rd_any {:?}", probes);
     }
 
     /// A valid snapshot with any one byte changed is refused.

@@ -525,22 +525,51 @@ impl Client {
         template: &Template,
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError> {
+        let template = codec::template_to_bytes(template);
+        self.collect(query, |q| {
+            Op::RdAll(proto::RdAll {
+                template: template.clone(),
+                limit: q.limit.min(u32::MAX as usize) as u32,
+                after_id: q.after,
+                before_id: wire_before(q.before),
+                newest_first: q.newest_first,
+            })
+        })
+        .await
+    }
+
+    /// Union copy-collect: the tuples matching any of `templates` (1 to
+    /// [`tuplespace::union::MAX_TEMPLATES`]), each once, in one request per answer page, like
+    /// [`Client::rd_all`].
+    pub async fn rd_any(
+        &mut self,
+        templates: &[Template],
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError> {
+        let templates: Vec<Vec<u8>> = templates.iter().map(codec::template_to_bytes).collect();
+        self.collect(query, |q| {
+            Op::RdAny(proto::RdAny {
+                templates: templates.clone(),
+                limit: q.limit.min(u32::MAX as usize) as u32,
+                after_id: q.after,
+                before_id: wire_before(q.before),
+                newest_first: q.newest_first,
+            })
+        })
+        .await
+    }
+
+    /// Pages of a copy-collect until the query's limit or the matches run out: a page cut short
+    /// by the answer's size limit goes on from its last id.
+    async fn collect(
+        &mut self,
+        query: &Query,
+        op: impl Fn(&Query) -> Op,
+    ) -> Result<Vec<Entry>, ClientError> {
         let mut all = Vec::new();
         let mut query = *query;
         loop {
-            let op = Op::RdAll(proto::RdAll {
-                template: codec::template_to_bytes(template),
-                limit: query.limit.min(u32::MAX as usize) as u32,
-                after_id: query.after,
-                before_id: if query.before == TupleId::MAX {
-                    0
-                } else {
-                    query.before
-                },
-                newest_first: query.newest_first,
-            });
-            let (page, truncated) = tuples(self.read(op, Duration::ZERO).await?)?;
-            // A page cut short by the answer's size limit goes on from its last id.
+            let (page, truncated) = tuples(self.read(op(&query), Duration::ZERO).await?)?;
             let last = page.last().map(|(id, _)| *id);
             query.limit = query.limit.saturating_sub(page.len());
             all.extend(page);
@@ -1092,6 +1121,11 @@ pub fn tuples(r: response::Result) -> Result<(Vec<Entry>, bool), ClientError> {
         }
         other => Err(unexpected(other)),
     }
+}
+
+/// A query's upper bound on the wire (0: none).
+fn wire_before(before: TupleId) -> TupleId {
+    if before == TupleId::MAX { 0 } else { before }
 }
 
 #[cfg(test)]

@@ -62,7 +62,8 @@ impl Node {
 /// Whether a read is one for the workers: a scan of every tuple of its arity.
 pub(super) fn is_heavy(op: &ReadOp) -> bool {
     match op {
-        ReadOp::Count(template) | ReadOp::RdAll { template, .. } => template.index_key().is_none(),
+        ReadOp::Count(template) => template.index_key().is_none(),
+        ReadOp::RdAll { templates, .. } => templates.iter().any(|t| t.index_key().is_none()),
         ReadOp::Rd { .. } | ReadOp::ReadId(_) | ReadOp::Policy => false,
     }
 }
@@ -70,15 +71,15 @@ pub(super) fn is_heavy(op: &ReadOp) -> bool {
 fn scan(view: &SpaceView, op: ReadOp) -> proto::response::Result {
     match op {
         ReadOp::Count(template) => proto::response::Result::Count(view.count(&template) as u64),
-        ReadOp::RdAll { template, query } => rd_all(view, &template, &query),
+        ReadOp::RdAll { templates, query } => rd_all(view, &templates, &query),
         ReadOp::Rd { .. } | ReadOp::ReadId(_) | ReadOp::Policy => {
             error(Code::Internal, "not a read for the heavy-read workers")
         }
     }
 }
 
-fn rd_all(view: &SpaceView, template: &Template, query: &Query) -> proto::response::Result {
-    proto::response::Result::Tuples(fitting_view(view.rd_all(template, query)))
+fn rd_all(view: &SpaceView, templates: &[Template], query: &Query) -> proto::response::Result {
+    proto::response::Result::Tuples(fitting_view(view.rd_any(templates, query)))
 }
 
 impl Node {

@@ -85,10 +85,10 @@ pub enum ReadOp {
         /// How long to wait.
         timeout: Duration,
     },
-    /// Copy-collect.
+    /// Copy-collect, of one template or the union of several.
     RdAll {
-        /// What to match.
-        template: Template,
+        /// What to match: a tuple matching any of these.
+        templates: Vec<Template>,
         /// Bounds, order and limit.
         query: Query,
     },

@@ -192,8 +192,8 @@ impl Node {
                 }
                 None => found(None),
             },
-            ReadOp::RdAll { template, query } => {
-                response::Result::Tuples(self.machine.rd_all(&template, &query))
+            ReadOp::RdAll { templates, query } => {
+                response::Result::Tuples(self.machine.rd_any(&templates, &query))
             }
             ReadOp::ReadId(id) => found(space.read_id(id).map(|t| (id, t))),
             ReadOp::Count(template) => response::Result::Count(space.count(&template) as u64),
