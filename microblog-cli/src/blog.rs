@@ -217,6 +217,17 @@ impl<S: Store> Blog<S> {
         Ok(())
     }
 
+    /// `name`'s registered public key, if `name` is a user.
+    pub async fn key_of(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        check_user(name)?;
+        Ok(self
+            .store
+            .rdp(&user_template(Some(name)), 0)
+            .await?
+            .and_then(|(_, t)| user_of(&t))
+            .map(|(_, key)| key))
+    }
+
     /// Whether `name` is a registered user.
     pub async fn user_exists(&mut self, name: &str) -> Result<bool> {
         Ok(self

@@ -272,6 +272,28 @@ Example:
     /// fast a new node catches up.
     #[command(after_help = crate::commands::bench::HELP, args_conflicts_with_subcommands = true)]
     Bench(BenchArgs),
+    /// Serve the microblog on the web (pages, live updates, keys kept in the browser) against
+    /// the cluster.
+    #[command(after_help = "\
+Examples:
+  microblog serve                                   # http://127.0.0.1:8080, configs/local-3.toml
+  microblog --endpoints tcp://10.0.0.5:7201 serve --listen 127.0.0.1:9000")]
+    Serve {
+        /// Where to listen (loopback by default; put a TLS proxy in front to serve others).
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+    },
+    /// Start a local 3-node cluster (configs/local-3.toml, or --cluster) and the web app, in one
+    /// command; Ctrl-C stops everything.
+    #[command(after_help = "\
+Examples:
+  cargo run --release -- up                         # from a fresh clone: open http://127.0.0.1:8080
+  microblog up --listen 127.0.0.1:9000")]
+    Up {
+        /// Where the web app listens.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+    },
     /// Print a shell completion script.
     #[command(after_help = "\
 Example:

@@ -19,6 +19,8 @@
 //! - [`error`]: what went wrong, what to do about it, and the exit code (0 ok, 1 failed,
 //!   2 usage, 3 not found or timed out).
 //! - [`duration`]: `5s`, `500ms`, `2m` on the command line.
+//! - [`web`]: `microblog serve`, the web app: server-rendered pages, live updates, writes signed
+//!   in the browser and relayed.
 //!
 //! # The data model
 //!
@@ -39,3 +41,4 @@ pub mod error;
 pub mod model;
 pub mod output;
 pub mod store;
+pub mod web;

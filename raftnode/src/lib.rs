@@ -39,10 +39,11 @@
 //! - [`launch`]: wiring one node process together, and `raftnode up` for a local cluster.
 //! - [`devcluster`]: the dev-cluster kit: node processes on loopback for tests, benchmarks and
 //!   `raftnode up` (finding the program, leased ports, key and cluster files, start/kill/restart).
-//! - [`logging`]: slog setup.
+//! - [`logging`]: slog setup; [`cli`]: the `raftnode` command line.
 #![warn(missing_docs)]
 
 pub mod answer;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod social;
 pub mod tail;
 pub mod tuple;
+pub mod web;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -186,6 +187,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tuple(cmd) => tuple::run(&mut ctx, cmd).await,
         Command::Cluster(cmd) => cluster::run(&mut ctx, cmd).await,
         Command::Bench(args) => bench::run(&mut ctx, args).await,
+        Command::Serve { listen } => web::serve(&mut ctx, listen).await,
+        Command::Up { listen } => web::up(&mut ctx, listen).await,
         Command::Completions { shell } => {
             let mut stdout = std::io::stdout();
             clap_complete::generate(shell, &mut Cli::command(), "microblog", &mut stdout);

@@ -927,6 +927,55 @@ impl Client {
         self.call(op, true, wait, false).await
     }
 
+    /// Cluster time now, as this client estimates it (a node's status, refreshed each minute,
+    /// plus the time since): what the expiry of a write signed elsewhere counts from.
+    pub async fn cluster_now_ms(&mut self) -> Result<u64, ClientError> {
+        self.refresh_cluster_time().await?;
+        let (then, at) = self.cluster_time.unwrap_or((0, Instant::now()));
+        Ok(then + at.elapsed().as_millis() as u64)
+    }
+
+    /// Sends a write that someone else signed (a browser holding its user's key: the web app
+    /// relays it), retried like any write on this client's route, never changed or signed
+    /// again. Its session and number are the signer's, so a retry is applied once. If the
+    /// session has expired the write is certainly not applied, and the answer is
+    /// [`ClientError::SessionExpired`]: it must be signed again, in a new session.
+    pub async fn relay(&mut self, sealed: proto::Request) -> Result<response::Result, ClientError> {
+        let mut call = Call::new(
+            true,
+            false,
+            self.options.follow_leader,
+            Instant::now(),
+            self.options.retry_window,
+        );
+        loop {
+            let before = self.route.current().unwrap_or_default().to_string();
+            call.trying(&before);
+            let attempt = match self.exchange(&sealed, Duration::ZERO).await {
+                Ok(resp) => Attempt::Answer(Box::new(resp)),
+                Err(Failure { what, sent }) => {
+                    self.socket = None;
+                    Attempt::Failed { what, sent }
+                }
+            };
+            let next = call.judge(&mut self.route, attempt, Instant::now());
+            if self.route.current() != Some(before.as_str()) {
+                self.socket = None;
+            }
+            match next {
+                Next::Done(result) => return result,
+                Next::RenewSession => {
+                    return Err(ClientError::SessionExpired(
+                        "the signer's session expired before the write was applied (nothing \
+                         was applied): sign it again in a new session"
+                            .into(),
+                    ));
+                }
+                Next::Retry(pause) => tokio::time::sleep(pause).await,
+            }
+        }
+    }
+
     async fn read(&mut self, op: Op, wait: Duration) -> Result<response::Result, ClientError> {
         self.call(op, false, wait, false).await
     }

@@ -16,10 +16,12 @@ use crate::devcluster::{NodeProcess, Output, ensure_key_file};
 /// How long the nodes get to stop after SIGTERM before they are killed.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// Starts every node of `cluster` as a child process running `exe run`, prints the endpoints,
-/// and stops them all on Ctrl-C or SIGTERM.
+/// Starts every node of `cluster` as a child process running `exe [prefix...] run`, prints the
+/// endpoints, and stops them all on Ctrl-C or SIGTERM. (`prefix`: `["node"]` when `exe` is
+/// `microblog`, whose `node` command is `raftnode`'s command line.)
 pub async fn up(
     exe: PathBuf,
+    prefix: &[&str],
     cluster: &ClusterConfig,
     cluster_path: &Path,
     log_level: &str,
@@ -37,6 +39,7 @@ pub async fn up(
     for n in &cluster.nodes {
         let mut command = Command::new(&exe);
         command
+            .args(prefix)
             .arg("run")
             .arg("--cluster")
             .arg(cluster_path)

@@ -1,0 +1,52 @@
+//! `serve` and `up`: the web app, alone against a cluster or with a local cluster of its own.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::Context;
+use crate::connect;
+use crate::error::{Error, Result};
+
+/// `serve [--listen ADDR]`: the web app against the cluster the global options name.
+pub async fn serve(ctx: &mut Context, listen: SocketAddr) -> Result<()> {
+    let endpoints = ctx.endpoints()?;
+    let options = connect::client_options(ctx.timeout, endpoints.len());
+    crate::web::serve(endpoints, options, listen, |addr| {
+        println!("serving the microblog on http://{addr}/ (Ctrl-C stops)");
+    })
+    .await
+    .map_err(|e| Error::failed(format!("cannot serve on {listen}: {e}")))
+}
+
+/// `up [--listen ADDR]`: the nodes of the cluster file (each a child process running this same
+/// program's `node` command, which is `raftnode`'s command line) and the web app, until Ctrl-C.
+pub async fn up(ctx: &mut Context, listen: SocketAddr) -> Result<()> {
+    if !ctx.endpoints.is_empty() {
+        return Err(
+            Error::usage("up starts the nodes of a cluster file, not endpoints")
+                .hint("pass --cluster FILE (default: configs/local-3.toml)"),
+        );
+    }
+    let file = connect::cluster_file(ctx.cluster.as_deref());
+    if !file.exists() {
+        return Err(
+            Error::usage(format!("cluster file {} not found", file.display()))
+                .hint("run from the repository root, or pass --cluster FILE"),
+        );
+    }
+    let config = raftnode::config::ClusterConfig::load(&file)
+        .map_err(|e| Error::usage(format!("{}: {e}", file.display())))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::failed(format!("cannot find this program: {e}")))?;
+    let endpoints = config.client_endpoints();
+    let options =
+        connect::client_options(ctx.timeout.max(Duration::from_secs(10)), endpoints.len());
+    let nodes = raftnode::launch::up(exe, &["node"], &config, &file, "info");
+    let web = crate::web::serve(endpoints, options, listen, |addr| {
+        println!("web app: open http://{addr}/");
+    });
+    tokio::select! {
+        done = nodes => done.map_err(|e| Error::failed(format!("{e:#}"))),
+        served = web => served.map_err(|e| Error::failed(format!("cannot serve on {listen}: {e}"))),
+    }
+}

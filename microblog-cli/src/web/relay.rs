@@ -1,0 +1,312 @@
+//! Writes signed in the browser, relayed by the server.
+//!
+//! A browser keeps its user's Ed25519 private key (WebCrypto, non-extractable, in IndexedDB); the
+//! server never sees it. A write takes two round trips:
+//!
+//! 1. `POST /api/prepare` with what to do (register, post, follow, unfollow, delete) and, for a
+//!    post, the post's own signature, made in the browser over the post's signing bytes (built
+//!    there from the documented format). The server builds the protocol request(s) — session,
+//!    request number, acknowledgement, operation, user, key, cluster, expiry — and answers a
+//!    ticket and, for each request, the exact bytes to sign (`"raftnode-request-v1\0"` and the
+//!    encoded inner request).
+//! 2. `POST /api/submit` with the ticket and the signatures, in order. The server puts each
+//!    signature beside its bytes and sends the requests to the cluster ([`Client::relay`]); the
+//!    cluster verifies them against the user's registered key like any signed request.
+//!
+//! Each user gets one session of the server's (random, owned by that user in the cluster from its
+//! first request), with request numbers handed out at prepare; a ticket lives
+//! [`TICKET_LIFE`], and a request number whose ticket expired unsubmitted counts as done for the
+//! acknowledgement (it can never be submitted any more). A server that lied could ask the browser
+//! to sign another request than the page describes; it could not forge a post's content, which
+//! carries its own signature, checked by every reader.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use raftnode::identity::{MAX_WRITE_VALIDITY_MS, REQUEST_DOMAIN};
+use raftnode::proto;
+
+/// How long a prepared ticket waits for its signatures.
+pub const TICKET_LIFE: Duration = Duration::from_secs(60);
+
+/// The most tickets waiting at once (the oldest is dropped beyond it).
+pub const MAX_TICKETS: usize = 10_000;
+
+/// The most users with a session at the server at once (the least recently used is forgotten).
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// How long past cluster time now a relayed write stays valid.
+const VALID_FOR_MS: u64 = 5 * 60 * 1000;
+
+/// A user's session at the server.
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    next_seq: u64,
+    /// Request numbers handed out and not yet answered or abandoned.
+    open: BTreeSet<u64>,
+    used: Instant,
+}
+
+impl Session {
+    fn new() -> Session {
+        Session {
+            id: rand_session(),
+            next_seq: 1,
+            open: BTreeSet::new(),
+            used: Instant::now(),
+        }
+    }
+
+    /// Every number below this is answered or abandoned.
+    fn ack(&self) -> u64 {
+        self.open
+            .first()
+            .map_or(self.next_seq - 1, |first| first - 1)
+    }
+}
+
+fn rand_session() -> u64 {
+    loop {
+        let s = rand::random::<u64>();
+        if s != 0 {
+            return s;
+        }
+    }
+}
+
+/// A prepared request: the inner request's bytes to sign.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The encoded inner request.
+    pub signed: Vec<u8>,
+    /// What the browser signs: [`REQUEST_DOMAIN`] and `signed`.
+    pub to_sign: Vec<u8>,
+}
+
+/// A ticket: the requests one action needs, for one user.
+#[derive(Debug)]
+struct Ticket {
+    user: String,
+    session: u64,
+    seqs: Vec<u64>,
+    requests: Vec<Prepared>,
+    made: Instant,
+}
+
+/// Sessions and tickets.
+#[derive(Debug, Default)]
+pub struct Relay {
+    sessions: HashMap<String, Session>,
+    tickets: HashMap<String, Ticket>,
+}
+
+impl Relay {
+    /// Prepares `ops` as `user`'s (key `public_key`) requests for cluster `cluster_id`, valid for
+    /// a while past cluster time `now_ms`: a ticket and the requests' bytes to sign.
+    pub fn prepare(
+        &mut self,
+        user: &str,
+        public_key: &[u8],
+        cluster_id: u64,
+        now_ms: u64,
+        ops: Vec<proto::request::Op>,
+    ) -> (String, Vec<Prepared>) {
+        self.expire();
+        if !self.sessions.contains_key(user) && self.sessions.len() >= MAX_SESSIONS {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(u, _)| u.clone());
+            if let Some(oldest) = oldest {
+                self.sessions.remove(&oldest);
+            }
+        }
+        if self.tickets.len() >= MAX_TICKETS {
+            let oldest = self
+                .tickets
+                .iter()
+                .min_by_key(|(_, t)| t.made)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.drop_ticket(&oldest);
+            }
+        }
+        let session = self
+            .sessions
+            .entry(user.to_string())
+            .or_insert_with(Session::new);
+        session.used = Instant::now();
+        let mut seqs = Vec::new();
+        let mut requests = Vec::new();
+        for op in ops {
+            let seq = session.next_seq;
+            session.next_seq += 1;
+            session.open.insert(seq);
+            let inner = proto::Request {
+                session: session.id,
+                seq,
+                ack: session.ack(),
+                op: Some(op),
+                user: user.to_string(),
+                public_key: public_key.to_vec(),
+                cluster_id,
+                not_after_ms: now_ms + VALID_FOR_MS.min(MAX_WRITE_VALIDITY_MS),
+                ..Default::default()
+            };
+            let signed = inner.encode_to_vec();
+            let mut to_sign = REQUEST_DOMAIN.to_vec();
+            to_sign.extend_from_slice(&signed);
+            seqs.push(seq);
+            requests.push(Prepared { signed, to_sign });
+        }
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let session = session.id;
+        self.tickets.insert(
+            id.clone(),
+            Ticket {
+                user: user.to_string(),
+                session,
+                seqs,
+                requests: requests.clone(),
+                made: Instant::now(),
+            },
+        );
+        (id, requests)
+    }
+
+    /// The signed requests of ticket `id`, given its signatures in order (the ticket is used up).
+    pub fn take(
+        &mut self,
+        id: &str,
+        signatures: &[Vec<u8>],
+    ) -> Result<Vec<proto::Request>, String> {
+        self.expire();
+        let Some(ticket) = self.tickets.get(id) else {
+            return Err("no such ticket (it expired or was used): prepare again".into());
+        };
+        if signatures.len() != ticket.requests.len() {
+            return Err(format!(
+                "the ticket has {} requests to sign, not {}",
+                ticket.requests.len(),
+                signatures.len()
+            ));
+        }
+        let requests = ticket
+            .requests
+            .iter()
+            .zip(signatures)
+            .map(|(p, sig)| proto::Request {
+                signed: p.signed.clone(),
+                signature: sig.clone(),
+                ..Default::default()
+            })
+            .collect();
+        // The numbers stay open until `done`.
+        self.tickets.remove(id);
+        Ok(requests)
+    }
+
+    /// The requests `seqs` of `user`'s session `session` were answered (or can no longer be).
+    pub fn done(&mut self, user: &str, session: u64, seqs: &[u64]) {
+        if let Some(s) = self.sessions.get_mut(user)
+            && s.id == session
+        {
+            for seq in seqs {
+                s.open.remove(seq);
+            }
+        }
+    }
+
+    /// The user, session and numbers of ticket `id`.
+    pub fn ticket_of(&self, id: &str) -> Option<(String, u64, Vec<u64>)> {
+        self.tickets
+            .get(id)
+            .map(|t| (t.user.clone(), t.session, t.seqs.clone()))
+    }
+
+    /// Forgets `user`'s session (its requests came back SESSION_EXPIRED): the next prepare
+    /// starts a new one.
+    pub fn renew(&mut self, user: &str, session: u64) {
+        if self.sessions.get(user).is_some_and(|s| s.id == session) {
+            self.sessions.remove(user);
+        }
+    }
+
+    fn drop_ticket(&mut self, id: &str) {
+        if let Some(t) = self.tickets.remove(id) {
+            self.done(&t.user, t.session, &t.seqs);
+        }
+    }
+
+    fn expire(&mut self) {
+        let stale: Vec<String> = self
+            .tickets
+            .iter()
+            .filter(|(_, t)| t.made.elapsed() > TICKET_LIFE)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in stale {
+            self.drop_ticket(&id);
+        }
+    }
+
+    /// How many tickets wait (for tests and status).
+    pub fn waiting(&self) -> usize {
+        self.tickets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftnode::identity::{Identity, open};
+
+    fn count() -> proto::request::Op {
+        proto::request::Op::Count(proto::Count::default())
+    }
+
+    #[test]
+    fn a_prepared_request_signed_elsewhere_opens_as_its_user() {
+        let mut relay = Relay::default();
+        let alice = Identity::from_seed("alice", [3; 32]);
+        let (ticket, prepared) =
+            relay.prepare("alice", &alice.public_key(), 7, 1_000, vec![count()]);
+        let signature = alice.sign(&prepared[0].to_sign).to_vec();
+        let (user, session, seqs) = relay.ticket_of(&ticket).unwrap();
+        assert_eq!((user.as_str(), seqs.as_slice()), ("alice", &[1u64][..]));
+        let requests = relay.take(&ticket, &[signature]).unwrap();
+        let opened = open(requests[0].clone(), 7).unwrap();
+        assert_eq!(opened.signer.unwrap().user, "alice");
+        assert_eq!(opened.request.session, session);
+        assert!(opened.request.not_after_ms > 1_000);
+        // Used up.
+        assert!(relay.take(&ticket, &[vec![0; 64]]).is_err());
+    }
+
+    #[test]
+    fn the_acknowledgement_never_passes_an_open_number() {
+        let mut relay = Relay::default();
+        let key = [1u8; 32];
+        let (t1, _) = relay.prepare("bob", &key, 1, 0, vec![count()]);
+        let (t2, p2) = relay.prepare("bob", &key, 1, 0, vec![count(), count()]);
+        let inner = proto::Request::decode(p2[1].signed.as_slice()).unwrap();
+        assert_eq!((inner.seq, inner.ack), (3, 0), "1 and 2 are open");
+        let (_, session, seqs) = relay.ticket_of(&t2).unwrap();
+        relay.done("bob", session, &seqs);
+        let (_, p3) = relay.prepare("bob", &key, 1, 0, vec![count()]);
+        let inner = proto::Request::decode(p3[0].signed.as_slice()).unwrap();
+        assert_eq!((inner.seq, inner.ack), (4, 0), "1 is still open");
+        let (_, _, seqs) = relay.ticket_of(&t1).unwrap();
+        relay.done("bob", session, &seqs);
+        let (_, p4) = relay.prepare("bob", &key, 1, 0, vec![count()]);
+        let inner = proto::Request::decode(p4[0].signed.as_slice()).unwrap();
+        assert_eq!((inner.seq, inner.ack), (5, 3), "4 is open");
+        // A wrong number of signatures is refused, the ticket kept.
+        let (t5, _) = relay.prepare("bob", &key, 1, 0, vec![count()]);
+        assert!(relay.take(&t5, &[]).is_err());
+        assert!(relay.ticket_of(&t5).is_some());
+    }
+}
