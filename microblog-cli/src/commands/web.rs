@@ -42,8 +42,17 @@ pub async fn up(ctx: &mut Context, listen: SocketAddr) -> Result<()> {
     let options =
         connect::client_options(ctx.timeout.max(Duration::from_secs(10)), endpoints.len());
     let nodes = raftnode::launch::up(exe, &["node"], &config, &file, "info");
-    let web = crate::web::serve(endpoints, options, listen, |addr| {
-        println!("web app: open http://{addr}/");
+    let probe = endpoints.clone();
+    let web = crate::web::serve(endpoints, options, listen, move |addr| {
+        println!("web app: http://{addr}/ (starting the cluster...)");
+        // Said again, last, once the cluster answers, so it is not lost among the nodes' logs.
+        tokio::spawn(async move {
+            let mut client = raftnode::client::Client::new(probe);
+            let ready = tokio::time::timeout(Duration::from_secs(60), client.cluster_id()).await;
+            if matches!(ready, Ok(Ok(_))) {
+                println!("web app: open http://{addr}/  (Ctrl-C stops everything)");
+            }
+        });
     });
     tokio::select! {
         done = nodes => done.map_err(|e| Error::failed(format!("{e:#}"))),
