@@ -3,6 +3,7 @@
 
 use raftnode::client::{Client, ClientError, Entry};
 use raftnode::identity::Identity;
+use tuplespace::union::Join;
 use tuplespace::{Query, Space, Template, Tuple, TupleId};
 
 /// The most tuples one copy-collect returns (the server's cap; [`MemoryStore`] applies it too).
@@ -40,6 +41,15 @@ pub trait Store {
     async fn rd_any(
         &mut self,
         templates: &[Template],
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError>;
+    /// Union copy-collect of `templates` and the templates `join` yields, in one consistent
+    /// read (a join source over [`tuplespace::union::MAX_TEMPLATES`] tuples:
+    /// [`ClientError::OverLimit`]).
+    async fn rd_join(
+        &mut self,
+        templates: &[Template],
+        join: &Join,
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError>;
     /// The tuple with this id.
@@ -88,6 +98,14 @@ impl Store for Client {
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError> {
         Client::rd_any(self, templates, query).await
+    }
+    async fn rd_join(
+        &mut self,
+        templates: &[Template],
+        join: &Join,
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError> {
+        Client::rd_join(self, templates, join, query).await
     }
     async fn read_id(&mut self, id: TupleId) -> Result<Option<Tuple>, ClientError> {
         Client::read_id(self, id).await
@@ -170,6 +188,21 @@ impl Store for MemoryStore {
             .into_iter()
             .map(|(id, t)| (id, t.clone()))
             .collect())
+    }
+    async fn rd_join(
+        &mut self,
+        templates: &[Template],
+        join: &Join,
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError> {
+        let capped = Query {
+            limit: query.limit.clamp(1, MAX_LIST),
+            ..*query
+        };
+        match self.space.rd_join(templates, join, &capped) {
+            Ok(found) => Ok(found.into_iter().map(|(id, t)| (id, t.clone())).collect()),
+            Err(e) => Err(ClientError::OverLimit(e.to_string())),
+        }
     }
     async fn read_id(&mut self, id: TupleId) -> Result<Option<Tuple>, ClientError> {
         Ok(self.space.read_id(id).cloned())

@@ -751,15 +751,29 @@ impl Machine {
     /// A linearizable union copy-collect's answer (tuples matching any of `templates`), like
     /// [`Machine::rd_all`]'s.
     pub fn rd_any(&self, templates: &[Template], query: &Query) -> TupleList {
-        let found = self.space.rd_any(templates, query);
+        self.rd_join(templates, None, query).unwrap_or_default()
+    }
+
+    /// A linearizable union copy-collect of `templates` and those `join` yields, like
+    /// [`Machine::rd_all`]'s; a join whose source matches too many tuples is refused.
+    pub fn rd_join(
+        &self,
+        templates: &[Template],
+        join: Option<&tuplespace::union::Join>,
+        query: &Query,
+    ) -> Result<TupleList, tuplespace::union::JoinError> {
+        let found = match join {
+            Some(join) => self.space.rd_join(templates, join, query)?,
+            None => self.space.rd_any(templates, query),
+        };
         let (fit, truncated) = fitting(found.iter().map(|(id, t)| (*id, *t)).collect());
-        TupleList {
+        Ok(TupleList {
             items: found[..fit]
                 .iter()
                 .map(|(id, t)| id_tuple(*id, t))
                 .collect(),
             truncated,
-        }
+        })
     }
 
     /// The whole state as bytes, for a snapshot.

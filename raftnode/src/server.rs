@@ -463,12 +463,15 @@ pub fn plan(req: proto::Request, signer: Option<&Signer>) -> Result<Plan, respon
         Op::RdAll(all) => Ok(Plan::Read(
             ReadOp::RdAll {
                 templates: vec![decode_template(&all.template)?],
+                join: None,
                 query: query(all.limit, all.after_id, all.before_id, all.newest_first),
             },
             Duration::ZERO,
         )),
         Op::RdAny(any) => {
-            if any.templates.is_empty() || any.templates.len() > MAX_TEMPLATES {
+            if (any.templates.is_empty() && any.join.is_none())
+                || any.templates.len() > MAX_TEMPLATES
+            {
                 return Err(error(
                     Code::Invalid,
                     format!(
@@ -482,9 +485,24 @@ pub fn plan(req: proto::Request, signer: Option<&Signer>) -> Result<Plan, respon
                 .iter()
                 .map(|t| decode_template(t))
                 .collect::<Result<Vec<_>, _>>()?;
+            let join = match any.join {
+                None => None,
+                Some(j) => {
+                    let join = tuplespace::union::Join {
+                        source: decode_template(&j.source)?,
+                        source_field: j.source_field as usize,
+                        target: decode_template(&j.target)?,
+                        target_field: j.target_field as usize,
+                    };
+                    join.check()
+                        .map_err(|e| error(Code::Invalid, e.to_string()))?;
+                    Some(join)
+                }
+            };
             Ok(Plan::Read(
                 ReadOp::RdAll {
                     templates,
+                    join,
                     query: query(any.limit, any.after_id, any.before_id, any.newest_first),
                 },
                 Duration::ZERO,

@@ -102,6 +102,46 @@ async fn serves_every_operation_through_every_node() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(c3.count(&tpl(r#"("brief")"#)).await.unwrap(), 0, "expired");
+        // A join: the templates come from the tuples its source matches when the read runs.
+        c3.out(&tuple!["likes", "x"]).await.unwrap();
+        c3.out(&tuple!["likes", "z"]).await.unwrap();
+        for name in ["x", "y", "z"] {
+            c3.out(&tuple!["thing", name, 1]).await.unwrap();
+        }
+        let join = tuplespace::union::Join {
+            source: tpl(r#"("likes", ?str)"#),
+            source_field: 1,
+            target: tpl(r#"("thing", _, ?int)"#),
+            target_field: 1,
+        };
+        let liked = c.rd_join(&[], &join, &Query::default()).await.unwrap();
+        let names: Vec<_> = liked.iter().map(|(_, t)| t.fields()[1].clone()).collect();
+        assert_eq!(
+            names,
+            vec![tuplespace::Value::from("x"), tuplespace::Value::from("z")]
+        );
+        // A source matching more than 256 tuples is over a limit; a field outside is invalid.
+        for i in 0..=tuplespace::union::MAX_TEMPLATES as i64 {
+            c3.out(&tuple!["many", i]).await.unwrap();
+        }
+        let wide = tuplespace::union::Join {
+            source: tpl(r#"("many", ?int)"#),
+            ..join.clone()
+        };
+        let refused = c.rd_join(&[], &wide, &Query::default()).await;
+        assert!(
+            matches!(refused, Err(ClientError::OverLimit(_))),
+            "{refused:?}"
+        );
+        let outside = tuplespace::union::Join {
+            source_field: 5,
+            ..join
+        };
+        let refused = c.rd_join(&[], &outside, &Query::default()).await;
+        assert!(
+            matches!(refused, Err(ClientError::Invalid(_))),
+            "{refused:?}"
+        );
         // A union of no templates, or of too many, is refused as invalid.
         for n in [0, tuplespace::union::MAX_TEMPLATES + 1] {
             let templates = vec![tpl(r#"("batch", _)"#); n];

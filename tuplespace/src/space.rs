@@ -104,6 +104,19 @@ impl SpaceView {
         self.iter().filter(|(_, _, t)| template.matches(t)).count()
     }
 
+    /// [`Space::rd_join`] over the view (scans).
+    pub fn rd_join(
+        &self,
+        templates: &[Template],
+        join: &crate::union::Join,
+        query: &Query,
+    ) -> Result<Vec<(TupleId, Tuple)>, crate::union::JoinError> {
+        let sources = self.rd_all(&join.source, &Query::limit(crate::union::MAX_TEMPLATES + 1));
+        let mut all = templates.to_vec();
+        all.extend(join.templates(sources.iter().map(|(_, t)| t))?);
+        Ok(self.rd_any(&all, query))
+    }
+
     /// A union copy-collect over the view (a scan of every tuple in the query's order).
     pub fn rd_any(&self, templates: &[Template], query: &Query) -> Vec<(TupleId, Tuple)> {
         let inside = |id: TupleId| id > query.after && id < query.before;
@@ -432,6 +445,20 @@ impl Space {
             })
             .take(query.limit)
             .collect()
+    }
+
+    /// Union copy-collect of `templates` and the templates `join` yields from the tuples its
+    /// source matches now (see [`union::Join`]): one consistent read, e.g. a whole timeline.
+    pub fn rd_join(
+        &self,
+        templates: &[Template],
+        join: &union::Join,
+        query: &Query,
+    ) -> Result<Vec<(TupleId, &Tuple)>, union::JoinError> {
+        let sources = self.rd_all(&join.source, &Query::limit(union::MAX_TEMPLATES + 1));
+        let mut all = templates.to_vec();
+        all.extend(join.templates(sources.iter().map(|(_, t)| *t))?);
+        Ok(self.rd_any(&all, query))
     }
 
     /// Collect: removes and returns up to `limit` matching tuples, oldest first.

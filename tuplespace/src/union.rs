@@ -72,3 +72,77 @@ pub(crate) fn merged<'a>(
 pub(crate) fn any_matches(templates: &[Template], tuple: &crate::Tuple) -> bool {
     templates.iter().any(|t| t.matches(tuple))
 }
+
+/// A join for a union copy-collect: for each tuple matching `source`, `target` with its field
+/// `target_field` set to that tuple's field `source_field` (a literal). A timeline is one:
+/// `("follow", me, ?str)` joined on field 2 into the author field (1) of the post template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Join {
+    /// The tuples whose field gives each template.
+    pub source: Template,
+    /// Which field of a source tuple.
+    pub source_field: usize,
+    /// The template each source tuple fills in.
+    pub target: Template,
+    /// Which field of the target it fills.
+    pub target_field: usize,
+}
+
+/// Why a join cannot run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// A field index outside its template.
+    #[error("the join's {which} field {field} is outside its template of {arity} fields")]
+    NoField {
+        /// `source` or `target`.
+        which: &'static str,
+        /// The index given.
+        field: usize,
+        /// The template's arity.
+        arity: usize,
+    },
+    /// More source tuples than [`MAX_TEMPLATES`].
+    #[error("the join's source matches more than {MAX_TEMPLATES} tuples")]
+    TooMany,
+}
+
+impl Join {
+    /// Checks that both fields exist.
+    pub fn check(&self) -> Result<(), JoinError> {
+        for (which, field, arity) in [
+            ("source", self.source_field, self.source.arity()),
+            ("target", self.target_field, self.target.arity()),
+        ] {
+            if field >= arity {
+                return Err(JoinError::NoField {
+                    which,
+                    field,
+                    arity,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The templates the join yields for these source tuples (at most [`MAX_TEMPLATES`]; more
+    /// is [`JoinError::TooMany`]). A source tuple too short for the field yields nothing.
+    pub fn templates<'a>(
+        &self,
+        sources: impl IntoIterator<Item = &'a crate::Tuple>,
+    ) -> Result<Vec<Template>, JoinError> {
+        self.check()?;
+        let mut out = Vec::new();
+        for tuple in sources {
+            if out.len() == MAX_TEMPLATES {
+                return Err(JoinError::TooMany);
+            }
+            let Some(value) = tuple.fields().get(self.source_field) else {
+                continue;
+            };
+            let mut fields = self.target.fields().to_vec();
+            fields[self.target_field] = crate::Field::Literal(value.clone());
+            out.push(Template::new(fields));
+        }
+        Ok(out)
+    }
+}

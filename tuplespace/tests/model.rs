@@ -352,6 +352,8 @@ enum Op {
     RdOrWait(TplPick, IdPick, Option<Millis>),
     RdAll(TplPick, QueryPick),
     RdAny(Vec<TplPick>, QueryPick),
+    /// A join whose source is a template and whose target takes field 0 from field `from`.
+    RdJoin(TplPick, usize, QueryPick),
     InAll(TplPick, usize),
     ReadId(IdPick),
     TakeId(IdPick),
@@ -434,6 +436,35 @@ fn step(space: &mut Space, model: &mut Model, op: &Op) -> Result<(), TestCaseErr
                 tpls,
                 query
             );
+        }
+        Op::RdJoin(source, from, query) => {
+            let source = source.resolve(model);
+            let query = query.resolve(model);
+            let join = tuplespace::union::Join {
+                source: source.clone(),
+                source_field: *from,
+                target: Template::new(vec![Field::Any, Field::Any]),
+                target_field: 0,
+            };
+            // The model: the source's matches (oldest first), each giving a template.
+            let sources = model.rd_all(&source, &Query::default());
+            let expected = if *from >= source.arity() {
+                Err(())
+            } else if sources.len() > tuplespace::union::MAX_TEMPLATES {
+                Err(())
+            } else {
+                let templates: Vec<Template> = sources
+                    .iter()
+                    .filter_map(|(_, t)| t.fields().get(*from))
+                    .map(|v| Template::new(vec![Field::Literal(v.clone()), Field::Any]))
+                    .collect();
+                Ok(model.rd_any(&templates, &query))
+            };
+            let got = space
+                .rd_join(&[], &join, &query)
+                .map(owned_all)
+                .map_err(|_| ());
+            prop_assert_eq!(got, expected, "rd_join {:?} {} {:?}", source, from, query);
         }
         Op::InAll(tpl, limit) => {
             let tpl = tpl.resolve(model);
@@ -781,6 +812,7 @@ fn op_strategy() -> BoxedStrategy<Op> {
             .prop_map(|(t, a, to)| Op::RdOrWait(t, a, to)),
         2 => (tpl_pick(), query_pick()).prop_map(|(t, q)| Op::RdAll(t, q)),
         2 => (vec(tpl_pick(), 0..5), query_pick()).prop_map(|(t, q)| Op::RdAny(t, q)),
+        1 => (tpl_pick(), 0usize..3, query_pick()).prop_map(|(t, f, q)| Op::RdJoin(t, f, q)),
         1 => (tpl_pick(), prop_oneof![Just(usize::MAX), 0usize..4])
             .prop_map(|(t, l)| Op::InAll(t, l)),
         1 => id_pick().prop_map(Op::ReadId),

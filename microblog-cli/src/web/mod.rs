@@ -45,7 +45,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 const PAGE: usize = 30;
 
 /// Clients the server keeps for reads (each one request at a time).
-const POOL: usize = 8;
+const POOL: usize = 32;
 
 /// The Content-Security-Policy of every response.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \

@@ -554,6 +554,36 @@ impl Client {
                 after_id: q.after,
                 before_id: wire_before(q.before),
                 newest_first: q.newest_first,
+                join: None,
+            })
+        })
+        .await
+    }
+
+    /// Union copy-collect of `templates` and of the templates `join` yields from the tuples its
+    /// source matches when the read runs, all in one consistent read (a source matching more
+    /// than [`tuplespace::union::MAX_TEMPLATES`] tuples is [`ClientError::OverLimit`]).
+    pub async fn rd_join(
+        &mut self,
+        templates: &[Template],
+        join: &tuplespace::union::Join,
+        query: &Query,
+    ) -> Result<Vec<Entry>, ClientError> {
+        let templates: Vec<Vec<u8>> = templates.iter().map(codec::template_to_bytes).collect();
+        let join = proto::Join {
+            source: codec::template_to_bytes(&join.source),
+            source_field: join.source_field as u32,
+            target: codec::template_to_bytes(&join.target),
+            target_field: join.target_field as u32,
+        };
+        self.collect(query, |q| {
+            Op::RdAny(proto::RdAny {
+                templates: templates.clone(),
+                limit: q.limit.min(u32::MAX as usize) as u32,
+                after_id: q.after,
+                before_id: wire_before(q.before),
+                newest_first: q.newest_first,
+                join: Some(join.clone()),
             })
         })
         .await

@@ -63,7 +63,14 @@ impl Node {
 pub(super) fn is_heavy(op: &ReadOp) -> bool {
     match op {
         ReadOp::Count(template) => template.index_key().is_none(),
-        ReadOp::RdAll { templates, .. } => templates.iter().any(|t| t.index_key().is_none()),
+        ReadOp::RdAll {
+            templates, join, ..
+        } => {
+            templates.iter().any(|t| t.index_key().is_none())
+                || join.as_ref().is_some_and(|j| {
+                    j.source.index_key().is_none() || j.target.index_key().is_none()
+                })
+        }
         ReadOp::Rd { .. } | ReadOp::ReadId(_) | ReadOp::Policy => false,
     }
 }
@@ -71,15 +78,31 @@ pub(super) fn is_heavy(op: &ReadOp) -> bool {
 fn scan(view: &SpaceView, op: ReadOp) -> proto::response::Result {
     match op {
         ReadOp::Count(template) => proto::response::Result::Count(view.count(&template) as u64),
-        ReadOp::RdAll { templates, query } => rd_all(view, &templates, &query),
+        ReadOp::RdAll {
+            templates,
+            join,
+            query,
+        } => rd_all(view, &templates, join.as_ref(), &query),
         ReadOp::Rd { .. } | ReadOp::ReadId(_) | ReadOp::Policy => {
             error(Code::Internal, "not a read for the heavy-read workers")
         }
     }
 }
 
-fn rd_all(view: &SpaceView, templates: &[Template], query: &Query) -> proto::response::Result {
-    proto::response::Result::Tuples(fitting_view(view.rd_any(templates, query)))
+fn rd_all(
+    view: &SpaceView,
+    templates: &[Template],
+    join: Option<&tuplespace::union::Join>,
+    query: &Query,
+) -> proto::response::Result {
+    let found = match join {
+        Some(join) => view.rd_join(templates, join, query),
+        None => Ok(view.rd_any(templates, query)),
+    };
+    match found {
+        Ok(found) => proto::response::Result::Tuples(fitting_view(found)),
+        Err(e) => error(Code::Limit, e.to_string()),
+    }
 }
 
 impl Node {

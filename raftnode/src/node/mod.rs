@@ -89,6 +89,8 @@ pub enum ReadOp {
     RdAll {
         /// What to match: a tuple matching any of these.
         templates: Vec<Template>,
+        /// And any of the templates this join yields when the read runs.
+        join: Option<tuplespace::union::Join>,
         /// Bounds, order and limit.
         query: Query,
     },

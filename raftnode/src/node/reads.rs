@@ -192,9 +192,14 @@ impl Node {
                 }
                 None => found(None),
             },
-            ReadOp::RdAll { templates, query } => {
-                response::Result::Tuples(self.machine.rd_any(&templates, &query))
-            }
+            ReadOp::RdAll {
+                templates,
+                join,
+                query,
+            } => match self.machine.rd_join(&templates, join.as_ref(), &query) {
+                Ok(found) => response::Result::Tuples(found),
+                Err(e) => error(Code::Limit, e.to_string()),
+            },
             ReadOp::ReadId(id) => found(space.read_id(id).map(|t| (id, t))),
             ReadOp::Count(template) => response::Result::Count(space.count(&template) as u64),
             ReadOp::Policy => response::Result::Policy(self.machine.policy()),

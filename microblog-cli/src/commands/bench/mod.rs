@@ -439,7 +439,7 @@ async fn throughput_on(
 pub type Signers = Arc<Vec<Identity>>;
 
 /// The bench's users: with authentication (the default), one registered user per client (up to
-/// 256, `bench0`, `bench1`, ...; client `i` signs as user `i % n`), each with a new key. With
+/// 256, `benchXXXX-0`, `benchXXXX-1`, ... with XXXX random per run; client `i` signs as user `i % n`), each with a new key. With
 /// `--no-auth`, the admin sets the policy to allow anonymous writes and the clients sign nothing.
 async fn bench_signers(
     load: &BenchLoad,
@@ -461,10 +461,15 @@ async fn bench_signers(
         return Ok(Arc::new(Vec::new()));
     }
     let n = load.clients.clamp(2, 256) as usize;
+    // Names of this run's own (a new key cannot take over a name an earlier run registered).
+    let run = format!("bench{:04x}-", rand::random::<u16>());
     let signers: Vec<Identity> = (0..n)
-        .map(|i| Identity::generate(&format!("bench{i}")))
+        .map(|i| Identity::generate(&format!("{run}{i}")))
         .collect();
-    eprintln!("bench: registering {n} users, one key each (authentication on)");
+    eprintln!(
+        "bench: registering {n} users {run}0..{run}{}, one key each (authentication on)",
+        n - 1
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for signer in &signers {
         let mut client =
