@@ -448,18 +448,17 @@ fn step(space: &mut Space, model: &mut Model, op: &Op) -> Result<(), TestCaseErr
             };
             // The model: the source's matches (oldest first), each giving a template.
             let sources = model.rd_all(&source, &Query::default());
-            let expected = if *from >= source.arity() {
-                Err(())
-            } else if sources.len() > tuplespace::union::MAX_TEMPLATES {
-                Err(())
-            } else {
-                let templates: Vec<Template> = sources
-                    .iter()
-                    .filter_map(|(_, t)| t.fields().get(*from))
-                    .map(|v| Template::new(vec![Field::Literal(v.clone()), Field::Any]))
-                    .collect();
-                Ok(model.rd_any(&templates, &query))
-            };
+            let expected =
+                if *from >= source.arity() || sources.len() > tuplespace::union::MAX_TEMPLATES {
+                    Err(())
+                } else {
+                    let templates: Vec<Template> = sources
+                        .iter()
+                        .filter_map(|(_, t)| t.fields().get(*from))
+                        .map(|v| Template::new(vec![Field::Literal(v.clone()), Field::Any]))
+                        .collect();
+                    Ok(model.rd_any(&templates, &query))
+                };
             let got = space
                 .rd_join(&[], &join, &query)
                 .map(owned_all)
