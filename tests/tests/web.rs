@@ -165,7 +165,7 @@ async fn events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_app_serves_signs_and_streams() {
     let _serial = serial().await;
-    let cluster = Cluster::start(3);
+    let mut cluster = Cluster::start(3);
     bounded(LIMIT, async {
         cluster.wait_leader(LEADER).await;
         let web = start_web(&cluster).await;
@@ -354,6 +354,44 @@ async fn the_web_app_serves_signs_and_streams() {
         let reply = act(web, &bob, reply).await["id"].as_u64().unwrap();
         let got = replies.await.unwrap();
         assert_eq!(got[0].0, reply, "the reply, not the post before it");
+
+        // The leader killed between posts: the stream goes on from where it was, nothing
+        // missed, nothing repeated.
+        let stream = tokio::spawn(events(
+            web,
+            format!("/events?after={two}&author=alice"),
+            None,
+            3,
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut ids = Vec::new();
+        ids.push(
+            act(
+                web,
+                &alice,
+                post_action(&alice, "before the kill", None, 9_000),
+            )
+            .await["id"]
+                .as_u64()
+                .unwrap(),
+        );
+        let leader = cluster.wait_leader(LEADER).await;
+        cluster.kill(leader);
+        for (i, text) in ["after the kill", "and again"].into_iter().enumerate() {
+            let posted = act(
+                web,
+                &alice,
+                post_action(&alice, text, None, 10_000 + i as i64),
+            )
+            .await;
+            ids.push(posted["id"].as_u64().unwrap());
+        }
+        let got = stream.await.unwrap();
+        assert_eq!(
+            got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            ids,
+            "across the kill"
+        );
 
         // Limits: a body over 64 KiB is refused; a malformed one too.
         let big = format!(
