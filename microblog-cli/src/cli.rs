@@ -15,6 +15,7 @@ const ABOUT: &str = "A microblog on a replicated tuple space (raft over ZeroMQ).
 
 const AFTER_HELP: &str = "\
 Examples:
+  microblog up                                          # the local cluster and the web app (:8080)
   microblog cluster up                                  # start configs/local-3.toml; Ctrl-C stops it
   microblog --user alice post \"hello, world\" --topic intro
   microblog --user bob follow alice
