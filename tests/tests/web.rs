@@ -393,6 +393,21 @@ async fn the_web_app_serves_signs_and_streams() {
             "across the kill"
         );
 
+        // One address holds at most MAX_STREAMS_PER_ADDR live streams at once.
+        let mut held = Vec::new();
+        for _ in 0..microblog_cli::web::live::MAX_STREAMS_PER_ADDR {
+            let mut s = TcpStream::connect(web).await.unwrap();
+            let head = format!("GET /events?after=0 HTTP/1.1\r\nHost: {web}\r\n\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).await.unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            held.push(s);
+        }
+        let over = http(web, "GET", "/events?after=0", None).await;
+        assert_eq!(over.status, 429, "{}", over.body);
+        drop(held);
+
         // Limits: a body over 64 KiB is refused; a malformed one too.
         let big = format!(
             "{{\"user\":\"alice\",\"pad\":\"{}\"}}",

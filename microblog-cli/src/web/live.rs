@@ -6,15 +6,17 @@
 //! whichever node answers, before or after a leader change, the next event is the oldest post not
 //! sent yet: none missed, none repeated. A browser that reconnects sends `Last-Event-ID` (the last
 //! id it received), which wins over `after`, and resumes exactly there. Every stream has its own
-//! client (a blocking `rd` holds its connection) and at most [`MAX_STREAMS`] run at once; beyond
-//! that the answer is 503 and the browser retries later.
+//! client (a blocking `rd` holds its connection) and at most [`MAX_STREAMS`] run at once, at most
+//! [`MAX_STREAMS_PER_ADDR`] from one address; beyond that the answer is 503 (or 429) and the
+//! browser retries later.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -30,17 +32,30 @@ use crate::model::{Post, PostFilter, check_topic, check_user};
 /// The most live streams at once.
 pub const MAX_STREAMS: usize = 256;
 
+/// The most live streams from one address at once (so one client cannot hold them all).
+pub const MAX_STREAMS_PER_ADDR: usize = 32;
+
 /// How long one blocking `rd` waits on the server before asking again.
 const POLL: Duration = Duration::from_secs(2);
 
 static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts a stream while it lives.
-struct Slot;
+/// Counts a stream while it lives, in all and for its address.
+struct Slot {
+    app: Arc<App>,
+    addr: IpAddr,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
         STREAMS.fetch_sub(1, Ordering::AcqRel);
+        let mut by_addr = self.app.streams_by_addr();
+        if let Some(n) = by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                by_addr.remove(&self.addr);
+            }
+        }
     }
 }
 
@@ -55,6 +70,7 @@ pub(super) struct Filter {
 /// `GET /events`.
 pub(super) async fn events(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<Filter>,
 ) -> Response {
@@ -79,15 +95,33 @@ pub(super) async fn events(
         )
             .into_response();
     };
-    if STREAMS.fetch_add(1, Ordering::AcqRel) >= MAX_STREAMS {
-        STREAMS.fetch_sub(1, Ordering::AcqRel);
+    let addr = peer.ip();
+    {
+        let mut by_addr = app.streams_by_addr();
+        let mine = by_addr.entry(addr).or_insert(0);
+        if *mine >= MAX_STREAMS_PER_ADDR {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many live streams from your address; close some",
+            )
+                .into_response();
+        }
+        *mine += 1;
+    }
+    // Counted from here on (the slot's drop uncounts it).
+    STREAMS.fetch_add(1, Ordering::AcqRel);
+    let slot = Slot {
+        app: Arc::clone(&app),
+        addr,
+    };
+    if STREAMS.load(Ordering::Acquire) > MAX_STREAMS {
+        drop(slot);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many live streams; retry later",
         )
             .into_response();
     }
-    let slot = Slot;
     let filter = PostFilter {
         author: q.author,
         topic: q.topic,
@@ -125,6 +159,6 @@ pub(super) async fn events(
         }
     });
     Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
         .into_response()
 }

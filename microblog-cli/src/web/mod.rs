@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use axum::extract::{DefaultBodyLimit, Path, Query as UrlQuery, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query as UrlQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -59,6 +59,8 @@ pub struct App {
     /// The client that relays browser-signed writes.
     writer: Mutex<Client>,
     relay: std::sync::Mutex<relay::Relay>,
+    /// Live streams open per client address.
+    streams: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     endpoints: Vec<String>,
     options: ClientOptions,
 }
@@ -79,6 +81,7 @@ impl App {
             next: AtomicUsize::new(0),
             writer: Mutex::new(Client::with_options(endpoints.clone(), options.clone())),
             relay: std::sync::Mutex::default(),
+            streams: std::sync::Mutex::default(),
             endpoints,
             options,
         })
@@ -97,6 +100,12 @@ impl App {
 
     fn relay(&self) -> std::sync::MutexGuard<'_, relay::Relay> {
         self.relay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn streams_by_addr(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -146,7 +155,8 @@ pub async fn run(
     app: Arc<App>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(stop)
         .await
 }
@@ -651,7 +661,11 @@ async fn ops_of(app: &App, user: &str, key: &[u8], action: Action) -> Result<Vec
     }
 }
 
-async fn prepare(State(app): State<Arc<App>>, Json(body): Json<PrepareBody>) -> Response {
+async fn prepare(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<PrepareBody>,
+) -> Response {
     if let Err(e) = check_user(&body.user) {
         return api_failure(e);
     }
@@ -672,7 +686,19 @@ async fn prepare(State(app): State<Arc<App>>, Json(body): Json<PrepareBody>) -> 
             (Err(e), _) | (_, Err(e)) => return api_failure(e.into()),
         }
     };
-    let (ticket, prepared) = app.relay().prepare(&body.user, &key, cluster_id, now, ops);
+    let prepared = app
+        .relay()
+        .prepare(peer.ip(), &body.user, &key, cluster_id, now, ops);
+    let Some((ticket, prepared)) = prepared else {
+        return api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} prepared writes from your address wait for signatures; submit or wait a \
+                 minute",
+                relay::MAX_TICKETS_PER_ADDR
+            ),
+        );
+    };
     let to_sign: Vec<String> = prepared.iter().map(|p| hex::encode(&p.to_sign)).collect();
     Json(serde_json::json!({ "ticket": ticket, "to_sign": to_sign })).into_response()
 }

@@ -21,6 +21,7 @@
 //! carries its own signature, checked by every reader.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -32,6 +33,10 @@ pub const TICKET_LIFE: Duration = Duration::from_secs(60);
 
 /// The most tickets waiting at once (the oldest is dropped beyond it).
 pub const MAX_TICKETS: usize = 10_000;
+
+/// The most tickets waiting from one client address (so one client cannot crowd out the others'
+/// tickets).
+pub const MAX_TICKETS_PER_ADDR: usize = 64;
 
 /// The most users with a session at the server at once (the least recently used is forgotten).
 pub const MAX_SESSIONS: usize = 10_000;
@@ -88,6 +93,7 @@ pub struct Prepared {
 /// A ticket: the requests one action needs, for one user.
 #[derive(Debug)]
 struct Ticket {
+    addr: IpAddr,
     user: String,
     session: u64,
     seqs: Vec<u64>,
@@ -107,13 +113,17 @@ impl Relay {
     /// a while past cluster time `now_ms`: a ticket and the requests' bytes to sign.
     pub fn prepare(
         &mut self,
+        addr: IpAddr,
         user: &str,
         public_key: &[u8],
         cluster_id: u64,
         now_ms: u64,
         ops: Vec<proto::request::Op>,
-    ) -> (String, Vec<Prepared>) {
+    ) -> Option<(String, Vec<Prepared>)> {
         self.expire();
+        if self.tickets.values().filter(|t| t.addr == addr).count() >= MAX_TICKETS_PER_ADDR {
+            return None;
+        }
         if !self.sessions.contains_key(user) && self.sessions.len() >= MAX_SESSIONS {
             let oldest = self
                 .sessions
@@ -167,6 +177,7 @@ impl Relay {
         self.tickets.insert(
             id.clone(),
             Ticket {
+                addr,
                 user: user.to_string(),
                 session,
                 seqs,
@@ -174,7 +185,7 @@ impl Relay {
                 made: Instant::now(),
             },
         );
-        (id, requests)
+        Some((id, requests))
     }
 
     /// The signed requests of ticket `id`, given its signatures in order (the ticket is used up).
@@ -264,6 +275,8 @@ mod tests {
     use super::*;
     use raftnode::identity::{Identity, open};
 
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn count() -> proto::request::Op {
         proto::request::Op::Count(proto::Count::default())
     }
@@ -272,8 +285,9 @@ mod tests {
     fn a_prepared_request_signed_elsewhere_opens_as_its_user() {
         let mut relay = Relay::default();
         let alice = Identity::from_seed("alice", [3; 32]);
-        let (ticket, prepared) =
-            relay.prepare("alice", &alice.public_key(), 7, 1_000, vec![count()]);
+        let (ticket, prepared) = relay
+            .prepare(HOME, "alice", &alice.public_key(), 7, 1_000, vec![count()])
+            .unwrap();
         let signature = alice.sign(&prepared[0].to_sign).to_vec();
         let (user, session, seqs) = relay.ticket_of(&ticket).unwrap();
         assert_eq!((user.as_str(), seqs.as_slice()), ("alice", &[1u64][..]));
@@ -290,22 +304,49 @@ mod tests {
     fn the_acknowledgement_never_passes_an_open_number() {
         let mut relay = Relay::default();
         let key = [1u8; 32];
-        let (t1, _) = relay.prepare("bob", &key, 1, 0, vec![count()]);
-        let (t2, p2) = relay.prepare("bob", &key, 1, 0, vec![count(), count()]);
+        let (t1, _) = relay
+            .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+            .unwrap();
+        let (t2, p2) = relay
+            .prepare(HOME, "bob", &key, 1, 0, vec![count(), count()])
+            .unwrap();
         let inner = proto::Request::decode(p2[1].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (3, 0), "1 and 2 are open");
         let (_, session, seqs) = relay.ticket_of(&t2).unwrap();
         relay.done("bob", session, &seqs);
-        let (_, p3) = relay.prepare("bob", &key, 1, 0, vec![count()]);
+        let (_, p3) = relay
+            .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+            .unwrap();
         let inner = proto::Request::decode(p3[0].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (4, 0), "1 is still open");
         let (_, _, seqs) = relay.ticket_of(&t1).unwrap();
         relay.done("bob", session, &seqs);
-        let (_, p4) = relay.prepare("bob", &key, 1, 0, vec![count()]);
+        let (_, p4) = relay
+            .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+            .unwrap();
         let inner = proto::Request::decode(p4[0].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (5, 3), "4 is open");
+        // One address cannot hold more than its share of waiting tickets.
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+        for _ in 0..MAX_TICKETS_PER_ADDR {
+            relay
+                .prepare(other, "mallory", &key, 1, 0, vec![count()])
+                .unwrap();
+        }
+        assert!(
+            relay
+                .prepare(other, "mallory", &key, 1, 0, vec![count()])
+                .is_none()
+        );
+        assert!(
+            relay
+                .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+                .is_some()
+        );
         // A wrong number of signatures is refused, the ticket kept.
-        let (t5, _) = relay.prepare("bob", &key, 1, 0, vec![count()]);
+        let (t5, _) = relay
+            .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+            .unwrap();
         assert!(relay.take(&t5, &[]).is_err());
         assert!(relay.ticket_of(&t5).is_some());
     }
