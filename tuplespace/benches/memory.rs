@@ -13,7 +13,8 @@
 //!
 //! Criterion-style arguments (`--bench`, filters) are ignored, except that without `--bench` (as
 //! under `cargo test --all-targets`, which runs bench targets unoptimised as smoke tests) it
-//! builds 10,000 tuples instead of 1,000,000.
+//! builds 10,000 tuples instead of 1,000,000. `MEMORY_TUPLES=N` builds N tuples instead (the
+//! scale figures at 3M and 10M).
 
 // `GlobalAlloc` is an unsafe trait: implementing it, and forwarding to `System`, needs `unsafe`.
 // This file only wraps the system allocator to count bytes; the crate itself stays safe.
@@ -114,7 +115,11 @@ fn mib(bytes: u64) -> f64 {
 
 fn main() {
     let n = if std::env::args().any(|a| a == "--bench") {
-        RESIDENT
+        // MEMORY_TUPLES=3000000 (or 10000000) measures a bigger space.
+        std::env::var("MEMORY_TUPLES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RESIDENT)
     } else {
         println!("(no --bench argument: smoke run with 10,000 tuples)");
         10_000
