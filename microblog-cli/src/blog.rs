@@ -27,6 +27,9 @@ pub use tuplespace::union::MAX_TEMPLATES;
 /// Posts per page when a timeline pages through all posts.
 const TIMELINE_PAGE: usize = 1_000;
 
+/// The most pages such a timeline reads (100,000 posts).
+const TIMELINE_MAX_PAGES: usize = 100;
+
 /// What `follow` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FollowOutcome {
@@ -357,6 +360,24 @@ impl<S: Store> Blog<S> {
         Ok(posts_of(entries))
     }
 
+    /// A post and its first `limit` direct replies, oldest first.
+    pub async fn show_first(&mut self, id: TupleId, limit: usize) -> Result<(Post, Vec<Post>)> {
+        let Some(post) = self.get_post(id).await? else {
+            return Err(no_post(id));
+        };
+        let replies = PostFilter {
+            reply_to: Some(id),
+            ..PostFilter::default()
+        };
+        let query = Query {
+            limit: limit.clamp(1, MAX_LIST),
+            after: id,
+            ..Query::default()
+        };
+        let entries = self.store.rd_all(&replies.template(), &query).await?;
+        Ok((post, posts_of(entries)))
+    }
+
     /// A post and its direct replies, oldest reply first.
     pub async fn show(&mut self, id: TupleId) -> Result<(Post, Vec<Post>)> {
         let Some(post) = self.get_post(id).await? else {
@@ -429,7 +450,9 @@ impl<S: Store> Blog<S> {
         let every_post = PostFilter::default().template();
         let mut found = Vec::new();
         let mut before = before.unwrap_or(TupleId::MAX);
-        loop {
+        // Bounded: a timeline over very many authors, of whom few posted lately, stops after
+        // this many pages with what it found (an older page goes on with `before`).
+        for _ in 0..TIMELINE_MAX_PAGES {
             let query = Query {
                 limit: TIMELINE_PAGE,
                 before,
@@ -453,6 +476,7 @@ impl<S: Store> Blog<S> {
                 return Ok(found);
             }
         }
+        Ok(found)
     }
 
     /// `me` follows `them` (who must exist). Following twice changes nothing.
@@ -517,10 +541,17 @@ impl<S: Store> Blog<S> {
 
     /// Every registered user with their key's fingerprint and number of posts, by name.
     pub async fn users(&mut self) -> Result<Vec<UserInfo>> {
+        self.users_first(usize::MAX).await
+    }
+
+    /// The first `limit` registered users by name, with fingerprints and post counts (one count
+    /// request each: the web app shows a bounded page of them).
+    pub async fn users_first(&mut self, limit: usize) -> Result<Vec<UserInfo>> {
         let entries = rd_every(&mut self.store, &user_template(None), 0).await?;
         let mut users: Vec<(String, Vec<u8>)> =
             entries.iter().filter_map(|(_, t)| user_of(t)).collect();
         users.sort();
+        users.truncate(limit);
         let mut out = Vec::with_capacity(users.len());
         for (name, key) in users {
             let filter = PostFilter {
@@ -540,9 +571,15 @@ impl<S: Store> Blog<S> {
 
     /// Every topic with its number of posts, most posts first.
     pub async fn topics(&mut self) -> Result<Vec<NameCount>> {
+        self.topics_first(usize::MAX).await
+    }
+
+    /// The first `limit` topics by name, with their numbers of posts, most posts first (one count
+    /// request each).
+    pub async fn topics_first(&mut self, limit: usize) -> Result<Vec<NameCount>> {
         let names = self.names(TOPIC).await?;
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
+        let mut out = Vec::with_capacity(names.len().min(limit));
+        for name in names.into_iter().take(limit) {
             let filter = PostFilter {
                 topic: Some(name.clone()),
                 ..PostFilter::default()

@@ -76,9 +76,16 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) ->
         .expect("an HTTP answer in time")
 }
 
+/// The browser's secret session token (here derived from the key, for a stable test).
+fn token(me: &Identity) -> String {
+    hex::encode(blake3::hash(&me.public_key()).as_bytes())
+}
+
 /// Does in the browser's place what `app.js` does: prepare, sign, submit.
 async fn act(addr: SocketAddr, me: &Identity, action: Json) -> Json {
-    let mut body = json!({ "user": me.user(), "public_key": hex::encode(me.public_key()) });
+    let mut body = json!({
+        "user": me.user(), "public_key": hex::encode(me.public_key()), "session_token": token(me),
+    });
     for (k, v) in action.as_object().unwrap() {
         body[k] = v.clone();
     }
@@ -270,13 +277,17 @@ async fn the_web_app_serves_signs_and_streams() {
             user.body.contains("data-following=\"true\""),
             "alice follows bob"
         );
-        let mut body = json!({ "user": "bob", "public_key": hex::encode(bob.public_key()) });
+        let mut body = json!({
+            "user": "bob", "public_key": hex::encode(bob.public_key()), "session_token": token(&bob),
+        });
         body["action"] = json!("delete");
         body["id"] = json!(first);
         let refused = http(web, "POST", "/api/prepare", Some(&body.to_string())).await;
         assert_eq!(refused.status, 403, "{}", refused.body);
         // Someone submitting with another key's signatures is refused by the cluster.
-        let mut body = json!({ "user": "alice", "public_key": hex::encode(alice.public_key()) });
+        let mut body = json!({
+            "user": "alice", "public_key": hex::encode(alice.public_key()), "session_token": token(&alice),
+        });
         body["action"] = json!("delete");
         body["id"] = json!(first);
         let prepared = http(web, "POST", "/api/prepare", Some(&body.to_string()))
@@ -419,7 +430,7 @@ async fn the_web_app_serves_signs_and_streams() {
         );
         let bad = http(web, "POST", "/api/prepare", Some("{not json")).await;
         assert!(bad.status == 400 || bad.status == 422, "{}", bad.status);
-        let bad_user = json!({ "user": "", "public_key": "00", "action": "register" });
+        let bad_user = json!({ "user": "", "public_key": "00", "session_token": "00", "action": "register" });
         assert_eq!(
             http(web, "POST", "/api/prepare", Some(&bad_user.to_string()))
                 .await

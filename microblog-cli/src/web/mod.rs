@@ -44,6 +44,12 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Posts per page.
 const PAGE: usize = 30;
 
+/// The most replies a post's page shows (oldest first).
+const REPLIES: usize = 200;
+
+/// The most users or topics their pages list (each costs a count request).
+const LISTED: usize = 200;
+
 /// Clients the server keeps for reads (each one request at a time).
 const POOL: usize = 32;
 
@@ -396,7 +402,7 @@ async fn one_post(
 ) -> Page {
     let (post, replies) = {
         let mut blog = app.blog().await;
-        let (post, replies) = blog.show(id).await?;
+        let (post, replies) = blog.show_first(id, REPLIES).await?;
         let mut all = vec![post];
         all.extend(replies);
         blog.verify(&mut all).await?;
@@ -426,7 +432,7 @@ async fn one_post(
 }
 
 async fn users(State(app): State<Arc<App>>, headers: HeaderMap) -> Page {
-    let list = app.blog().await.users().await?;
+    let list = app.blog().await.users_first(LISTED).await?;
     let me = me(&headers);
     Ok(pages::layout(
         "users",
@@ -437,7 +443,7 @@ async fn users(State(app): State<Arc<App>>, headers: HeaderMap) -> Page {
 }
 
 async fn topics(State(app): State<Arc<App>>, headers: HeaderMap) -> Page {
-    let list = app.blog().await.topics().await?;
+    let list = app.blog().await.topics_first(LISTED).await?;
     let me = me(&headers);
     Ok(pages::layout(
         "topics",
@@ -552,6 +558,9 @@ struct PrepareBody {
     user: String,
     /// The browser's public key (hex, 32 bytes).
     public_key: String,
+    /// The browser's secret session token (hex, 16 to 64 bytes; random, kept beside the key):
+    /// the server's session for this user and this browser is keyed by it (see [`relay`]).
+    session_token: String,
     #[serde(flatten)]
     action: Action,
 }
@@ -630,6 +639,9 @@ async fn ops_of(app: &App, user: &str, key: &[u8], action: Action) -> Result<Vec
             if them == user {
                 return Err(Error::usage("you cannot follow yourself"));
             }
+            if !app.blog().await.user_exists(&them).await? {
+                return Err(Error::not_found(format!("no user {them:?}")));
+            }
             let pair = follow_tuple(user, &them);
             Ok(vec![Op::Cas(proto::Cas {
                 template: codec::template_to_bytes(&Template::literal(&pair)),
@@ -673,6 +685,16 @@ async fn prepare(
         Ok(k) if k.len() == 32 => k,
         _ => return api_error(StatusCode::BAD_REQUEST, "public_key: 32 bytes in hex"),
     };
+    let token = match hex::decode(&body.session_token) {
+        Ok(t) if (16..=64).contains(&t.len()) => t,
+        _ => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "session_token: 16 to 64 bytes in hex",
+            );
+        }
+    };
+    let owner = relay::owner(&body.user, &token);
     let ops = match ops_of(&app, &body.user, &key, body.action).await {
         Ok(ops) => ops,
         Err(e) => return api_failure(e),
@@ -686,9 +708,17 @@ async fn prepare(
             (Err(e), _) | (_, Err(e)) => return api_failure(e.into()),
         }
     };
-    let prepared = app
-        .relay()
-        .prepare(peer.ip(), &body.user, &key, cluster_id, now, ops);
+    let prepared = app.relay().prepare(
+        peer.ip(),
+        relay::Writer {
+            owner: &owner,
+            user: &body.user,
+            public_key: &key,
+        },
+        cluster_id,
+        now,
+        ops,
+    );
     let Some((ticket, prepared)) = prepared else {
         return api_error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -710,7 +740,11 @@ struct SubmitBody {
     signatures: Vec<String>,
 }
 
-async fn submit(State(app): State<Arc<App>>, Json(body): Json<SubmitBody>) -> Response {
+async fn submit(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<SubmitBody>,
+) -> Response {
     let Ok(signatures) = body
         .signatures
         .iter()
@@ -719,7 +753,7 @@ async fn submit(State(app): State<Arc<App>>, Json(body): Json<SubmitBody>) -> Re
     else {
         return api_error(StatusCode::BAD_REQUEST, "signatures: hex");
     };
-    let (requests, (user, session, seqs)) = {
+    let (requests, (owner, session, seqs)) = {
         let mut relay = app.relay();
         let Some(ticket) = relay.ticket_of(&body.ticket) else {
             return api_error(
@@ -736,7 +770,7 @@ async fn submit(State(app): State<Arc<App>>, Json(body): Json<SubmitBody>) -> Re
     let mut failure = None;
     {
         let mut writer = app.writer.lock().await;
-        for request in requests {
+        for request in requests.iter().cloned() {
             match writer.relay(request).await {
                 Ok(result) => results.push(result),
                 Err(e) => {
@@ -749,21 +783,26 @@ async fn submit(State(app): State<Arc<App>>, Json(body): Json<SubmitBody>) -> Re
     let mut relay = app.relay();
     match failure {
         Some(ClientError::OutcomeUnknown(why)) => {
-            // Not done: the session may still apply it; keep the numbers open.
+            // Not done: the cluster may still apply it. The ticket is kept with its signed
+            // requests: submitting it again resends the same bytes, applied at most once.
+            relay.keep(&body.ticket, peer.ip(), (owner, session, seqs), requests);
             api_error(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("outcome unknown: {why}"),
+                format!(
+                    "outcome unknown: {why}; submit the same ticket again (it is applied at most \
+                     once)"
+                ),
             )
         }
         Some(e) => {
-            if matches!(e, ClientError::SessionExpired(_)) {
-                relay.renew(&user, session);
-            }
-            relay.done(&user, session, &seqs);
+            // A definite refusal. A new session mends an expired one, or one another user
+            // claimed; it costs nothing otherwise.
+            relay.renew(&owner, session);
+            relay.done(&owner, session, &seqs);
             api_failure(e.into())
         }
         None => {
-            relay.done(&user, session, &seqs);
+            relay.done(&owner, session, &seqs);
             let last = results.last().cloned();
             Json(answer(last)).into_response()
         }

@@ -13,10 +13,15 @@
 //!    signature beside its bytes and sends the requests to the cluster ([`Client::relay`]); the
 //!    cluster verifies them against the user's registered key like any signed request.
 //!
-//! Each user gets one session of the server's (random, owned by that user in the cluster from its
-//! first request), with request numbers handed out at prepare; a ticket lives
-//! [`TICKET_LIFE`], and a request number whose ticket expired unsubmitted counts as done for the
-//! acknowledgement (it can never be submitted any more). A server that lied could ask the browser
+//! Each browser gets one session of the server's per user (random, owned by that user in the
+//! cluster from its first request), with request numbers handed out at prepare. Sessions are keyed
+//! by the user *and a secret token the browser keeps* (random, in IndexedDB beside the key): a
+//! caller who names alice without her token gets a session of its own, never sees alice's session
+//! id or numbers, and so can neither take her next number nor claim her session at the cluster.
+//! A ticket lives [`TICKET_LIFE`]; a request number whose ticket expired unsubmitted counts as
+//! done for the acknowledgement (it can never be submitted any more). A ticket whose submission
+//! ended with an unknown outcome is kept, with its signed requests, so the browser can submit it
+//! again: the same signed bytes, so the cluster applies it at most once. A server that lied could ask the browser
 //! to sign another request than the page describes; it could not forge a post's content, which
 //! carries its own signature, checked by every reader.
 
@@ -94,11 +99,30 @@ pub struct Prepared {
 #[derive(Debug)]
 struct Ticket {
     addr: IpAddr,
-    user: String,
+    /// The session's key: the user and the hash of the browser's token.
+    owner: String,
     session: u64,
     seqs: Vec<u64>,
     requests: Vec<Prepared>,
+    /// The signed requests, once submitted with an unknown outcome (resubmitted as they are).
+    sealed: Option<Vec<proto::Request>>,
     made: Instant,
+}
+
+/// Who prepares a write: the session's key ([`owner`]), the user, and the user's public key.
+#[derive(Clone, Copy, Debug)]
+pub struct Writer<'a> {
+    /// The session's key.
+    pub owner: &'a str,
+    /// The user the requests name.
+    pub user: &'a str,
+    /// The key that will sign them (32 bytes).
+    pub public_key: &'a [u8],
+}
+
+/// The key of `user`'s session for the browser holding `token`.
+pub fn owner(user: &str, token: &[u8]) -> String {
+    format!("{user}\0{}", blake3::hash(token).to_hex())
 }
 
 /// Sessions and tickets.
@@ -114,8 +138,11 @@ impl Relay {
     pub fn prepare(
         &mut self,
         addr: IpAddr,
-        user: &str,
-        public_key: &[u8],
+        Writer {
+            owner,
+            user,
+            public_key,
+        }: Writer<'_>,
         cluster_id: u64,
         now_ms: u64,
         ops: Vec<proto::request::Op>,
@@ -124,7 +151,7 @@ impl Relay {
         if self.tickets.values().filter(|t| t.addr == addr).count() >= MAX_TICKETS_PER_ADDR {
             return None;
         }
-        if !self.sessions.contains_key(user) && self.sessions.len() >= MAX_SESSIONS {
+        if !self.sessions.contains_key(owner) && self.sessions.len() >= MAX_SESSIONS {
             let oldest = self
                 .sessions
                 .iter()
@@ -146,7 +173,7 @@ impl Relay {
         }
         let session = self
             .sessions
-            .entry(user.to_string())
+            .entry(owner.to_string())
             .or_insert_with(Session::new);
         session.used = Instant::now();
         let mut seqs = Vec::new();
@@ -178,10 +205,11 @@ impl Relay {
             id.clone(),
             Ticket {
                 addr,
-                user: user.to_string(),
+                owner: owner.to_string(),
                 session,
                 seqs,
                 requests: requests.clone(),
+                sealed: None,
                 made: Instant::now(),
             },
         );
@@ -198,6 +226,12 @@ impl Relay {
         let Some(ticket) = self.tickets.get(id) else {
             return Err("no such ticket (it expired or was used): prepare again".into());
         };
+        if let Some(sealed) = &ticket.sealed {
+            // A resubmission after an unknown outcome: the same signed requests.
+            let sealed = sealed.clone();
+            self.tickets.remove(id);
+            return Ok(sealed);
+        }
         if signatures.len() != ticket.requests.len() {
             return Err(format!(
                 "the ticket has {} requests to sign, not {}",
@@ -220,9 +254,33 @@ impl Relay {
         Ok(requests)
     }
 
-    /// The requests `seqs` of `user`'s session `session` were answered (or can no longer be).
-    pub fn done(&mut self, user: &str, session: u64, seqs: &[u64]) {
-        if let Some(s) = self.sessions.get_mut(user)
+    /// The submission of ticket `id` (its signed `requests`) ended with an unknown outcome:
+    /// keep it, so that it can be submitted again as it is, until it expires.
+    pub fn keep(
+        &mut self,
+        id: &str,
+        addr: IpAddr,
+        (owner, session, seqs): (String, u64, Vec<u64>),
+        requests: Vec<proto::Request>,
+    ) {
+        self.tickets.insert(
+            id.to_string(),
+            Ticket {
+                addr,
+                owner,
+                session,
+                seqs,
+                requests: Vec::new(),
+                sealed: Some(requests),
+                made: Instant::now(),
+            },
+        );
+    }
+
+    /// The requests `seqs` of session `session` (key `owner`) were answered (or can no longer
+    /// be).
+    pub fn done(&mut self, owner: &str, session: u64, seqs: &[u64]) {
+        if let Some(s) = self.sessions.get_mut(owner)
             && s.id == session
         {
             for seq in seqs {
@@ -231,24 +289,24 @@ impl Relay {
         }
     }
 
-    /// The user, session and numbers of ticket `id`.
+    /// The session key, session and numbers of ticket `id`.
     pub fn ticket_of(&self, id: &str) -> Option<(String, u64, Vec<u64>)> {
         self.tickets
             .get(id)
-            .map(|t| (t.user.clone(), t.session, t.seqs.clone()))
+            .map(|t| (t.owner.clone(), t.session, t.seqs.clone()))
     }
 
-    /// Forgets `user`'s session (its requests came back SESSION_EXPIRED): the next prepare
-    /// starts a new one.
-    pub fn renew(&mut self, user: &str, session: u64) {
-        if self.sessions.get(user).is_some_and(|s| s.id == session) {
-            self.sessions.remove(user);
+    /// Forgets session `session` (key `owner`): its requests came back refused in a way a new
+    /// session mends (expired, or claimed by another user): the next prepare starts a new one.
+    pub fn renew(&mut self, owner: &str, session: u64) {
+        if self.sessions.get(owner).is_some_and(|s| s.id == session) {
+            self.sessions.remove(owner);
         }
     }
 
     fn drop_ticket(&mut self, id: &str) {
         if let Some(t) = self.tickets.remove(id) {
-            self.done(&t.user, t.session, &t.seqs);
+            self.done(&t.owner, t.session, &t.seqs);
         }
     }
 
@@ -286,11 +344,21 @@ mod tests {
         let mut relay = Relay::default();
         let alice = Identity::from_seed("alice", [3; 32]);
         let (ticket, prepared) = relay
-            .prepare(HOME, "alice", &alice.public_key(), 7, 1_000, vec![count()])
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("alice", b"t"),
+                    user: "alice",
+                    public_key: &alice.public_key(),
+                },
+                7,
+                1_000,
+                vec![count()],
+            )
             .unwrap();
         let signature = alice.sign(&prepared[0].to_sign).to_vec();
-        let (user, session, seqs) = relay.ticket_of(&ticket).unwrap();
-        assert_eq!((user.as_str(), seqs.as_slice()), ("alice", &[1u64][..]));
+        let (key, session, seqs) = relay.ticket_of(&ticket).unwrap();
+        assert_eq!((key, seqs.as_slice()), (owner("alice", b"t"), &[1u64][..]));
         let requests = relay.take(&ticket, &[signature]).unwrap();
         let opened = open(requests[0].clone(), 7).unwrap();
         assert_eq!(opened.signer.unwrap().user, "alice");
@@ -301,28 +369,127 @@ mod tests {
     }
 
     #[test]
+    fn another_token_gets_another_session_and_unknown_outcomes_resubmit() {
+        let mut relay = Relay::default();
+        let key = [1u8; 32];
+        let (_, mine) = relay
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("alice", b"mine"),
+                    user: "alice",
+                    public_key: &key,
+                },
+                1,
+                0,
+                vec![count()],
+            )
+            .unwrap();
+        let (_, theirs) = relay
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("alice", b"theirs"),
+                    user: "alice",
+                    public_key: &key,
+                },
+                1,
+                0,
+                vec![count()],
+            )
+            .unwrap();
+        let mine = proto::Request::decode(mine[0].signed.as_slice()).unwrap();
+        let theirs = proto::Request::decode(theirs[0].signed.as_slice()).unwrap();
+        assert_ne!(
+            mine.session, theirs.session,
+            "a caller without the token never sees mine"
+        );
+        assert_eq!((mine.seq, theirs.seq), (1, 1));
+        // An unknown outcome: kept, and the same signed requests come back on resubmission.
+        let (t, p) = relay
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("bob", b"t"),
+                    user: "bob",
+                    public_key: &key,
+                },
+                1,
+                0,
+                vec![count()],
+            )
+            .unwrap();
+        let info = relay.ticket_of(&t).unwrap();
+        let sealed = relay.take(&t, &[vec![7; 64]]).unwrap();
+        relay.keep(&t, HOME, info, sealed.clone());
+        let again = relay.take(&t, &[]).unwrap();
+        assert_eq!(again, sealed);
+        assert_eq!(again[0].signed, p[0].signed);
+    }
+
+    #[test]
     fn the_acknowledgement_never_passes_an_open_number() {
         let mut relay = Relay::default();
         let key = [1u8; 32];
         let (t1, _) = relay
-            .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("bob", b"t"),
+                    user: "bob",
+                    public_key: &key,
+                },
+                1,
+                0,
+                vec![count()],
+            )
             .unwrap();
         let (t2, p2) = relay
-            .prepare(HOME, "bob", &key, 1, 0, vec![count(), count()])
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("bob", b"t"),
+                    user: "bob",
+                    public_key: &key,
+                },
+                1,
+                0,
+                vec![count(), count()],
+            )
             .unwrap();
         let inner = proto::Request::decode(p2[1].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (3, 0), "1 and 2 are open");
         let (_, session, seqs) = relay.ticket_of(&t2).unwrap();
-        relay.done("bob", session, &seqs);
+        relay.done(&owner("bob", b"t"), session, &seqs);
         let (_, p3) = relay
-            .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("bob", b"t"),
+                    user: "bob",
+                    public_key: &key,
+                },
+                1,
+                0,
+                vec![count()],
+            )
             .unwrap();
         let inner = proto::Request::decode(p3[0].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (4, 0), "1 is still open");
         let (_, _, seqs) = relay.ticket_of(&t1).unwrap();
-        relay.done("bob", session, &seqs);
+        relay.done(&owner("bob", b"t"), session, &seqs);
         let (_, p4) = relay
-            .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("bob", b"t"),
+                    user: "bob",
+                    public_key: &key,
+                },
+                1,
+                0,
+                vec![count()],
+            )
             .unwrap();
         let inner = proto::Request::decode(p4[0].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (5, 3), "4 is open");
@@ -330,22 +497,62 @@ mod tests {
         let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
         for _ in 0..MAX_TICKETS_PER_ADDR {
             relay
-                .prepare(other, "mallory", &key, 1, 0, vec![count()])
+                .prepare(
+                    other,
+                    Writer {
+                        owner: &owner("mallory", b"t"),
+                        user: "mallory",
+                        public_key: &key,
+                    },
+                    1,
+                    0,
+                    vec![count()],
+                )
                 .unwrap();
         }
         assert!(
             relay
-                .prepare(other, "mallory", &key, 1, 0, vec![count()])
+                .prepare(
+                    other,
+                    Writer {
+                        owner: &owner("mallory", b"t"),
+                        user: "mallory",
+                        public_key: &key
+                    },
+                    1,
+                    0,
+                    vec![count()]
+                )
                 .is_none()
         );
         assert!(
             relay
-                .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+                .prepare(
+                    HOME,
+                    Writer {
+                        owner: &owner("bob", b"t"),
+                        user: "bob",
+                        public_key: &key
+                    },
+                    1,
+                    0,
+                    vec![count()]
+                )
                 .is_some()
         );
         // A wrong number of signatures is refused, the ticket kept.
         let (t5, _) = relay
-            .prepare(HOME, "bob", &key, 1, 0, vec![count()])
+            .prepare(
+                HOME,
+                Writer {
+                    owner: &owner("bob", b"t"),
+                    user: "bob",
+                    public_key: &key,
+                },
+                1,
+                0,
+                vec![count()],
+            )
             .unwrap();
         assert!(relay.take(&t5, &[]).is_err());
         assert!(relay.ticket_of(&t5).is_some());

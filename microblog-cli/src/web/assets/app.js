@@ -60,9 +60,18 @@ async function api(path, body) {
   return answer;
 }
 
-// Prepare at the server, sign here, submit: one signed write.
+const newToken = () => hex(crypto.getRandomValues(new Uint8Array(32)));
+
+// Prepare at the server, sign here, submit: one signed write. The session token (random, kept
+// with the key) keys this browser's session at the server: nobody without it can see or use the
+// session's request numbers.
 async function act(key, action) {
-  const prepared = await api("/api/prepare", { user: key.user, public_key: key.publicKey, ...action });
+  const prepared = await api("/api/prepare", {
+    user: key.user,
+    public_key: key.publicKey,
+    session_token: key.token,
+    ...action,
+  });
   const signatures = [];
   for (const bytes of prepared.to_sign) signatures.push(await sign(key, unhex(bytes)));
   return api("/api/submit", { ticket: prepared.ticket, signatures });
@@ -109,7 +118,7 @@ async function register(form) {
   const user = form.user.value.trim();
   const pair = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
   const publicKey = hex(await crypto.subtle.exportKey("raw", pair.publicKey));
-  const key = { user, publicKey, privateKey: pair.privateKey };
+  const key = { user, publicKey, privateKey: pair.privateKey, token: newToken() };
   await act(key, { action: "register" });
   await saveKey(key);
   setUser(user);
@@ -136,7 +145,7 @@ async function importKey(form) {
   if (!(await crypto.subtle.verify({ name: "Ed25519" }, pub, sig, probe))) {
     throw new Error(`this key file is not ${name}'s registered key`);
   }
-  await saveKey({ user: name, publicKey: registered.public_key, privateKey });
+  await saveKey({ user: name, publicKey: registered.public_key, privateKey, token: newToken() });
   setUser(name);
   say(form, `imported ${name}'s key`);
   location.href = `/u/${encodeURIComponent(name)}`;
@@ -189,6 +198,10 @@ function showOwn() {
 
 async function main() {
   me = (await loadKey().catch(() => null)) || null;
+  if (me && !me.token) {
+    me.token = newToken();
+    await saveKey(me);
+  }
   const cookieUser = document.body.dataset.me;
   if (me && cookieUser !== me.user) setUser(me.user);
   if (!me && cookieUser) setUser(null);
