@@ -74,7 +74,16 @@ async function act(key, action) {
   });
   const signatures = [];
   for (const bytes of prepared.to_sign) signatures.push(await sign(key, unhex(bytes)));
-  return api("/api/submit", { ticket: prepared.ticket, signatures });
+  // An unknown outcome (504) keeps the ticket: the same signed bytes are sent again, and the
+  // cluster applies them at most once.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await api("/api/submit", { ticket: prepared.ticket, signatures });
+    } catch (e) {
+      if (attempt >= 3 || !String(e.message).startsWith("outcome unknown")) throw e;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
 }
 
 // The bytes a post's signature covers (README: "Signed posts").
