@@ -283,6 +283,10 @@ Examples:
         /// Where to listen (loopback by default; put a TLS proxy in front to serve others).
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: std::net::SocketAddr,
+        /// A proxy in front of the app (repeatable): from it, the client's address for the
+        /// per-address limits is the one it appends to X-Forwarded-For.
+        #[arg(long, value_name = "IP")]
+        trust_proxy: Vec<std::net::IpAddr>,
     },
     /// Start a local 3-node cluster (configs/local-3.toml, or --cluster) and the web app, in one
     /// command; Ctrl-C stops everything.

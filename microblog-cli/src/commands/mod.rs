@@ -187,7 +187,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tuple(cmd) => tuple::run(&mut ctx, cmd).await,
         Command::Cluster(cmd) => cluster::run(&mut ctx, cmd).await,
         Command::Bench(args) => bench::run(&mut ctx, args).await,
-        Command::Serve { listen } => web::serve(&mut ctx, listen).await,
+        Command::Serve {
+            listen,
+            trust_proxy,
+        } => web::serve(&mut ctx, listen, trust_proxy).await,
         Command::Up { listen } => web::up(&mut ctx, listen).await,
         Command::Completions { shell } => {
             let mut stdout = std::io::stdout();

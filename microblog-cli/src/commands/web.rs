@@ -8,10 +8,14 @@ use crate::connect;
 use crate::error::{Error, Result};
 
 /// `serve [--listen ADDR]`: the web app against the cluster the global options name.
-pub async fn serve(ctx: &mut Context, listen: SocketAddr) -> Result<()> {
+pub async fn serve(
+    ctx: &mut Context,
+    listen: SocketAddr,
+    trusted_proxies: Vec<std::net::IpAddr>,
+) -> Result<()> {
     let endpoints = ctx.endpoints()?;
     let options = connect::client_options(ctx.timeout, endpoints.len());
-    crate::web::serve(endpoints, options, listen, |addr| {
+    crate::web::serve(endpoints, options, listen, trusted_proxies, |addr| {
         println!("serving the microblog on http://{addr}/ (Ctrl-C stops)");
     })
     .await
@@ -43,7 +47,7 @@ pub async fn up(ctx: &mut Context, listen: SocketAddr) -> Result<()> {
         connect::client_options(ctx.timeout.max(Duration::from_secs(10)), endpoints.len());
     let nodes = raftnode::launch::up(exe, &["node"], &config, &file, "info");
     let probe = endpoints.clone();
-    let web = crate::web::serve(endpoints, options, listen, move |addr| {
+    let web = crate::web::serve(endpoints, options, listen, Vec::new(), move |addr| {
         println!("web app: http://{addr}/ (starting the cluster...)");
         // Said again, last, once the cluster answers, so it is not lost among the nodes' logs.
         tokio::spawn(async move {

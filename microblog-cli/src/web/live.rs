@@ -95,7 +95,7 @@ pub(super) async fn events(
         )
             .into_response();
     };
-    let addr = peer.ip();
+    let addr = app.client_addr(peer, &headers);
     {
         let mut by_addr = app.streams_by_addr();
         let mine = by_addr.entry(addr).or_insert(0);

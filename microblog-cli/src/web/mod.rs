@@ -10,6 +10,7 @@
 //! [`MAX_BODY`]; the only cookie is the signed-in user's *name* (not a secret: writes are
 //! authorized by signatures made in the browser).
 
+pub mod addr;
 pub mod live;
 pub mod pages;
 pub mod relay;
@@ -69,11 +70,23 @@ pub struct App {
     streams: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     endpoints: Vec<String>,
     options: ClientOptions,
+    /// Proxies whose `X-Forwarded-For` names the client (`--trust-proxy`).
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl App {
     /// An app for the cluster at `endpoints`.
     pub fn new(endpoints: Vec<String>, options: ClientOptions) -> Arc<App> {
+        App::behind(endpoints, options, Vec::new())
+    }
+
+    /// An app behind `trusted_proxies`, whose `X-Forwarded-For` says who the client is (for the
+    /// per-address limits; see [`addr`]).
+    pub fn behind(
+        endpoints: Vec<String>,
+        options: ClientOptions,
+        trusted_proxies: Vec<std::net::IpAddr>,
+    ) -> Arc<App> {
         let pool = (0..POOL)
             .map(|_| {
                 Mutex::new(Blog::new(Client::with_options(
@@ -90,7 +103,13 @@ impl App {
             streams: std::sync::Mutex::default(),
             endpoints,
             options,
+            trusted_proxies,
         })
+    }
+
+    /// The address `peer`'s request counts against.
+    fn client_addr(&self, peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
+        addr::client(peer, headers, &self.trusted_proxies)
     }
 
     /// A reading client: a free one if any, else the next in turn.
@@ -145,13 +164,18 @@ pub async fn serve(
     endpoints: Vec<String>,
     options: ClientOptions,
     listen: SocketAddr,
+    trusted_proxies: Vec<std::net::IpAddr>,
     ready: impl FnOnce(SocketAddr),
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     ready(listener.local_addr()?);
-    run(listener, App::new(endpoints, options), async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    run(
+        listener,
+        App::behind(endpoints, options, trusted_proxies),
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
     .await
 }
 
@@ -676,8 +700,10 @@ async fn ops_of(app: &App, user: &str, key: &[u8], action: Action) -> Result<Vec
 async fn prepare(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(body): Json<PrepareBody>,
 ) -> Response {
+    let from = app.client_addr(peer, &headers);
     if let Err(e) = check_user(&body.user) {
         return api_failure(e);
     }
@@ -709,7 +735,7 @@ async fn prepare(
         }
     };
     let prepared = app.relay().prepare(
-        peer.ip(),
+        from,
         relay::Writer {
             owner: &owner,
             user: &body.user,
@@ -743,8 +769,10 @@ struct SubmitBody {
 async fn submit(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(body): Json<SubmitBody>,
 ) -> Response {
+    let from = app.client_addr(peer, &headers);
     let Ok(signatures) = body
         .signatures
         .iter()
@@ -785,7 +813,7 @@ async fn submit(
         Some(ClientError::OutcomeUnknown(why)) => {
             // Not done: the cluster may still apply it. The ticket is kept with its signed
             // requests: submitting it again resends the same bytes, applied at most once.
-            relay.keep(&body.ticket, peer.ip(), (owner, session, seqs), requests);
+            relay.keep(&body.ticket, from, (owner, session, seqs), requests);
             api_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
