@@ -174,17 +174,9 @@ impl Store for MemoryStore {
         templates: &[Template],
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError> {
-        let capped = Query {
-            limit: if query.limit == 0 {
-                MAX_LIST
-            } else {
-                query.limit.min(MAX_LIST)
-            },
-            ..*query
-        };
         Ok(self
             .space
-            .rd_any(templates, &capped)
+            .rd_any(templates, &capped(query))
             .into_iter()
             .map(|(id, t)| (id, t.clone()))
             .collect())
@@ -195,11 +187,7 @@ impl Store for MemoryStore {
         join: &Join,
         query: &Query,
     ) -> Result<Vec<Entry>, ClientError> {
-        let capped = Query {
-            limit: query.limit.clamp(1, MAX_LIST),
-            ..*query
-        };
-        match self.space.rd_join(templates, join, &capped) {
+        match self.space.rd_join(templates, join, &capped(query)) {
             Ok(found) => Ok(found.into_iter().map(|(id, t)| (id, t.clone())).collect()),
             Err(e) => Err(ClientError::OverLimit(e.to_string())),
         }
@@ -230,6 +218,19 @@ impl Store for MemoryStore {
         let template = Template::literal(&entry);
         self.space.cas(&template, entry, None);
         Ok(())
+    }
+}
+
+/// A copy-collect's query as the cluster caps it: a limit of 0 or over [`MAX_LIST`] is
+/// [`MAX_LIST`].
+fn capped(query: &Query) -> Query {
+    Query {
+        limit: if query.limit == 0 {
+            MAX_LIST
+        } else {
+            query.limit.min(MAX_LIST)
+        },
+        ..*query
     }
 }
 

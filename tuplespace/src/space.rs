@@ -142,24 +142,7 @@ impl SpaceView {
 
     /// A copy-collect over the view (a scan of every tuple in the query's order).
     pub fn rd_all(&self, template: &Template, query: &Query) -> Vec<(TupleId, Tuple)> {
-        let inside = |id: TupleId| id > query.after && id < query.before;
-        let matching =
-            |(id, _, t): &(TupleId, Option<Millis>, &Tuple)| inside(*id) && template.matches(t);
-        let pick = |(id, _, t): (TupleId, Option<Millis>, &Tuple)| (id, t.clone());
-        if query.newest_first {
-            self.iter()
-                .rev()
-                .filter(matching)
-                .take(query.limit)
-                .map(pick)
-                .collect()
-        } else {
-            self.iter()
-                .filter(matching)
-                .take(query.limit)
-                .map(pick)
-                .collect()
-        }
+        self.rd_any(std::slice::from_ref(template), query)
     }
 }
 

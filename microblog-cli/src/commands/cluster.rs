@@ -53,11 +53,22 @@ pub async fn run(ctx: &mut Context, cmd: ClusterCommand) -> Result<()> {
 /// `cluster up`: becomes `raftnode up --cluster FILE` (the process is replaced, so Ctrl-C and
 /// SIGTERM reach raftnode's own handling, which stops every node).
 fn up(ctx: &Context) -> Result<()> {
+    let file = cluster_file_to_start(ctx, "cluster up")?;
+    let bin = raftnode_bin().map_err(|e| {
+        Error::failed(e.to_string())
+            .hint("cargo build --release builds both programs into target/release")
+    })?;
+    exec_up(&bin, &file)
+}
+
+/// The cluster file a command that starts nodes (`command`) uses: `--cluster`, else the
+/// default; refused when endpoints were given instead, or when the file is not there.
+pub fn cluster_file_to_start(ctx: &Context, command: &str) -> Result<std::path::PathBuf> {
     if !ctx.endpoints.is_empty() {
-        return Err(
-            Error::usage("cluster up starts the nodes of a cluster file, not endpoints")
-                .hint("pass --cluster FILE (default: configs/local-3.toml)"),
-        );
+        return Err(Error::usage(format!(
+            "{command} starts the nodes of a cluster file, not endpoints"
+        ))
+        .hint("pass --cluster FILE (default: configs/local-3.toml)"));
     }
     let file = connect::cluster_file(ctx.cluster.as_deref());
     if !file.exists() {
@@ -66,11 +77,7 @@ fn up(ctx: &Context) -> Result<()> {
                 .hint("run from the repository root, or pass --cluster FILE"),
         );
     }
-    let bin = raftnode_bin().map_err(|e| {
-        Error::failed(e.to_string())
-            .hint("cargo build --release builds both programs into target/release")
-    })?;
-    exec_up(&bin, &file)
+    Ok(file)
 }
 
 #[cfg(unix)]

@@ -25,19 +25,7 @@ pub async fn serve(
 /// `up [--listen ADDR]`: the nodes of the cluster file (each a child process running this same
 /// program's `node` command, which is `raftnode`'s command line) and the web app, until Ctrl-C.
 pub async fn up(ctx: &mut Context, listen: SocketAddr) -> Result<()> {
-    if !ctx.endpoints.is_empty() {
-        return Err(
-            Error::usage("up starts the nodes of a cluster file, not endpoints")
-                .hint("pass --cluster FILE (default: configs/local-3.toml)"),
-        );
-    }
-    let file = connect::cluster_file(ctx.cluster.as_deref());
-    if !file.exists() {
-        return Err(
-            Error::usage(format!("cluster file {} not found", file.display()))
-                .hint("run from the repository root, or pass --cluster FILE"),
-        );
-    }
+    let file = super::cluster::cluster_file_to_start(ctx, "up")?;
     let config = raftnode::config::ClusterConfig::load(&file)
         .map_err(|e| Error::usage(format!("{}: {e}", file.display())))?;
     let exe = std::env::current_exe()

@@ -277,15 +277,20 @@ fn older(path: &str, list: &[Post]) -> Option<String> {
     (list.len() >= PAGE).then(|| format!("{path}?before={}", list[list.len() - 1].id))
 }
 
+/// A page of posts matching `filter`, verified, and, for the newest page, the URL of its live
+/// stream (new posts after the newest shown).
 async fn listing(
     app: &App,
     filter: &PostFilter,
     before: Option<TupleId>,
-) -> Result<Vec<Post>, Failure> {
+) -> Result<(Vec<Post>, Option<String>), Failure> {
     let mut blog = app.blog().await;
     let mut list = blog.read(filter, PAGE, before).await?;
     blog.verify(&mut list).await?;
-    Ok(list)
+    let live = before
+        .is_none()
+        .then(|| live_of(filter, list.first().map_or(0, |x| x.id)));
+    Ok((list, live))
 }
 
 fn live_of(filter: &PostFilter, after: TupleId) -> String {
@@ -308,11 +313,7 @@ async fn everyone(
     UrlQuery(p): UrlQuery<Paging>,
 ) -> Page {
     let filter = PostFilter::default();
-    let list = listing(&app, &filter, p.before).await?;
-    let live = p
-        .before
-        .is_none()
-        .then(|| live_of(&filter, list.first().map_or(0, |x| x.id)));
+    let (list, live) = listing(&app, &filter, p.before).await?;
     let me = me(&headers);
     Ok(pages::layout(
         "everyone",
@@ -360,11 +361,7 @@ async fn topic(
         topic: Some(topic.clone()),
         ..PostFilter::default()
     };
-    let list = listing(&app, &filter, p.before).await?;
-    let live = p
-        .before
-        .is_none()
-        .then(|| live_of(&filter, list.first().map_or(0, |x| x.id)));
+    let (list, live) = listing(&app, &filter, p.before).await?;
     let me = me(&headers);
     let body = maud::html! {
         (pages::compose(None, Some(&topic)))
@@ -402,11 +399,7 @@ async fn user(
         )
     };
     let i_follow = me.as_ref().is_some_and(|m| followers.contains(m));
-    let list = listing(&app, &filter, p.before).await?;
-    let live = p
-        .before
-        .is_none()
-        .then(|| live_of(&filter, list.first().map_or(0, |x| x.id)));
+    let (list, live) = listing(&app, &filter, p.before).await?;
     let body = maud::html! {
         (pages::user_head(&name, following, followers.len(), fingerprint.as_deref(), i_follow))
         (pages::posts(&list, older(&format!("/u/{}", pages::urlencode(&name)), &list)))

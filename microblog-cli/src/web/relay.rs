@@ -335,6 +335,23 @@ mod tests {
 
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    /// `user` (session token `token`, key `key`) prepares `ops` for cluster `cluster` at `now`.
+    fn prep(
+        relay: &mut Relay,
+        addr: IpAddr,
+        (user, token, key): (&str, &[u8], &[u8]),
+        (cluster, now): (u64, u64),
+        ops: Vec<proto::request::Op>,
+    ) -> Option<(String, Vec<Prepared>)> {
+        let owner = owner(user, token);
+        let writer = Writer {
+            owner: &owner,
+            user,
+            public_key: key,
+        };
+        relay.prepare(addr, writer, cluster, now, ops)
+    }
+
     fn count() -> proto::request::Op {
         proto::request::Op::Count(proto::Count::default())
     }
@@ -343,19 +360,14 @@ mod tests {
     fn a_prepared_request_signed_elsewhere_opens_as_its_user() {
         let mut relay = Relay::default();
         let alice = Identity::from_seed("alice", [3; 32]);
-        let (ticket, prepared) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("alice", b"t"),
-                    user: "alice",
-                    public_key: &alice.public_key(),
-                },
-                7,
-                1_000,
-                vec![count()],
-            )
-            .unwrap();
+        let (ticket, prepared) = prep(
+            &mut relay,
+            HOME,
+            ("alice", b"t", &alice.public_key()),
+            (7, 1_000),
+            vec![count()],
+        )
+        .unwrap();
         let signature = alice.sign(&prepared[0].to_sign).to_vec();
         let (key, session, seqs) = relay.ticket_of(&ticket).unwrap();
         assert_eq!((key, seqs.as_slice()), (owner("alice", b"t"), &[1u64][..]));
@@ -372,32 +384,22 @@ mod tests {
     fn another_token_gets_another_session_and_unknown_outcomes_resubmit() {
         let mut relay = Relay::default();
         let key = [1u8; 32];
-        let (_, mine) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("alice", b"mine"),
-                    user: "alice",
-                    public_key: &key,
-                },
-                1,
-                0,
-                vec![count()],
-            )
-            .unwrap();
-        let (_, theirs) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("alice", b"theirs"),
-                    user: "alice",
-                    public_key: &key,
-                },
-                1,
-                0,
-                vec![count()],
-            )
-            .unwrap();
+        let (_, mine) = prep(
+            &mut relay,
+            HOME,
+            ("alice", b"mine", &key),
+            (1, 0),
+            vec![count()],
+        )
+        .unwrap();
+        let (_, theirs) = prep(
+            &mut relay,
+            HOME,
+            ("alice", b"theirs", &key),
+            (1, 0),
+            vec![count()],
+        )
+        .unwrap();
         let mine = proto::Request::decode(mine[0].signed.as_slice()).unwrap();
         let theirs = proto::Request::decode(theirs[0].signed.as_slice()).unwrap();
         assert_ne!(
@@ -406,19 +408,7 @@ mod tests {
         );
         assert_eq!((mine.seq, theirs.seq), (1, 1));
         // An unknown outcome: kept, and the same signed requests come back on resubmission.
-        let (t, p) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("bob", b"t"),
-                    user: "bob",
-                    public_key: &key,
-                },
-                1,
-                0,
-                vec![count()],
-            )
-            .unwrap();
+        let (t, p) = prep(&mut relay, HOME, ("bob", b"t", &key), (1, 0), vec![count()]).unwrap();
         let info = relay.ticket_of(&t).unwrap();
         let sealed = relay.take(&t, &[vec![7; 64]]).unwrap();
         relay.keep(&t, HOME, info, sealed.clone());
@@ -431,129 +421,52 @@ mod tests {
     fn the_acknowledgement_never_passes_an_open_number() {
         let mut relay = Relay::default();
         let key = [1u8; 32];
-        let (t1, _) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("bob", b"t"),
-                    user: "bob",
-                    public_key: &key,
-                },
-                1,
-                0,
-                vec![count()],
-            )
-            .unwrap();
-        let (t2, p2) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("bob", b"t"),
-                    user: "bob",
-                    public_key: &key,
-                },
-                1,
-                0,
-                vec![count(), count()],
-            )
-            .unwrap();
+        let (t1, _) = prep(&mut relay, HOME, ("bob", b"t", &key), (1, 0), vec![count()]).unwrap();
+        let (t2, p2) = prep(
+            &mut relay,
+            HOME,
+            ("bob", b"t", &key),
+            (1, 0),
+            vec![count(), count()],
+        )
+        .unwrap();
         let inner = proto::Request::decode(p2[1].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (3, 0), "1 and 2 are open");
         let (_, session, seqs) = relay.ticket_of(&t2).unwrap();
         relay.done(&owner("bob", b"t"), session, &seqs);
-        let (_, p3) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("bob", b"t"),
-                    user: "bob",
-                    public_key: &key,
-                },
-                1,
-                0,
-                vec![count()],
-            )
-            .unwrap();
+        let (_, p3) = prep(&mut relay, HOME, ("bob", b"t", &key), (1, 0), vec![count()]).unwrap();
         let inner = proto::Request::decode(p3[0].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (4, 0), "1 is still open");
         let (_, _, seqs) = relay.ticket_of(&t1).unwrap();
         relay.done(&owner("bob", b"t"), session, &seqs);
-        let (_, p4) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("bob", b"t"),
-                    user: "bob",
-                    public_key: &key,
-                },
-                1,
-                0,
-                vec![count()],
-            )
-            .unwrap();
+        let (_, p4) = prep(&mut relay, HOME, ("bob", b"t", &key), (1, 0), vec![count()]).unwrap();
         let inner = proto::Request::decode(p4[0].signed.as_slice()).unwrap();
         assert_eq!((inner.seq, inner.ack), (5, 3), "4 is open");
         // One address cannot hold more than its share of waiting tickets.
         let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
         for _ in 0..MAX_TICKETS_PER_ADDR {
-            relay
-                .prepare(
-                    other,
-                    Writer {
-                        owner: &owner("mallory", b"t"),
-                        user: "mallory",
-                        public_key: &key,
-                    },
-                    1,
-                    0,
-                    vec![count()],
-                )
-                .unwrap();
-        }
-        assert!(
-            relay
-                .prepare(
-                    other,
-                    Writer {
-                        owner: &owner("mallory", b"t"),
-                        user: "mallory",
-                        public_key: &key
-                    },
-                    1,
-                    0,
-                    vec![count()]
-                )
-                .is_none()
-        );
-        assert!(
-            relay
-                .prepare(
-                    HOME,
-                    Writer {
-                        owner: &owner("bob", b"t"),
-                        user: "bob",
-                        public_key: &key
-                    },
-                    1,
-                    0,
-                    vec![count()]
-                )
-                .is_some()
-        );
-        // A wrong number of signatures is refused, the ticket kept.
-        let (t5, _) = relay
-            .prepare(
-                HOME,
-                Writer {
-                    owner: &owner("bob", b"t"),
-                    user: "bob",
-                    public_key: &key,
-                },
-                1,
-                0,
+            prep(
+                &mut relay,
+                other,
+                ("mallory", b"t", &key),
+                (1, 0),
                 vec![count()],
             )
             .unwrap();
+        }
+        assert!(
+            prep(
+                &mut relay,
+                other,
+                ("mallory", b"t", &key),
+                (1, 0),
+                vec![count()]
+            )
+            .is_none()
+        );
+        assert!(prep(&mut relay, HOME, ("bob", b"t", &key), (1, 0), vec![count()]).is_some());
+        // A wrong number of signatures is refused, the ticket kept.
+        let (t5, _) = prep(&mut relay, HOME, ("bob", b"t", &key), (1, 0), vec![count()]).unwrap();
         assert!(relay.take(&t5, &[]).is_err());
         assert!(relay.ticket_of(&t5).is_some());
     }

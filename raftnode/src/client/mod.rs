@@ -979,20 +979,7 @@ impl Client {
             self.options.retry_window,
         );
         loop {
-            let before = self.route.current().unwrap_or_default().to_string();
-            call.trying(&before);
-            let attempt = match self.exchange(&sealed, Duration::ZERO).await {
-                Ok(resp) => Attempt::Answer(Box::new(resp)),
-                Err(Failure { what, sent }) => {
-                    self.socket = None;
-                    Attempt::Failed { what, sent }
-                }
-            };
-            let next = call.judge(&mut self.route, attempt, Instant::now());
-            if self.route.current() != Some(before.as_str()) {
-                self.socket = None;
-            }
-            match next {
+            match self.attempt(&mut call, &sealed, Duration::ZERO).await {
                 Next::Done(result) => return result,
                 Next::RenewSession => {
                     return Err(ClientError::SessionExpired(
@@ -1057,21 +1044,7 @@ impl Client {
             } else {
                 plain
             };
-            let before = self.route.current().unwrap_or_default().to_string();
-            call.trying(&before);
-            let attempt = match self.exchange(&request, wait).await {
-                Ok(resp) => Attempt::Answer(Box::new(resp)),
-                Err(Failure { what, sent }) => {
-                    // zmq.rs never reconnects a REQ socket: a fresh one next time.
-                    self.socket = None;
-                    Attempt::Failed { what, sent }
-                }
-            };
-            let next = call.judge(&mut self.route, attempt, Instant::now());
-            if self.route.current() != Some(before.as_str()) {
-                self.socket = None;
-            }
-            match next {
+            match self.attempt(&mut call, &request, wait).await {
                 // Refused as expired: this client's idea of cluster time was behind (it asked a
                 // node that was itself behind). Nothing was applied, so the same request, with an
                 // expiry from a fresh look at cluster time, is sent again, once.
@@ -1090,6 +1063,25 @@ impl Client {
                 Next::Retry(pause) => tokio::time::sleep(pause).await,
             }
         }
+    }
+
+    /// One attempt of `call`: `request` to the current endpoint, and what to do next.
+    async fn attempt(&mut self, call: &mut Call, request: &proto::Request, wait: Duration) -> Next {
+        let before = self.route.current().unwrap_or_default().to_string();
+        call.trying(&before);
+        let attempt = match self.exchange(request, wait).await {
+            Ok(resp) => Attempt::Answer(Box::new(resp)),
+            Err(Failure { what, sent }) => {
+                // zmq.rs never reconnects a REQ socket: a fresh one next time.
+                self.socket = None;
+                Attempt::Failed { what, sent }
+            }
+        };
+        let next = call.judge(&mut self.route, attempt, Instant::now());
+        if self.route.current() != Some(before.as_str()) {
+            self.socket = None;
+        }
+        next
     }
 
     /// One request and its answer on the current endpoint, every wait bounded.
