@@ -99,6 +99,10 @@ pub struct RaftSettings {
     /// Entries kept in the log behind a snapshot, for followers that are a little behind.
     #[serde(default = "defaults::log_tail")]
     pub log_tail: u64,
+    /// The pace at which a snapshot file is streamed to a follower, in MiB per second (so that
+    /// a large transfer cannot starve normal replication).
+    #[serde(default = "defaults::snapshot_send_mib_per_s")]
+    pub snapshot_send_mib_per_s: u64,
 }
 
 mod defaults {
@@ -123,6 +127,9 @@ mod defaults {
     pub fn log_tail() -> u64 {
         5_000
     }
+    pub fn snapshot_send_mib_per_s() -> u64 {
+        256
+    }
     pub fn max_tuples() -> u64 {
         crate::machine::DEFAULT_LIMITS.max_tuples
     }
@@ -141,6 +148,7 @@ impl Default for RaftSettings {
             max_inflight_msgs: defaults::max_inflight_msgs(),
             snapshot_entries: defaults::snapshot_entries(),
             log_tail: defaults::log_tail(),
+            snapshot_send_mib_per_s: defaults::snapshot_send_mib_per_s(),
         }
     }
 }
@@ -273,6 +281,9 @@ impl ClusterConfig {
         }
         if r.max_inflight_msgs == 0 {
             return Err("raft.max_inflight_msgs must be at least 1".into());
+        }
+        if r.snapshot_send_mib_per_s == 0 || r.snapshot_send_mib_per_s > 1 << 20 {
+            return Err("raft.snapshot_send_mib_per_s must be between 1 and 1048576".into());
         }
         if r.snapshot_entries == 0 {
             return Err("raft.snapshot_entries must be at least 1".into());

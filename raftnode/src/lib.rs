@@ -66,6 +66,7 @@ pub mod recovery;
 pub mod refusals;
 pub mod server;
 pub mod snapshot;
+pub mod snapshot_stream;
 pub mod storage;
 pub mod transport;
 pub mod verifier;
@@ -79,8 +80,9 @@ pub mod proto {
 /// The largest client frame a node accepts (a request with its tuple or template).
 pub const MAX_CLIENT_FRAME: usize = 4 << 20;
 
-/// The largest frame a node accepts from a peer (raft snapshots travel in one message).
-pub const MAX_PEER_FRAME: usize = 256 << 20;
+/// The largest frame a node accepts from a peer (a batch of raft messages, and at most one
+/// snapshot chunk; snapshots travel in chunks, see [`snapshot_stream`]).
+pub const MAX_PEER_FRAME: usize = 64 << 20;
 
 /// The largest tuple or template a client may send, encoded.
 pub const MAX_TUPLE_BYTES: usize = 1 << 20;

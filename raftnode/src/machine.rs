@@ -23,6 +23,7 @@
 mod access;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
 
 use prost::Message;
 use tuplespace::{Millis, Query, Space, Template, Tuple, TupleId, Wait, WaiterId, codec};
@@ -57,6 +58,15 @@ pub const MAX_WAITERS_PER_SESSION: usize = 16;
 
 /// Blocking `in`s waiting at once, over all sessions.
 pub const MAX_WAITERS: usize = 100_000;
+
+/// What a machine state in the streamed format starts with ([`MachineView::encode_to`]). The
+/// older format, a bare [`MachineState`], cannot start so: its first byte is the key of a field
+/// numbered 1 to 9, and `R` would be field 10.
+pub const MACHINE_MAGIC: &[u8; 8] = b"RNMACH02";
+
+/// The most bytes the part of a machine state other than the space may take in the streamed
+/// format (the sessions, members and policy: far less in practice).
+pub const MAX_STATE_BYTES: u64 = 1 << 30;
 
 /// The most bytes of tuples one copy-collect or collect answers with (it says it was cut short).
 pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
@@ -218,6 +228,16 @@ impl Machine {
     /// The space, for reads.
     pub fn space(&self) -> &Space {
         &self.space
+    }
+
+    /// Puts `n` tuples of about 100 bytes in the space (for tests that need a large state).
+    #[cfg(test)]
+    pub(crate) fn fill_for_tests(&mut self, n: usize) {
+        for i in 0..n {
+            let payload = format!("{i:0>80}");
+            let tuple = tuplespace::tuple!["fill", i as i64, payload.as_str()];
+            self.space.out(tuple, None);
+        }
     }
 
     /// The index of the last applied entry.
@@ -831,11 +851,81 @@ impl Machine {
         }
     }
 
-    /// A machine from [`Machine::encode`]'s bytes; anything else is refused.
+    /// A machine from [`Machine::encode`]'s bytes (or those of the format before it); anything
+    /// else is refused.
     pub fn decode(bytes: &[u8]) -> Result<Machine, String> {
-        let state =
-            MachineState::decode(bytes).map_err(|e| format!("undecodable machine state: {e}"))?;
-        let space = Space::decode(&state.space).map_err(|e| format!("bad space: {e}"))?;
+        Machine::decode_from(&mut &bytes[..], bytes.len() as u64)
+    }
+
+    /// A machine from the bytes [`MachineView::encode_to`] wrote, read from `r` with the space
+    /// streamed through a bounded window (see [`Space::decode_from`]); `max_bytes` bounds the
+    /// input's length (a file's size, say), and `r` must end where the state does. Input that
+    /// does not start with [`MACHINE_MAGIC`] is taken for the older format (a whole
+    /// [`MachineState`] with the space inside) and read into memory, up to `max_bytes`.
+    pub fn decode_from<R: Read + ?Sized>(r: &mut R, max_bytes: u64) -> Result<Machine, String> {
+        let mut head = [0u8; MACHINE_MAGIC.len()];
+        let got = read_up_to(r, &mut head)?;
+        if got < head.len() || &head != MACHINE_MAGIC {
+            return Machine::decode_whole(&head[..got], r, max_bytes);
+        }
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len)
+            .map_err(|e| format!("reading the machine state's length: {e}"))?;
+        let len = u64::from(u32::from_le_bytes(len));
+        let header = (MACHINE_MAGIC.len() + 4) as u64;
+        if len > max_bytes.saturating_sub(header) || len > MAX_STATE_BYTES {
+            return Err(format!(
+                "a machine state of {len} bytes in at most {max_bytes} (or over the {MAX_STATE_BYTES}-byte cap)"
+            ));
+        }
+        // Grown as the bytes arrive: a length that lies costs no more than the input holds.
+        let mut bytes = Vec::with_capacity(len.min(1 << 20) as usize);
+        Read::take(&mut *r, len)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading the machine state: {e}"))?;
+        if bytes.len() as u64 != len {
+            return Err(format!(
+                "machine state truncated: {} of {len} bytes",
+                bytes.len()
+            ));
+        }
+        let state = MachineState::decode(&bytes[..])
+            .map_err(|e| format!("undecodable machine state: {e}"))?;
+        drop(bytes);
+        if !state.space.is_empty() {
+            return Err("a streamed machine state with a space inside".into());
+        }
+        let space = Space::decode_from(r, max_bytes.saturating_sub(header + len))
+            .map_err(|e| format!("bad space: {e}"))?;
+        Machine::from_parts(state, space)
+    }
+
+    /// The older format: a [`MachineState`] holding the space's encoding, `head` and then the
+    /// rest of `r`.
+    fn decode_whole<R: Read + ?Sized>(
+        head: &[u8],
+        r: &mut R,
+        max_bytes: u64,
+    ) -> Result<Machine, String> {
+        let mut bytes = head.to_vec();
+        let rest = max_bytes.saturating_sub(head.len() as u64);
+        Read::take(&mut *r, rest.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading the machine state: {e}"))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(format!("machine state longer than {max_bytes} bytes"));
+        }
+        let mut state = MachineState::decode(&bytes[..])
+            .map_err(|e| format!("undecodable machine state: {e}"))?;
+        drop(bytes);
+        let space_bytes = std::mem::take(&mut state.space);
+        let space = Space::decode(&space_bytes).map_err(|e| format!("bad space: {e}"))?;
+        drop(space_bytes);
+        Machine::from_parts(state, space)
+    }
+
+    /// A machine from its decoded parts: everything but the space, and the space.
+    fn from_parts(state: MachineState, space: Space) -> Result<Machine, String> {
         let mut m = Machine {
             space,
             applied_index: state.applied_index,
@@ -908,11 +998,55 @@ impl MachineView {
     }
 
     /// The bytes [`Machine::decode`] reads back (the space's part is most of the work: do it
-    /// off the raft thread).
-    pub fn encode(mut self) -> Vec<u8> {
-        self.state.space = self.space.encode();
-        self.state.encode_to_vec()
+    /// off the raft thread); what [`MachineView::encode_to`] writes.
+    pub fn encode(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            MACHINE_MAGIC.len() + 4 + self.state.encoded_len() + 64 + self.space.len() * 64,
+        );
+        self.encode_to(&mut out)
+            .expect("writing to a Vec does not fail");
+        out
     }
+
+    /// Writes the state to `w` as [`MACHINE_MAGIC`], the length of the rest of the state (u32,
+    /// little-endian), the rest of the state (a [`MachineState`] with `space` empty), and then
+    /// the space in its own encoding ([`tuplespace::SpaceView::encode_to`]), streamed a bounded
+    /// chunk at a time: [`Machine::decode_from`] reads it back.
+    pub fn encode_to<W: Write + ?Sized>(self, w: &mut W) -> std::io::Result<()> {
+        debug_assert!(self.state.space.is_empty());
+        let state = self.state.encode_to_vec();
+        let len = u32::try_from(state.len())
+            .ok()
+            .filter(|&len| u64::from(len) <= MAX_STATE_BYTES)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the machine state without its space is {} bytes, over the {MAX_STATE_BYTES}-byte cap",
+                        state.len()
+                    ),
+                )
+            })?;
+        w.write_all(MACHINE_MAGIC)?;
+        w.write_all(&len.to_le_bytes())?;
+        w.write_all(&state)?;
+        drop(state);
+        self.space.encode_to(w)
+    }
+}
+
+/// Reads into `buf` until it is full or the input ends; how many bytes it read.
+fn read_up_to<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<usize, String> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n.min(buf.len() - got),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the machine state: {e}")),
+        }
+    }
+    Ok(got)
 }
 
 enum Admit {
@@ -1270,5 +1404,141 @@ mod tests {
             Some(response::Result::Found(_))
         ));
         assert!(Machine::decode(b"garbage").is_err());
+    }
+
+    /// A machine with tuples, a TTL, a waiting request and finished ones in two sessions.
+    fn busy_log() -> Log {
+        let mut log = Log::new();
+        for i in 0..50 {
+            log.apply(5 + i, 1, i + 1, out(tuple!["a", i as i64, "x".repeat(40)]));
+        }
+        log.apply(
+            60,
+            1,
+            51,
+            command::Op::Out(Out {
+                tuple: codec::tuple_to_bytes(&tuple!["ttl"]),
+                ttl_ms: 9_000,
+            }),
+        );
+        log.apply(61, 2, 1, take(r#"("b")"#, true, 500));
+        log.apply(62, 2, 2, take(r#"("a", 3, _)"#, false, 0));
+        log
+    }
+
+    /// A reader that hands out one byte a call.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((&b, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            match buf.first_mut() {
+                Some(slot) => *slot = b,
+                None => return Ok(0),
+            }
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    fn same(a: &Machine, b: &Machine) {
+        assert_eq!(a.state_without_space(), b.state_without_space());
+        assert_eq!(a.space().digest(), b.space().digest());
+        assert_eq!(a.space().len(), b.space().len());
+        assert_eq!(a.space().waiter_count(), b.space().waiter_count());
+        assert_eq!(a.encode(), b.encode());
+    }
+
+    #[test]
+    fn the_streamed_format_round_trips() {
+        let log = busy_log();
+        let m = &log.machine;
+        let bytes = m.encode();
+        assert_eq!(&bytes[..8], MACHINE_MAGIC);
+        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let state = MachineState::decode(&bytes[12..12 + len]).unwrap();
+        assert_eq!(state, m.state_without_space());
+        assert!(state.space.is_empty());
+        assert_eq!(&bytes[12 + len..], &m.space().encode()[..]);
+        let mut written = Vec::new();
+        m.view().encode_to(&mut written).unwrap();
+        assert_eq!(written, bytes);
+        same(m, &Machine::decode(&bytes).unwrap());
+        let back = Machine::decode_from(&mut OneByte(&bytes), bytes.len() as u64).unwrap();
+        same(m, &back);
+        let back = Machine::decode_from(&mut &bytes[..], u64::MAX).unwrap();
+        same(m, &back);
+        // Through a `dyn Read`, as a file reader hands it over.
+        let mut r: &mut dyn Read = &mut &bytes[..];
+        same(
+            m,
+            &Machine::decode_from(&mut r, bytes.len() as u64).unwrap(),
+        );
+    }
+
+    #[test]
+    fn the_older_format_still_decodes() {
+        let log = busy_log();
+        let m = &log.machine;
+        // What `MachineView::encode` wrote before the streamed format: the space inside.
+        let mut state = m.state_without_space();
+        state.space = m.space().encode();
+        let old = state.encode_to_vec();
+        assert_ne!(&old[..8], MACHINE_MAGIC);
+        same(m, &Machine::decode(&old).unwrap());
+        let back = Machine::decode_from(&mut OneByte(&old), u64::MAX).unwrap();
+        same(m, &back);
+        // It re-encodes in the new format.
+        assert_eq!(&Machine::decode(&old).unwrap().encode()[..8], MACHINE_MAGIC);
+        // Longer than the caller's bound: refused.
+        assert!(Machine::decode_from(&mut &old[..], old.len() as u64 - 1).is_err());
+        // Damage is still caught.
+        let mut bad = old.clone();
+        let at = bad.len() - 2;
+        bad[at] ^= 1;
+        assert!(Machine::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn damaged_streamed_states_are_refused() {
+        let log = busy_log();
+        let bytes = log.machine.encode();
+        for cut in 0..bytes.len() {
+            assert!(Machine::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                Machine::decode_from(&mut &bytes[..cut], bytes.len() as u64).is_err(),
+                "cut at {cut}, streamed"
+            );
+        }
+        // Trailing bytes.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Machine::decode(&longer).is_err());
+        // A bound below the length.
+        assert!(Machine::decode_from(&mut &bytes[..], bytes.len() as u64 - 1).is_err());
+        // A state length past the input, or past the cap.
+        for len in [u32::MAX, bytes.len() as u32, (MAX_STATE_BYTES as u32) + 1] {
+            let mut forged = bytes.clone();
+            forged[8..12].copy_from_slice(&len.to_le_bytes());
+            assert!(Machine::decode(&forged).is_err(), "length {len}");
+        }
+        // A streamed state that holds a space of its own as well.
+        let mut state = log.machine.state_without_space();
+        state.space = log.machine.space().encode();
+        let inner = state.encode_to_vec();
+        let mut both = MACHINE_MAGIC.to_vec();
+        both.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+        both.extend_from_slice(&inner);
+        both.extend_from_slice(&log.machine.space().encode());
+        assert!(Machine::decode(&both).unwrap_err().contains("space inside"));
+        // Every byte of the space part flipped.
+        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        for i in 12 + len..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            assert!(Machine::decode(&bad).is_err(), "flip at {i}");
+        }
     }
 }

@@ -11,14 +11,15 @@
 //! 2. [`check_against`], on the node thread, against raft's current state ([`RaftView`]): every
 //!    invariant raft-rs asserts on the paths a peer message takes (listed with each check).
 //!
-//! A snapshot's data is decoded and checked off the raft thread ([`check_snapshot`]) before raft
-//! restores from it, so a snapshot that would not decode never replaces a follower's log.
+//! A snapshot message carries only a snapshot file's descriptor ([`check_snapshot`]); the file
+//! was received, checked and decoded off the raft thread before the message is let through
+//! ([`crate::snapshot_stream`]), so a snapshot that would not decode never replaces a
+//! follower's log.
 
 use raft::eraftpb::{EntryType, Message, MessageType};
 use raft::{RawNode, StateRole, Storage};
 
-use crate::keys::ClusterId;
-use crate::machine::Machine;
+use crate::snapshot::Descriptor;
 
 /// Why a raft message was dropped before raft saw it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -399,32 +400,14 @@ fn conf_state_ok(cs: &raft::eraftpb::ConfState, me: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Decodes and checks the machine state a `MsgSnapshot` carries: it decodes, it is of this
-/// cluster, and it is the state at the index and term its metadata names. Blocking: run it off
-/// the async threads and off the raft thread.
-pub fn check_snapshot(msg: &Message, cluster: ClusterId) -> Result<Machine, String> {
-    let snapshot = msg.get_snapshot();
-    let meta = snapshot.get_metadata();
-    if meta.index == 0 {
+/// Checks what a `MsgSnapshot` carries: the [`Descriptor`] of a snapshot file, never the state
+/// itself. The file arrives beforehand in chunks and is checked and decoded there
+/// ([`crate::snapshot_stream`], [`check_machine`](crate::snapshot_stream::check_machine)).
+pub fn check_snapshot(msg: &Message) -> Result<Descriptor, String> {
+    if msg.get_snapshot().get_metadata().index == 0 {
         return Err("a snapshot at index 0".into());
     }
-    let machine = Machine::decode(snapshot.get_data())?;
-    if machine.cluster_id() != 0 && machine.cluster_id() != cluster.0 {
-        return Err(format!(
-            "a snapshot of cluster {:016x}, this is cluster {cluster}",
-            machine.cluster_id()
-        ));
-    }
-    if machine.applied_index() != meta.index || machine.applied_term() != meta.term {
-        return Err(format!(
-            "the snapshot's metadata says index {} term {}, its state is at index {} term {}",
-            meta.index,
-            meta.term,
-            machine.applied_index(),
-            machine.applied_term()
-        ));
-    }
-    Ok(machine)
+    Descriptor::of(msg.get_snapshot())
 }
 
 /// Raft nodes in known states over raft-rs's `MemStorage`, for the tests here and for fuzzing
@@ -663,17 +646,33 @@ mod tests {
         let mut m = msg(MessageType::MsgSnapshot, 1, 2);
         m.mut_snapshot().mut_metadata().index = 5;
         m.mut_snapshot().set_data(b"garbage".to_vec().into());
-        assert!(check_snapshot(&m, ClusterId(9)).is_err());
-
+        assert!(check_snapshot(&m).is_err());
+        use crate::keys::ClusterId;
+        use crate::machine::Machine;
+        // A whole state is not a descriptor either.
         let mut machine = Machine::new();
         machine.mark_applied(5, 2);
         machine.set_cluster_id(9);
         m.mut_snapshot().set_data(machine.encode().into());
+        assert!(check_snapshot(&m).is_err());
+
+        let desc = Descriptor {
+            index: 5,
+            term: 2,
+            size: 4096,
+            crc: 7,
+        };
+        m.mut_snapshot().set_data(desc.to_data().into());
         m.mut_snapshot().mut_metadata().term = 2;
-        assert!(check_snapshot(&m, ClusterId(9)).is_ok());
-        let err = check_snapshot(&m, ClusterId(8)).unwrap_err();
+        assert_eq!(check_snapshot(&m), Ok(desc));
+        m.mut_snapshot().mut_metadata().index = 0;
+        assert!(check_snapshot(&m).is_err());
+
+        use crate::snapshot_stream::check_machine;
+        assert!(check_machine(&machine, &desc, ClusterId(9)).is_ok());
+        let err = check_machine(&machine, &desc, ClusterId(8)).unwrap_err();
         assert!(err.contains("cluster 0000000000000009"), "{err}");
-        m.mut_snapshot().mut_metadata().index = 6;
-        assert!(check_snapshot(&m, ClusterId(9)).is_err());
+        let other = Descriptor { index: 6, ..desc };
+        assert!(check_machine(&machine, &other, ClusterId(9)).is_err());
     }
 }

@@ -74,7 +74,11 @@ fn restore(
     let first = storage.first_index().unwrap_or(1);
     let last = storage.last_index().unwrap_or(0);
     let kept: Vec<u64> = snapshots.list()?.iter().map(|s| s.index).collect();
-    let Some(loaded) = snapshots.load_newest()? else {
+    // Decoded as it is read, with a bounded buffer; a file whose state does not decode is
+    // refused like a corrupt one and the next older file tried.
+    let started = std::time::Instant::now();
+    let loaded = snapshots.load_newest_with(|r, max| Machine::decode_from(r, max))?;
+    let Some((meta, machine)) = loaded else {
         if first > 1 {
             bail!(
                 "no valid snapshot file in {} but the log starts at index {first}: this node \
@@ -85,14 +89,16 @@ fn restore(
         }
         return Ok((Machine::new(), kept));
     };
-    let machine = Machine::decode(&loaded.data).map_err(|e| {
-        anyhow::anyhow!(
-            "snapshot {} passes its checksum but does not decode: {e}",
-            loaded.path.display()
-        )
-    })?;
-    let index = loaded.index;
-    let snapshot = crate::snapshot::to_raft_snapshot(&loaded);
+    if machine.applied_index() != meta.index {
+        bail!(
+            "snapshot {} says index {} but its state is at index {}",
+            meta.path.display(),
+            meta.index,
+            machine.applied_index()
+        );
+    }
+    let index = meta.index;
+    let snapshot = meta.to_raft_snapshot();
     if index > last {
         // Written when it arrived from the leader, but the node died before installing it.
         storage.apply_snapshot(&snapshot)?;
@@ -108,8 +114,9 @@ fn restore(
         warn!(logger, "the restored snapshot cannot be offered to followers"; "err" => %e);
     }
     info!(logger, "restored state from snapshot";
-        "index" => index, "term" => loaded.term, "tuples" => machine.space().len(),
-        "file" => %loaded.path.display(), "log_first" => first, "log_last" => last);
+        "index" => index, "term" => meta.term, "tuples" => machine.space().len(),
+        "bytes" => meta.size, "ms" => started.elapsed().as_millis() as u64,
+        "file" => %meta.path.display(), "log_first" => first, "log_last" => last);
     let kept = kept.into_iter().filter(|&i| i <= index).collect();
     Ok((machine, kept))
 }

@@ -11,19 +11,30 @@
 //!
 //! # Format
 //!
-//! All integers little-endian:
+//! All integers little-endian. Version 2 (what this build writes) stores the state in frames of
+//! at most [`MAX_FRAME`] bytes, so that it is written, read, checked and sent with a bounded
+//! buffer however large it is:
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 8 | magic `RNSNAP01` |
-//! | 4 | format version (`u32`, [`FORMAT_VERSION`]) |
+//! | 4 | format version (`u32`, [`FORMAT_VERSION`] = 2) |
 //! | 8 | index (`u64`): the last log index the snapshot covers |
 //! | 8 | term (`u64`) of that entry |
 //! | 4 | conf state length `c` (`u32`) |
 //! | `c` | the `raft::eraftpb::ConfState` in raft's protobuf encoding |
-//! | 8 | data length `d` (`u64`) |
-//! | `d` | data: the opaque machine state ([`Machine::encode`](crate::machine::Machine::encode)) |
-//! | 4 | CRC-32 (`crc32fast`, IEEE) of every byte before it |
+//! | ... | frames, each: 4 length `n` (1..=[`MAX_FRAME`]), 4 CRC-32 of the `n` bytes, the `n` bytes |
+//! | 4 | 0: the end of the frames |
+//! | 8 | data length `d` (`u64`): the frames' bytes together |
+//! | 4 | CRC-32 (`crc32fast`, IEEE) of every byte before it: the whole file's checksum |
+//!
+//! The frames' bytes together are the opaque machine state
+//! ([`MachineView::encode_to`](crate::machine::MachineView::encode_to)). A file's
+//! [`Descriptor`] (index, term, size, whole checksum) is what raft carries in a snapshot
+//! message; the file itself is streamed in chunks (`crate::snapshot_stream`).
+//!
+//! Version 1 files (the whole state in one piece: data length, data, CRC-32 of everything before
+//! it) are still read.
 //!
 //! The file name repeats the index and term, so the newest snapshot is found without opening
 //! anything; a file whose name disagrees with its header is refused.
@@ -39,8 +50,10 @@
 //!
 //! Loading checks everything before trusting anything: the magic and version, every length
 //! against the actual file size (so a torn file is recognised, and nothing is ever allocated from
-//! an unchecked length), the exact file size, the CRC, that the name agrees with the header, and
-//! that the conf state decodes. [`SnapshotStore::load_newest`] tries the files newest first; a
+//! an unchecked length), the exact file size, each frame's CRC before its bytes are handed on, the
+//! whole file's CRC, that the name agrees with the header, that the conf state decodes, and that
+//! the state decodes (the state is decoded as it is read, and a decoded state is used only once
+//! the whole file has passed). [`SnapshotStore::load_newest`] tries the files newest first; a
 //! file that fails is *refused*: an error is logged naming the file and what is wrong, it is
 //! renamed to `<name>.corrupt` (never tried again, but kept for inspection), and the next older
 //! file is tried. If no file is valid it returns `None`, and the node starts from its log alone;
@@ -68,7 +81,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -76,7 +89,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Snapshot, SnapshotMetadata};
 use slog::{Logger, debug, error, info, warn};
 
-use crate::disk::{FsDir, SnapshotDir};
+use crate::disk::{FileWriter, FsDir, SnapshotDir};
 
 /// The snapshot directory inside the data dir.
 pub const SNAPSHOT_DIR: &str = "snapshots";
@@ -84,8 +97,17 @@ pub const SNAPSHOT_DIR: &str = "snapshots";
 /// The first 8 bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"RNSNAP01";
 
-/// The file format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The file format version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The first format version (the state in one piece), still read.
+pub const LEGACY_VERSION: u32 = 1;
+
+/// The most state bytes in one frame of a version 2 file.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// A snapshot being received is written to `<name>.<crc:08x>.part` (removed on open).
+const PART_SUFFIX: &str = ".part";
 
 /// How many valid snapshots [`SnapshotStore`] keeps by default.
 pub const DEFAULT_KEEP: usize = 2;
@@ -165,38 +187,102 @@ pub struct LoadedSnapshot {
     pub path: PathBuf,
 }
 
-impl LoadedSnapshot {
-    /// Turns it into raft's `Snapshot` without copying the data (see [`to_raft_snapshot`]).
-    pub fn into_raft_snapshot(self) -> Snapshot {
-        raft_snapshot(self.index, self.term, self.conf_state, self.data.into())
+/// A snapshot file written or fully checked: what raft is told of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotMeta {
+    /// The last log index the snapshot covers.
+    pub index: u64,
+    /// The term of the entry at `index`.
+    pub term: u64,
+    /// The membership at `index`.
+    pub conf_state: ConfState,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The whole file's CRC-32 (its last four bytes).
+    pub crc: u32,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl SnapshotMeta {
+    /// What names this file to a follower.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            index: self.index,
+            term: self.term,
+            size: self.size,
+            crc: self.crc,
+        }
+    }
+
+    /// raft's `Snapshot` for this file: the metadata (index, term, conf state), and the
+    /// [`Descriptor`] as its data. The state itself never travels inside a raft message; a
+    /// follower fetches the file in chunks (`crate::snapshot_stream`).
+    pub fn to_raft_snapshot(&self) -> Snapshot {
+        let mut meta = SnapshotMetadata {
+            index: self.index,
+            term: self.term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.conf_state.clone());
+        let mut snap = Snapshot {
+            data: self.descriptor().to_data().into(),
+            ..Default::default()
+        };
+        snap.set_metadata(meta);
+        snap
     }
 }
 
-/// Builds raft's `Snapshot` (metadata index, term and conf state; the data) from a loaded one,
-/// e.g. for [`RaftStorage::set_snapshot`](crate::storage::RaftStorage::set_snapshot). Copies the
-/// data; [`LoadedSnapshot::into_raft_snapshot`] does not.
-pub fn to_raft_snapshot(loaded: &LoadedSnapshot) -> Snapshot {
-    raft_snapshot(
-        loaded.index,
-        loaded.term,
-        loaded.conf_state.clone(),
-        bytes::Bytes::copy_from_slice(&loaded.data),
-    )
+/// Names one snapshot file exactly: its (index, term), size and whole-file CRC. It is the data
+/// of the raft snapshot messages a leader sends; the follower receives the file it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Descriptor {
+    /// The last log index the snapshot covers.
+    pub index: u64,
+    /// The term of that entry.
+    pub term: u64,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The whole file's CRC-32.
+    pub crc: u32,
 }
 
-fn raft_snapshot(index: u64, term: u64, conf_state: ConfState, data: bytes::Bytes) -> Snapshot {
-    let mut meta = SnapshotMetadata {
-        index,
-        term,
-        ..Default::default()
-    };
-    meta.set_conf_state(conf_state);
-    let mut snap = Snapshot {
-        data,
-        ..Default::default()
-    };
-    snap.set_metadata(meta);
-    snap
+/// The first bytes of a descriptor in a raft snapshot's data.
+const DESCRIPTOR_MAGIC: &[u8; 8] = b"RNSDESC1";
+
+impl Descriptor {
+    /// The bytes of a raft snapshot's data: magic, size, CRC.
+    pub fn to_data(&self) -> Vec<u8> {
+        let mut data = Vec::with_capacity(20);
+        data.extend_from_slice(DESCRIPTOR_MAGIC);
+        data.extend_from_slice(&self.size.to_le_bytes());
+        data.extend_from_slice(&self.crc.to_le_bytes());
+        data
+    }
+
+    /// The descriptor a raft snapshot carries; anything else is refused.
+    pub fn of(snap: &Snapshot) -> Result<Descriptor, String> {
+        let data = snap.get_data();
+        if data.len() != 20 || &data[..8] != DESCRIPTOR_MAGIC {
+            return Err(format!(
+                "a snapshot whose data ({} bytes) is not a snapshot file's descriptor",
+                data.len()
+            ));
+        }
+        let size = u64::from_le_bytes(data[8..16].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(data[16..20].try_into().unwrap_or_default());
+        let meta = snap.get_metadata();
+        if size < MIN_LEN {
+            return Err(format!("a snapshot file of {size} bytes cannot exist"));
+        }
+        Ok(Descriptor {
+            index: meta.index,
+            term: meta.term,
+            size,
+            crc,
+        })
+    }
 }
 
 /// A snapshot file found by [`SnapshotStore::list`]: its name is well formed; its contents have
@@ -252,7 +338,7 @@ impl SnapshotStore {
             .map_err(io_err("cannot read snapshot dir", dir.path()))?;
         for (name, _) in files {
             let path = dir.path().join(&name);
-            if name.ends_with(TMP_SUFFIX) {
+            if name.ends_with(TMP_SUFFIX) || name.ends_with(PART_SUFFIX) {
                 dir.remove(&name)
                     .map_err(io_err("cannot remove temp snapshot", &path))?;
                 warn!(logger, "removed a temp snapshot file left by an interrupted save";
@@ -287,7 +373,7 @@ impl SnapshotStore {
     }
 
     /// Writes a snapshot atomically and durably (see the [module docs](self)), then deletes all
-    /// but the newest [`keep`](Self::keep) valid snapshots. Returns the new file.
+    /// but the newest [`keep`](Self::keep) valid snapshots. Returns what was written.
     ///
     /// Refused ([`SnapshotError::Stale`], nothing written) if a snapshot with a higher
     /// `(index, term)` is already on disk; the same `(index, term)` replaces the file. A failure
@@ -298,10 +384,72 @@ impl SnapshotStore {
         term: u64,
         conf_state: &ConfState,
         data: &[u8],
-    ) -> Result<PathBuf, SnapshotError> {
+    ) -> Result<SnapshotMeta, SnapshotError> {
+        self.save_with(index, term, conf_state, |w| w.write_all(data))
+    }
+
+    /// [`save`](Self::save), with the state written by `write` piece by piece: the file is
+    /// written through a bounded buffer, whatever the state's size.
+    pub fn save_with(
+        &self,
+        index: u64,
+        term: u64,
+        conf_state: &ConfState,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<SnapshotMeta, SnapshotError> {
         let mut verified = self.lock();
         let name = file_name(index, term);
         let path = self.dir.path().join(&name);
+        self.check_not_stale(index, term)?;
+        let prefix = prefix(index, term, conf_state).map_err(|detail| SnapshotError::Encode {
+            path: path.clone(),
+            detail,
+        })?;
+        let tmp = format!("{name}{TMP_SUFFIX}");
+        let tmp_path = self.dir.path().join(&tmp);
+        let written = (|| -> io::Result<(u64, u32)> {
+            let mut out = FrameWriter::new(self.dir.create(&tmp)?);
+            out.raw(&prefix)?;
+            write(&mut out)?;
+            out.end(true)
+        })();
+        let (size, crc) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                let _ = self.dir.remove(&tmp);
+                return Err(SnapshotError::Io {
+                    op: "cannot write (and fsync) temp snapshot",
+                    path: tmp_path,
+                    source: e,
+                });
+            }
+        };
+        if let Err(e) = self.dir.rename(&tmp, &name) {
+            let _ = self.dir.remove(&tmp);
+            return Err(SnapshotError::Io {
+                op: "cannot rename temp snapshot into place",
+                path: path.clone(),
+                source: e,
+            });
+        }
+        self.sync_dir()?;
+        verified.insert(name);
+        info!(self.logger, "saved snapshot"; "file" => %path.display(), "index" => index,
+            "term" => term, "bytes" => size);
+
+        self.prune(&mut verified, &path);
+        Ok(SnapshotMeta {
+            index,
+            term,
+            conf_state: conf_state.clone(),
+            size,
+            crc,
+            path,
+        })
+    }
+
+    /// Refuses to write `(index, term)` behind a newer snapshot on disk.
+    fn check_not_stale(&self, index: u64, term: u64) -> Result<(), SnapshotError> {
         if let Some(newest) = self.list()?.last()
             && (newest.index, newest.term) > (index, term)
         {
@@ -313,55 +461,103 @@ impl SnapshotStore {
                 newest_term: newest.term,
             });
         }
+        Ok(())
+    }
 
-        let encode_err = |detail: String| SnapshotError::Encode {
-            path: path.clone(),
-            detail,
-        };
-        let cs = conf_state
-            .write_to_bytes()
-            .map_err(|e| encode_err(format!("cannot encode the conf state: {e}")))?;
-        let cs_len = u32::try_from(cs.len())
-            .map_err(|_| encode_err(format!("the conf state is too large ({} bytes)", cs.len())))?;
-        let mut header = Vec::with_capacity(PREFIX_LEN as usize + cs.len() + 8);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&index.to_le_bytes());
-        header.extend_from_slice(&term.to_le_bytes());
-        header.extend_from_slice(&cs_len.to_le_bytes());
-        header.extend_from_slice(&cs);
-        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&header);
-        hasher.update(data);
-        let crc = hasher.finalize();
-
-        let tmp = format!("{name}{TMP_SUFFIX}");
-        let written = self
+    /// Opens the file `desc` describes, to send it: its bytes as they are on disk, and its size.
+    /// Fails if the file is gone or is not the one described (pruned and replaced).
+    pub fn open_raw(&self, desc: &Descriptor) -> Result<crate::disk::FileReader, SnapshotError> {
+        let name = file_name(desc.index, desc.term);
+        let path = self.dir.path().join(&name);
+        let (reader, len) = self
             .dir
-            .write(&tmp, &[&header, data, &crc.to_le_bytes()], true);
-        if let Err(e) = written {
-            let _ = self.dir.remove(&tmp);
-            return Err(SnapshotError::Io {
-                op: "cannot write (and fsync) temp snapshot",
-                path: self.dir.path().join(&tmp),
-                source: e,
+            .open(&name)
+            .map_err(io_err("cannot open snapshot", &path))?;
+        if len != desc.size {
+            return Err(SnapshotError::Corrupt {
+                path,
+                detail: format!(
+                    "the file has {len} bytes, the snapshot being sent has {}",
+                    desc.size
+                ),
             });
         }
-        if let Err(e) = self.dir.rename(&tmp, &name) {
-            let _ = self.dir.remove(&tmp);
-            return Err(SnapshotError::Io {
-                op: "cannot rename temp snapshot into place",
-                path: path.clone(),
-                source: e,
-            });
+        Ok((reader, len))
+    }
+
+    /// Starts receiving the file `desc` describes: creates its part file (removing any other
+    /// part file first: one snapshot is received at a time). The caller writes the file's bytes
+    /// in order and finishes the writer (synced) before [`check_received`](Self::check_received).
+    pub fn receive(&self, desc: &Descriptor) -> Result<Box<dyn FileWriter>, SnapshotError> {
+        self.discard_parts();
+        let name = part_name(desc);
+        self.dir.create(&name).map_err(io_err(
+            "cannot create a received snapshot",
+            &self.dir.path().join(&name),
+        ))
+    }
+
+    /// Removes every part file (a snapshot that will not be installed).
+    pub fn discard_parts(&self) {
+        if let Ok(files) = self.dir.list() {
+            for (name, _) in files {
+                if name.ends_with(PART_SUFFIX) {
+                    let _ = self.dir.remove(&name);
+                }
+            }
         }
+    }
+
+    /// Reads and checks a received file completely, handing its state to `decode` (see
+    /// [`load_newest_with`](Self::load_newest_with)); it must be exactly the file `desc` describes.
+    /// A bad file is removed.
+    pub fn check_received<T>(
+        &self,
+        desc: &Descriptor,
+        decode: impl FnOnce(&mut dyn Read, u64) -> Result<T, String>,
+    ) -> Result<(SnapshotMeta, T), SnapshotError> {
+        let name = part_name(desc);
+        let path = self.dir.path().join(&name);
+        let checked = (|| {
+            let (reader, len) = self
+                .dir
+                .open(&name)
+                .map_err(io_err("cannot open a received snapshot", &path))?;
+            let (meta, value) = read_file(reader, len, &path, (desc.index, desc.term), decode)?;
+            if meta.descriptor() != *desc {
+                return Err(SnapshotError::Corrupt {
+                    path: path.clone(),
+                    detail: format!(
+                        "received {} bytes with checksum {:08x}, the leader described {} bytes \
+                         with checksum {:08x}",
+                        meta.size, meta.crc, desc.size, desc.crc
+                    ),
+                });
+            }
+            Ok((meta, value))
+        })();
+        if checked.is_err() {
+            let _ = self.dir.remove(&name);
+        }
+        checked
+    }
+
+    /// Puts a received (and checked) file in place as the newest snapshot, durably, and prunes
+    /// older ones. Refused if a newer snapshot is on disk.
+    pub fn install_received(&self, desc: &Descriptor) -> Result<PathBuf, SnapshotError> {
+        let mut verified = self.lock();
+        self.check_not_stale(desc.index, desc.term)?;
+        let part = part_name(desc);
+        let name = file_name(desc.index, desc.term);
+        let path = self.dir.path().join(&name);
+        self.dir.rename(&part, &name).map_err(io_err(
+            "cannot rename a received snapshot into place",
+            &path,
+        ))?;
         self.sync_dir()?;
         verified.insert(name);
-        let size = header.len() as u64 + data.len() as u64 + 4;
-        info!(self.logger, "saved snapshot"; "file" => %path.display(), "index" => index,
-            "term" => term, "bytes" => size);
-
+        info!(self.logger, "saved snapshot"; "file" => %path.display(), "index" => desc.index,
+            "term" => desc.term, "bytes" => desc.size, "received" => true);
         self.prune(&mut verified, &path);
         Ok(path)
     }
@@ -383,7 +579,7 @@ impl SnapshotStore {
                     kept += 1;
                     continue;
                 }
-                match self.read(&info) {
+                match self.read(&info, skip_all) {
                     Ok(_) => {
                         verified.insert(name);
                         kept += 1;
@@ -422,16 +618,35 @@ impl SnapshotStore {
     /// A file that is torn, malformed, fails its checksum or whose name disagrees with its header
     /// is refused: logged at error level, renamed to `<name>.corrupt`, and the next older file is
     /// tried. `Ok(None)` if no valid snapshot exists. An I/O error other than a short file is
-    /// returned (the file is left alone).
+    /// returned (the file is left alone). The state is read into memory whole: see
+    /// [`load_newest_with`](Self::load_newest_with) for a large one.
     pub fn load_newest(&self) -> Result<Option<LoadedSnapshot>, SnapshotError> {
+        Ok(self
+            .load_newest_with(read_all)?
+            .map(|(meta, data)| LoadedSnapshot {
+                index: meta.index,
+                term: meta.term,
+                conf_state: meta.conf_state,
+                data,
+                path: meta.path,
+            }))
+    }
+
+    /// [`load_newest`](Self::load_newest), handing each file's state to `decode` as it is read
+    /// (a reader of the state's bytes, and an upper bound of their number): a state of any size
+    /// is loaded with a bounded buffer. A file whose state `decode` refuses is refused like a
+    /// corrupt one. What `decode` returned is kept only once the whole file has passed its checks.
+    pub fn load_newest_with<T>(
+        &self,
+        mut decode: impl FnMut(&mut dyn Read, u64) -> Result<T, String>,
+    ) -> Result<Option<(SnapshotMeta, T)>, SnapshotError> {
         for info in self.list()?.into_iter().rev() {
-            match self.read(&info) {
-                Ok(loaded) => {
+            match self.read(&info, &mut decode) {
+                Ok((meta, value)) => {
                     self.lock().insert(file_name(info.index, info.term));
                     info!(self.logger, "loaded snapshot"; "file" => %info.path.display(),
-                        "index" => loaded.index, "term" => loaded.term,
-                        "bytes" => loaded.data.len());
-                    return Ok(Some(loaded));
+                        "index" => meta.index, "term" => meta.term, "bytes" => meta.size);
+                    return Ok(Some((meta, value)));
                 }
                 Err(e @ SnapshotError::Corrupt { .. }) => {
                     self.quarantine(&mut self.lock(), &info.path, &e);
@@ -454,13 +669,20 @@ impl SnapshotStore {
     /// header). A bad file gives [`SnapshotError::Corrupt`]; unlike `load_newest` it is left
     /// where it is. The file need not be in this store's directory.
     pub fn load(&self, path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
-        name_of(path)?;
+        let names = name_of(path)?;
         let file = File::open(path).map_err(io_err("cannot open snapshot", path))?;
         let len = file
             .metadata()
             .map_err(io_err("cannot stat snapshot", path))?
             .len();
-        let loaded = read_snapshot(Box::new(file), len, path)?;
+        let (meta, data) = read_file(Box::new(file), len, path, names, read_all)?;
+        let loaded = LoadedSnapshot {
+            index: meta.index,
+            term: meta.term,
+            conf_state: meta.conf_state,
+            data,
+            path: meta.path,
+        };
         if path.parent() == Some(self.dir()) {
             self.lock().insert(file_name(loaded.index, loaded.term));
         }
@@ -524,13 +746,17 @@ impl SnapshotStore {
     }
 
     /// Reads and fully checks a listed file.
-    fn read(&self, info: &SnapshotInfo) -> Result<LoadedSnapshot, SnapshotError> {
+    fn read<T>(
+        &self,
+        info: &SnapshotInfo,
+        decode: impl FnOnce(&mut dyn Read, u64) -> Result<T, String>,
+    ) -> Result<(SnapshotMeta, T), SnapshotError> {
         let name = file_name(info.index, info.term);
         let (reader, len) = self
             .dir
             .open(&name)
             .map_err(io_err("cannot open snapshot", &info.path))?;
-        read_snapshot(reader, len, &info.path)
+        read_file(reader, len, &info.path, (info.index, info.term), decode)
     }
 
     fn sync_dir(&self) -> Result<(), SnapshotError> {
@@ -591,15 +817,268 @@ fn name_of(path: &Path) -> Result<(u64, u64), SnapshotError> {
     })
 }
 
-/// Reads and fully checks one snapshot file. Every problem with the file's contents (including
-/// a file that ends early) is [`SnapshotError::Corrupt`]; other I/O errors are
-/// [`SnapshotError::Io`].
-fn read_snapshot(
+/// The start of a file: magic, version, index, term, conf state.
+fn prefix(index: u64, term: u64, conf_state: &ConfState) -> Result<Vec<u8>, String> {
+    let cs = conf_state
+        .write_to_bytes()
+        .map_err(|e| format!("cannot encode the conf state: {e}"))?;
+    let cs_len = u32::try_from(cs.len())
+        .map_err(|_| format!("the conf state is too large ({} bytes)", cs.len()))?;
+    let mut prefix = Vec::with_capacity(PREFIX_LEN as usize + cs.len());
+    prefix.extend_from_slice(MAGIC);
+    prefix.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    prefix.extend_from_slice(&index.to_le_bytes());
+    prefix.extend_from_slice(&term.to_le_bytes());
+    prefix.extend_from_slice(&cs_len.to_le_bytes());
+    prefix.extend_from_slice(&cs);
+    Ok(prefix)
+}
+
+/// The part file a snapshot is received into.
+fn part_name(desc: &Descriptor) -> String {
+    format!(
+        "{}.{:08x}{PART_SUFFIX}",
+        file_name(desc.index, desc.term),
+        desc.crc
+    )
+}
+
+/// Reads a state whole (for small states and tests).
+fn read_all(r: &mut dyn Read, max: u64) -> Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    r.take(max)
+        .read_to_end(&mut data)
+        .map_err(|e| e.to_string())?;
+    Ok(data)
+}
+
+/// Reads a state without keeping it (the checks still run).
+fn skip_all(r: &mut dyn Read, _max: u64) -> Result<(), String> {
+    io::copy(r, &mut io::sink())
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Writes the frames of a version 2 file after its prefix, keeping the whole file's CRC.
+struct FrameWriter {
+    out: Box<dyn FileWriter>,
+    frame: Vec<u8>,
+    whole: crc32fast::Hasher,
+    data_len: u64,
+    size: u64,
+}
+
+impl FrameWriter {
+    fn new(out: Box<dyn FileWriter>) -> FrameWriter {
+        FrameWriter {
+            out,
+            frame: Vec::with_capacity(MAX_FRAME),
+            whole: crc32fast::Hasher::new(),
+            data_len: 0,
+            size: 0,
+        }
+    }
+
+    /// Writes bytes as they are (the prefix, frame headers, the trailer).
+    fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.whole.update(bytes);
+        self.size += bytes.len() as u64;
+        self.out.write_all(bytes)
+    }
+
+    fn flush_frame(&mut self) -> io::Result<()> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let frame = std::mem::take(&mut self.frame);
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+        header[4..].copy_from_slice(&crc32fast::hash(&frame).to_le_bytes());
+        self.raw(&header)?;
+        self.raw(&frame)?;
+        self.frame = frame;
+        self.frame.clear();
+        Ok(())
+    }
+
+    /// Ends the frames, writes the trailer and finishes the file; its size and whole CRC.
+    fn end(mut self, sync: bool) -> io::Result<(u64, u32)> {
+        self.flush_frame()?;
+        self.raw(&0u32.to_le_bytes())?;
+        self.raw(&self.data_len.to_le_bytes())?;
+        let crc = self.whole.clone().finalize();
+        self.out.write_all(&crc.to_le_bytes())?;
+        self.out.finish(sync)?;
+        Ok((self.size + 4, crc))
+    }
+}
+
+impl Write for FrameWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(MAX_FRAME - self.frame.len());
+        self.frame.extend_from_slice(&buf[..n]);
+        self.data_len += n as u64;
+        if self.frame.len() == MAX_FRAME {
+            self.flush_frame()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads the state out of a version 2 file's frames, checking each frame's CRC before handing
+/// its bytes on, and the trailer (data length, whole CRC, nothing after it) at the end.
+struct FrameReader {
+    file: Box<dyn Read + Send>,
+    /// File bytes not read yet.
+    left: u64,
+    whole: crc32fast::Hasher,
+    frame: Vec<u8>,
+    pos: usize,
+    data_len: u64,
+    done: bool,
+    /// The whole file's CRC, once checked.
+    crc: u32,
+    /// What is wrong with the file, once found.
+    bad: Option<String>,
+    /// An I/O error that is not the file's fault.
+    failed: Option<io::Error>,
+}
+
+impl FrameReader {
+    fn corrupt(&mut self, detail: String) -> io::Error {
+        let e = io::Error::new(io::ErrorKind::InvalidData, detail.clone());
+        self.bad.get_or_insert(detail);
+        e
+    }
+
+    fn exact(&mut self, buf: &mut [u8], what: &str) -> io::Result<()> {
+        if (buf.len() as u64) > self.left {
+            return Err(self.corrupt(format!("torn: the file ends inside the {what}")));
+        }
+        match self.file.read_exact(buf) {
+            Ok(()) => {
+                self.left -= buf.len() as u64;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(self.corrupt(format!(
+                "torn: the file ends inside the {what} (did it shrink while being read?)"
+            ))),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.failed.get_or_insert(e);
+                Err(copy)
+            }
+        }
+    }
+
+    /// Reads the next frame into `frame`, or the trailer (then `done`).
+    fn next_frame(&mut self) -> io::Result<()> {
+        let mut len = [0u8; 4];
+        self.exact(&mut len, "frame length")?;
+        self.whole.update(&len);
+        let len = u32::from_le_bytes(len) as usize;
+        if len == 0 {
+            let mut data_len = [0u8; 8];
+            self.exact(&mut data_len, "data length")?;
+            self.whole.update(&data_len);
+            let mut crc = [0u8; 4];
+            self.exact(&mut crc, "checksum")?;
+            let (stored, computed) = (u32::from_le_bytes(crc), self.whole.clone().finalize());
+            if stored != computed {
+                return Err(self.corrupt(format!(
+                    "checksum mismatch: the file says {stored:08x}, its contents give {computed:08x}"
+                )));
+            }
+            let data_len = u64::from_le_bytes(data_len);
+            if data_len != self.data_len {
+                return Err(self.corrupt(format!(
+                    "the trailer says {data_len} bytes of data, the frames hold {}",
+                    self.data_len
+                )));
+            }
+            if self.left != 0 {
+                return Err(
+                    self.corrupt(format!("{} unexpected bytes after the checksum", self.left))
+                );
+            }
+            self.crc = stored;
+            self.done = true;
+            return Ok(());
+        }
+        if len > MAX_FRAME {
+            return Err(self.corrupt(format!(
+                "a frame of {len} bytes, more than the {MAX_FRAME} allowed"
+            )));
+        }
+        let mut crc = [0u8; 4];
+        self.exact(&mut crc, "frame checksum")?;
+        self.whole.update(&crc);
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.resize(len, 0);
+        let read = self.exact(&mut frame, "frame");
+        self.frame = frame;
+        read?;
+        let (stored, computed) = (u32::from_le_bytes(crc), crc32fast::hash(&self.frame));
+        if stored != computed {
+            self.frame.clear();
+            return Err(self.corrupt(format!(
+                "frame checksum mismatch at data byte {}: the file says {stored:08x}, the frame \
+                 gives {computed:08x}",
+                self.data_len
+            )));
+        }
+        self.whole.update(&self.frame);
+        self.data_len += len as u64;
+        self.pos = 0;
+        Ok(())
+    }
+
+    /// Reads (and checks) whatever the decoder left, up to the trailer.
+    fn drain(&mut self) -> io::Result<()> {
+        while !self.done {
+            self.pos = self.frame.len();
+            self.next_frame()?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for FrameReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.bad.is_some() || self.failed.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the snapshot file failed a check",
+            ));
+        }
+        while self.pos == self.frame.len() {
+            if self.done || buf.is_empty() {
+                return Ok(0);
+            }
+            self.next_frame()?;
+        }
+        let n = buf.len().min(self.frame.len() - self.pos);
+        buf[..n].copy_from_slice(&self.frame[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads and fully checks one snapshot file (either version), handing its state to `decode`.
+/// Every problem with the file's contents (including a file that ends early, and a state that
+/// does not decode) is [`SnapshotError::Corrupt`]; other I/O errors are [`SnapshotError::Io`].
+/// `names` is the (index, term) its name says.
+fn read_file<T>(
     file: Box<dyn Read + Send>,
     len: u64,
     path: &Path,
-) -> Result<LoadedSnapshot, SnapshotError> {
-    let (name_index, name_term) = name_of(path)?;
+    (name_index, name_term): (u64, u64),
+    decode: impl FnOnce(&mut dyn Read, u64) -> Result<T, String>,
+) -> Result<(SnapshotMeta, T), SnapshotError> {
     let mut file = SnapshotReader { file, path };
     let mut prefix = [0u8; PREFIX_LEN as usize];
     let have = len.min(PREFIX_LEN) as usize;
@@ -608,24 +1087,6 @@ fn read_snapshot(
     // Bounded by the file size, checked by `Header::check`.
     let mut cs = vec![0u8; header.cs_len as usize];
     file.exact(&mut cs, "conf state")?;
-    let mut data_len_bytes = [0u8; 8];
-    file.exact(&mut data_len_bytes, "data length")?;
-    let data_len = u64::from_le_bytes(data_len_bytes);
-    check_total_length(header.cs_len, data_len, len).map_err(|d| file.corrupt(d))?;
-    let data = file.data(data_len)?;
-    let mut crc_bytes = [0u8; 4];
-    file.exact(&mut crc_bytes, "checksum")?;
-    let stored = u32::from_le_bytes(crc_bytes);
-    let mut hasher = crc32fast::Hasher::new();
-    for part in [&prefix[..], &cs, &data_len_bytes, &data] {
-        hasher.update(part);
-    }
-    let computed = hasher.finalize();
-    if stored != computed {
-        return Err(file.corrupt(format!(
-            "checksum mismatch: the file says {stored:08x}, its contents give {computed:08x}"
-        )));
-    }
     let (index, term) = (header.index, header.term);
     if (name_index, name_term) != (index, term) {
         return Err(file.corrupt(format!(
@@ -635,13 +1096,72 @@ fn read_snapshot(
     }
     let conf_state = ConfState::parse_from_bytes(&cs)
         .map_err(|e| file.corrupt(format!("the conf state does not decode: {e}")))?;
-    Ok(LoadedSnapshot {
+    let meta = |crc: u32| SnapshotMeta {
         index,
         term,
-        conf_state,
-        data,
+        conf_state: conf_state.clone(),
+        size: len,
+        crc,
         path: path.to_path_buf(),
-    })
+    };
+    if header.version == LEGACY_VERSION {
+        let mut data_len_bytes = [0u8; 8];
+        file.exact(&mut data_len_bytes, "data length")?;
+        let data_len = u64::from_le_bytes(data_len_bytes);
+        check_total_length(header.cs_len, data_len, len).map_err(|d| file.corrupt(d))?;
+        let data = file.data(data_len)?;
+        let mut crc_bytes = [0u8; 4];
+        file.exact(&mut crc_bytes, "checksum")?;
+        let stored = u32::from_le_bytes(crc_bytes);
+        let mut hasher = crc32fast::Hasher::new();
+        for part in [&prefix[..], &cs, &data_len_bytes, &data] {
+            hasher.update(part);
+        }
+        let computed = hasher.finalize();
+        if stored != computed {
+            return Err(file.corrupt(format!(
+                "checksum mismatch: the file says {stored:08x}, its contents give {computed:08x}"
+            )));
+        }
+        let value = decode(&mut &data[..], data_len)
+            .map_err(|e| file.corrupt(format!("the state does not decode: {e}")))?;
+        return Ok((meta(stored), value));
+    }
+    let mut whole = crc32fast::Hasher::new();
+    whole.update(&prefix);
+    whole.update(&cs);
+    let left = len - PREFIX_LEN - u64::from(header.cs_len);
+    let mut frames = FrameReader {
+        file: file.file,
+        left,
+        whole,
+        frame: Vec::new(),
+        pos: 0,
+        data_len: 0,
+        done: false,
+        crc: 0,
+        bad: None,
+        failed: None,
+    };
+    let decoded = decode(&mut frames, left);
+    let drained = frames.drain();
+    let corrupt = |detail: String| SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if let Some(e) = frames.failed.take() {
+        return Err(SnapshotError::Io {
+            op: "cannot read snapshot",
+            path: path.to_path_buf(),
+            source: e,
+        });
+    }
+    if let Some(detail) = frames.bad.take() {
+        return Err(corrupt(detail));
+    }
+    drained.map_err(|e| corrupt(e.to_string()))?;
+    let value = decoded.map_err(|e| corrupt(format!("the state does not decode: {e}")))?;
+    Ok((meta(frames.crc), value))
 }
 
 /// A snapshot file being read: a file that ends early is torn.
@@ -697,6 +1217,7 @@ impl SnapshotReader<'_> {
 
 /// The fixed-size start of a snapshot file.
 struct Header {
+    version: u32,
     index: u64,
     term: u64,
     cs_len: u32,
@@ -717,10 +1238,11 @@ impl Header {
             |at: usize| u32::from_le_bytes(prefix[at..at + 4].try_into().unwrap_or_default());
         let u64_at =
             |at: usize| u64::from_le_bytes(prefix[at..at + 8].try_into().unwrap_or_default());
-        if have >= 12 && u32_at(8) != FORMAT_VERSION {
+        let version = if have >= 12 { u32_at(8) } else { 0 };
+        if have >= 12 && version != FORMAT_VERSION && version != LEGACY_VERSION {
             return Err(format!(
-                "unsupported format version {} (this build reads version {FORMAT_VERSION})",
-                u32_at(8)
+                "unsupported format version {version} (this build reads versions \
+                 {LEGACY_VERSION} and {FORMAT_VERSION})"
             ));
         }
         if len < MIN_LEN {
@@ -735,6 +1257,7 @@ impl Header {
             ));
         }
         Ok(Header {
+            version,
             index: u64_at(12),
             term: u64_at(20),
             cs_len,
@@ -845,9 +1368,10 @@ mod tests {
         let (store, _) = open(tmp.path());
         assert_eq!(store.dir(), tmp.path().join(SNAPSHOT_DIR));
         assert_eq!(store.keep(), DEFAULT_KEEP);
-        let path = store
+        let saved = store
             .save(42, 7, &conf(&[1, 2, 3]), b"machine state")
             .unwrap();
+        let path = saved.path.clone();
         assert_eq!(
             path,
             store
@@ -876,20 +1400,25 @@ mod tests {
         assert_eq!((info[0].index, info[0].term), (42, 7));
         assert_eq!(info[0].size, fs::metadata(&path).unwrap().len());
 
-        let snap = to_raft_snapshot(&loaded);
+        // raft's snapshot names the file: metadata, and the descriptor as data.
+        assert_eq!(saved.size, info[0].size);
+        let snap = saved.to_raft_snapshot();
         assert_eq!(snap.get_metadata().index, 42);
         assert_eq!(snap.get_metadata().term, 7);
         assert_eq!(snap.get_metadata().get_conf_state(), &conf(&[1, 2, 3]));
-        assert_eq!(&snap.data[..], b"machine state");
-        assert_eq!(loaded.into_raft_snapshot(), snap);
+        assert_eq!(Descriptor::of(&snap), Ok(saved.descriptor()));
+        let bytes = fs::read(&path).unwrap();
+        let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
+        assert_eq!(saved.crc, crc);
     }
 
     #[test]
     fn snapshot_empty_data_and_conf_state() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = open(tmp.path());
-        let path = store.save(1, 1, &ConfState::default(), b"").unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().len(), MIN_LEN);
+        let path = store.save(1, 1, &ConfState::default(), b"").unwrap().path;
+        // No frame: the end marker, the data length and the checksum.
+        assert_eq!(fs::metadata(&path).unwrap().len(), PREFIX_LEN + 4 + 8 + 4);
         let loaded = store.load_newest().unwrap().unwrap();
         assert_eq!(loaded.conf_state, ConfState::default());
         assert!(loaded.data.is_empty());
@@ -1049,7 +1578,8 @@ mod tests {
         let (store, _) = open(tmp.path());
         let path = store
             .save(200, 4, &conf(&[1, 2, 3]), b"newer state")
-            .unwrap();
+            .unwrap()
+            .path;
         fs::read(path).unwrap()
     }
 
@@ -1104,7 +1634,8 @@ mod tests {
         let good = small_snapshot();
         let name = file_name(200, 4);
         let len = good.len();
-        let header = PREFIX_LEN as usize + conf(&[1, 2, 3]).write_to_bytes().unwrap().len() + 8;
+        // The prefix and conf state, then the first frame's length.
+        let header = PREFIX_LEN as usize + conf(&[1, 2, 3]).write_to_bytes().unwrap().len() + 4;
         let mut cuts = vec![
             0,
             1,
@@ -1141,8 +1672,8 @@ mod tests {
                 bad[at] ^= mask;
                 let problem = match at {
                     0..8 => "bad magic",
-                    8..12 => "unsupported format version",
-                    12..28 => "checksum mismatch",
+                    8..12 => "",
+                    12..28 => "the file name says",
                     _ => "",
                 };
                 assert_refused(&name, &bad, problem);
@@ -1166,8 +1697,8 @@ mod tests {
         bad[..8].copy_from_slice(b"RNSNAP99");
         assert_refused(&name, &bad, "bad magic");
         let mut bad = good.clone();
-        bad[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_refused(&name, &bad, "unsupported format version 2");
+        bad[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert_refused(&name, &bad, "unsupported format version 3");
         assert_refused(&name, &[0xff; 4096], "bad magic");
         assert_refused(&name, b"", "torn");
     }
@@ -1181,13 +1712,25 @@ mod tests {
         let mut bad = good.clone();
         bad[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_refused(&name, &bad, "torn");
+        // A frame length past the limit or the file: refused before anything that size is
+        // allocated.
         let cs_len = u32::from_le_bytes(good[28..32].try_into().unwrap()) as usize;
         let at = PREFIX_LEN as usize + cs_len;
-        for huge in [u64::MAX, u64::MAX - 3, 1 << 62, good.len() as u64] {
+        for huge in [u32::MAX, MAX_FRAME as u32 + 1] {
             let mut bad = good.clone();
-            bad[at..at + 8].copy_from_slice(&huge.to_le_bytes());
-            assert_refused(&name, &bad, "torn");
+            bad[at..at + 4].copy_from_slice(&huge.to_le_bytes());
+            assert_refused(&name, &bad, "more than the");
         }
+        let mut bad = good.clone();
+        bad[at..at + 4].copy_from_slice(&(good.len() as u32).to_le_bytes());
+        assert_refused(&name, &bad, "torn");
+        // The trailer's data length must be what the frames hold (the CRC is made to match).
+        let mut bad = good.clone();
+        let end = bad.len();
+        bad[end - 12..end - 4].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let crc = crc32fast::hash(&bad[..end - 4]);
+        bad[end - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert_refused(&name, &bad, "the trailer says");
     }
 
     #[test]
@@ -1195,7 +1738,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = open(tmp.path());
         store.save(100, 3, &conf(&[1]), b"older state").unwrap();
-        let newer = store.save(200, 4, &conf(&[1]), b"newer state").unwrap();
+        let newer = store
+            .save(200, 4, &conf(&[1]), b"newer state")
+            .unwrap()
+            .path;
         let bytes = fs::read(&newer).unwrap();
         fs::remove_file(&newer).unwrap();
         assert_refused(
@@ -1214,8 +1760,8 @@ mod tests {
     fn snapshot_all_corrupt_then_none_and_corrupt_name_taken() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = open(tmp.path());
-        let a = store.save(1, 1, &conf(&[1]), b"a").unwrap();
-        let b = store.save(2, 1, &conf(&[1]), b"b").unwrap();
+        let a = store.save(1, 1, &conf(&[1]), b"a").unwrap().path;
+        let b = store.save(2, 1, &conf(&[1]), b"b").unwrap().path;
         fs::write(&a, b"garbage").unwrap();
         fs::write(&b, b"garbage").unwrap();
         fs::write(corrupt_path(&b, 0), b"an earlier refusal").unwrap();
@@ -1234,7 +1780,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = open(tmp.path());
         store.save(10, 1, &conf(&[1]), b"10").unwrap();
-        let twenty = store.save(20, 1, &conf(&[1]), b"20").unwrap();
+        let twenty = store.save(20, 1, &conf(&[1]), b"20").unwrap().path;
         // After a restart the store has checked nothing; the file at 20 rots.
         fs::write(&twenty, b"rotten").unwrap();
         let (store, lines) = open(tmp.path());
@@ -1320,18 +1866,150 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         let start = Instant::now();
-        let path = store.save(1 << 40, 9, &conf(&[1, 2, 3]), &data).unwrap();
-        let saved = start.elapsed();
+        // Written in odd-sized pieces, as an encoder does.
+        let saved = store
+            .save_with(1 << 40, 9, &conf(&[1, 2, 3]), |w| {
+                for piece in data.chunks(77_777) {
+                    w.write_all(piece)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let saved_in = start.elapsed();
         let start = Instant::now();
         let loaded = store.load_newest().unwrap().unwrap();
         let loaded_in = start.elapsed();
-        eprintln!("100 MB snapshot: save {saved:?}, load {loaded_in:?}");
+        eprintln!("100 MB snapshot: save {saved_in:?}, load {loaded_in:?}");
         assert_eq!(loaded.index, 1 << 40);
-        assert_eq!(loaded.path, path);
+        assert_eq!(loaded.path, saved.path);
         assert!(loaded.data == data);
+        let frames = data.len().div_ceil(MAX_FRAME) as u64;
         assert_eq!(
-            fs::metadata(&path).unwrap().len(),
-            data.len() as u64 + MIN_LEN + conf(&[1, 2, 3]).write_to_bytes().unwrap().len() as u64
+            fs::metadata(&saved.path).unwrap().len(),
+            PREFIX_LEN
+                + conf(&[1, 2, 3]).write_to_bytes().unwrap().len() as u64
+                + frames * 8
+                + data.len() as u64
+                + 4
+                + 8
+                + 4
+        );
+        assert_eq!(saved.size, fs::metadata(&saved.path).unwrap().len());
+    }
+
+    /// A version 1 file (the state in one piece) written by an older build still loads.
+    #[test]
+    fn snapshot_version_1_files_still_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let cs = conf(&[1, 2]).write_to_bytes().unwrap();
+        let data = b"an old state";
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&LEGACY_VERSION.to_le_bytes());
+        file.extend_from_slice(&5u64.to_le_bytes());
+        file.extend_from_slice(&2u64.to_le_bytes());
+        file.extend_from_slice(&(cs.len() as u32).to_le_bytes());
+        file.extend_from_slice(&cs);
+        file.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        file.extend_from_slice(data);
+        let crc = crc32fast::hash(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        fs::write(store.dir().join(file_name(5, 2)), &file).unwrap();
+        let loaded = store.load_newest().unwrap().unwrap();
+        assert_eq!((loaded.index, loaded.term), (5, 2));
+        assert_eq!(loaded.data, data);
+        // A torn one is refused like any other.
+        fs::write(store.dir().join(file_name(6, 2)), &file[..file.len() - 1]).unwrap();
+        assert_eq!(store.load_newest().unwrap().unwrap().index, 5);
+    }
+
+    /// A state the decoder refuses makes its file refused (and the older one used); what the
+    /// decoder returned is used only for a file that passed every check.
+    #[test]
+    fn snapshot_load_with_a_decoder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        store.save(10, 1, &conf(&[1]), b"good").unwrap();
+        store.save(20, 1, &conf(&[1]), b"bad!").unwrap();
+        let decode = |r: &mut dyn Read, _: u64| {
+            let mut s = String::new();
+            r.read_to_string(&mut s).map_err(|e| e.to_string())?;
+            if s == "bad!" {
+                return Err("not a state".to_string());
+            }
+            Ok(s)
+        };
+        let (meta, state) = store.load_newest_with(decode).unwrap().unwrap();
+        assert_eq!((meta.index, state.as_str()), (10, "good"));
+        assert!(corrupt_path(&store.dir().join(file_name(20, 1)), 0).exists());
+        // A decoder that stops early does not skip the checks of the rest of the file.
+        let big: Vec<u8> = (0..3 * MAX_FRAME).map(|i| i as u8).collect();
+        let saved = store.save(30, 1, &conf(&[1]), &big).unwrap();
+        let mut bytes = fs::read(&saved.path).unwrap();
+        let at = bytes.len() - 100;
+        bytes[at] ^= 1;
+        fs::write(&saved.path, &bytes).unwrap();
+        let first_byte = |r: &mut dyn Read, _: u64| {
+            let mut b = [0u8; 1];
+            r.read_exact(&mut b).map_err(|e| e.to_string())?;
+            Ok(b[0])
+        };
+        let (meta, _) = store.load_newest_with(first_byte).unwrap().unwrap();
+        assert_eq!(meta.index, 10);
+    }
+
+    /// A received file: written in pieces into its part file, checked against its descriptor,
+    /// then installed; a file that is not the one described is refused and removed.
+    #[test]
+    fn snapshot_receive_check_install() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (leader, _) = open(&tmp.path().join("leader"));
+        let state: Vec<u8> = (0..2 * MAX_FRAME + 5).map(|i| (i * 7) as u8).collect();
+        let saved = leader.save(50, 3, &conf(&[1, 2]), &state).unwrap();
+        let desc = saved.descriptor();
+        let bytes = fs::read(&saved.path).unwrap();
+
+        let (follower, _) = open(&tmp.path().join("follower"));
+        follower.save(10, 1, &conf(&[1, 2]), b"old").unwrap();
+        let mut out = follower.receive(&desc).unwrap();
+        for piece in bytes.chunks(100_000) {
+            out.write_all(piece).unwrap();
+        }
+        out.finish(true).unwrap();
+        // Not a snapshot until installed.
+        assert_eq!(follower.list().unwrap().len(), 1);
+        let (meta, data) = follower.check_received(&desc, read_all).unwrap();
+        assert_eq!((meta.index, meta.crc), (50, desc.crc));
+        assert_eq!(data, state);
+        follower.install_received(&desc).unwrap();
+        let loaded = follower.load_newest().unwrap().unwrap();
+        assert_eq!((loaded.index, loaded.data), (50, state.clone()));
+
+        // Another file under the same descriptor (one byte changed, CRCs made to match) is
+        // refused by the descriptor's checksum, and removed.
+        let (other, _) = open(&tmp.path().join("other"));
+        let mut changed = state.clone();
+        changed[0] ^= 1;
+        let other_saved = other.save(60, 3, &conf(&[1, 2]), &changed).unwrap();
+        let lie = Descriptor {
+            crc: desc.crc,
+            ..other_saved.descriptor()
+        };
+        let mut out = follower.receive(&lie).unwrap();
+        out.write_all(&fs::read(&other_saved.path).unwrap())
+            .unwrap();
+        out.finish(true).unwrap();
+        let err = follower.check_received(&lie, read_all).unwrap_err();
+        assert!(err.to_string().contains("the leader described"), "{err}");
+        assert!(follower.install_received(&lie).is_err());
+        // A restart removes a part file left behind.
+        let _ = follower.receive(&desc).unwrap();
+        let (follower, _) = open(&tmp.path().join("follower"));
+        assert!(
+            !names(follower.dir()).iter().any(|n| n.ends_with(".part")),
+            "{:?}",
+            names(follower.dir())
         );
     }
 }

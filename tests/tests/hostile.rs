@@ -81,6 +81,7 @@ fn batch(msgs: &[Message]) -> Vec<u8> {
             .map(|m| protobuf::Message::write_to_bytes(m).expect("encode"))
             .collect(),
         from_url: String::new(),
+        chunk: None,
     }
     .encode_to_vec()
 }

@@ -8,6 +8,12 @@
 //! Decoding trusts nothing: every length is checked against what is left, nesting is limited to
 //! [`MAX_DEPTH`], strings must be UTF-8, ids must increase, and the checksum must agree. Garbage
 //! gives a [`DecodeError`], never a panic or a huge allocation.
+//!
+//! A snapshot is written and read a bounded chunk at a time ([`SpaceView::encode_to`],
+//! [`Space::decode_from`]), so a space of millions of tuples is never held twice in memory, once
+//! as itself and once as its encoding. The streaming decoder checks the checksum at the end, so
+//! damage may be reported as whatever the damaged bytes first fail to be, rather than
+//! [`DecodeError::Checksum`].
 
 use std::ops::Bound;
 
@@ -77,6 +83,21 @@ pub enum DecodeError {
     /// The snapshot decodes but describes an impossible space.
     #[error("inconsistent snapshot: {0}")]
     Inconsistent(&'static str),
+    /// One tuple or waiter of a snapshot read through [`Space::decode_from`] is longer than its
+    /// window may grow ([`MAX_RECORD_BYTES`]).
+    #[error("an item at byte {at} does not fit in the decoder's {limit}-byte window")]
+    TooLarge {
+        /// Where the item starts.
+        at: usize,
+        /// The most the window grows to.
+        limit: usize,
+    },
+    /// The input is longer than the caller said it could be.
+    #[error("input longer than the {0} bytes it may hold")]
+    Oversized(u64),
+    /// Reading the input failed.
+    #[error("reading the snapshot: {0}")]
+    Io(String),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,46 +484,297 @@ fn get_opt(r: &mut Reader<'_>) -> Result<Option<Millis>, DecodeError> {
     })
 }
 
+/// Bytes [`SpaceView::encode_to`] gathers before it hands them to the writer.
+const ENCODE_CHUNK: usize = 256 << 10;
+
+/// The window [`Space::decode_from`] reads through, unless the input is known to be smaller.
+const DECODE_WINDOW: usize = 1 << 20;
+
+/// The most the window of [`Space::decode_from`] grows to, for one tuple or waiter that does not
+/// fit: a longer one is refused ([`DecodeError::TooLarge`]).
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// Tuples [`Space::decode_from`] makes room for up front at most, whatever the count says (the
+/// count is read before the checksum can vouch for it).
+const MAX_RESERVE: usize = 1 << 26;
+
+/// The magic and version, the clock and id counters: what every snapshot starts with.
+const HEADER: usize = SNAPSHOT_MAGIC.len() + 2 + 24;
+
+/// The trailing CRC-32.
+const TRAILER: usize = 4;
+
+/// Where [`SpaceView::encode_to`] gathers bytes: a bounded buffer, flushed to the writer through
+/// the running checksum.
+struct Chunks<'w, W: std::io::Write + ?Sized> {
+    w: &'w mut W,
+    buf: Vec<u8>,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: std::io::Write + ?Sized> Chunks<'_, W> {
+    /// Hands the buffer over if it is full.
+    fn maybe_flush(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= ENCODE_CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.crc.update(&self.buf);
+        self.w.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 impl SpaceView {
     /// The whole space (tuples, ids, expiries, waiters, clock) as bytes: what
-    /// [`Space::decode`] reads back.
+    /// [`Space::decode`] reads back. The same bytes as [`SpaceView::encode_to`] writes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.len() * 64);
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.now.to_le_bytes());
-        out.extend_from_slice(&self.next_id.to_le_bytes());
-        out.extend_from_slice(&self.next_waiter.to_le_bytes());
-        put_varint(&mut out, self.len() as u64);
-        let mut prev = 0;
-        for (id, expires, tuple) in self.iter() {
-            put_varint(&mut out, id - prev);
-            prev = id;
-            put_opt(&mut out, expires);
-            encode_tuple(tuple, &mut out);
-        }
-        put_varint(&mut out, self.waiters.len() as u64);
-        let mut prev = 0;
-        for (id, w) in self.waiters.iter().map(|(id, w)| (*id, w)) {
-            put_varint(&mut out, id - prev);
-            prev = id;
-            out.push(match w.kind {
-                WaitKind::Take => 0,
-                WaitKind::Read => 1,
-            });
-            put_varint(&mut out, w.after);
-            put_opt(&mut out, w.deadline);
-            encode_template(&w.template, &mut out);
-        }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
+        self.encode_to(&mut out)
+            .expect("writing to a Vec does not fail");
         out
     }
 
-    /// A checksum of the viewed state: equal on replicas that hold the same state.
+    /// Writes [`SpaceView::encode`]'s bytes to `w`, a bounded chunk at a time (the whole
+    /// encoding is never in memory): what [`Space::decode_from`] reads back.
+    pub fn encode_to<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<()> {
+        self.encode_with(w).map(|_| ())
+    }
+
+    /// [`SpaceView::encode_to`], returning the trailing checksum.
+    fn encode_with<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<u32> {
+        let mut out = Chunks {
+            w,
+            buf: Vec::with_capacity(ENCODE_CHUNK + 4096),
+            crc: crc32fast::Hasher::new(),
+        };
+        let buf = &mut out.buf;
+        buf.extend_from_slice(SNAPSHOT_MAGIC);
+        buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&self.now.to_le_bytes());
+        buf.extend_from_slice(&self.next_id.to_le_bytes());
+        buf.extend_from_slice(&self.next_waiter.to_le_bytes());
+        put_varint(buf, self.len() as u64);
+        let mut prev = 0;
+        for (id, expires, tuple) in self.iter() {
+            put_varint(&mut out.buf, id - prev);
+            prev = id;
+            put_opt(&mut out.buf, expires);
+            encode_tuple(tuple, &mut out.buf);
+            out.maybe_flush()?;
+        }
+        put_varint(&mut out.buf, self.waiters.len() as u64);
+        let mut prev = 0;
+        for (id, w) in self.waiters.iter().map(|(id, w)| (*id, w)) {
+            let buf = &mut out.buf;
+            put_varint(buf, id - prev);
+            prev = id;
+            buf.push(match w.kind {
+                WaitKind::Take => 0,
+                WaitKind::Read => 1,
+            });
+            put_varint(buf, w.after);
+            put_opt(buf, w.deadline);
+            encode_template(&w.template, buf);
+            out.maybe_flush()?;
+        }
+        out.flush()?;
+        let crc = out.crc.finalize();
+        out.w.write_all(&crc.to_le_bytes())?;
+        out.w.flush()?;
+        Ok(crc)
+    }
+
+    /// A checksum of the viewed state: equal on replicas that hold the same state. (The
+    /// encoding's checksum, computed without keeping the encoding.)
     pub fn digest(&self) -> u32 {
-        let bytes = self.encode();
-        u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap_or([0; 4]))
+        self.encode_with(&mut std::io::sink()).unwrap_or(0)
+    }
+}
+
+/// The input of [`Space::decode_from`] through a window: `buf[start..end]` is read and not yet
+/// decoded; `buf[..hashed]` is in the checksum already. The window is refilled when an item runs
+/// past its end, and grows (up to `cap`) only when one item does not fit in it.
+struct Window<'r, R: std::io::Read + ?Sized> {
+    r: &'r mut R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    hashed: usize,
+    /// The offset in the input of `buf[0]`.
+    base: u64,
+    crc: crc32fast::Hasher,
+    eof: bool,
+    /// The input may be no longer than this.
+    max_bytes: u64,
+    cap: usize,
+}
+
+impl<R: std::io::Read + ?Sized> Window<'_, R> {
+    /// The offset in the input of the next byte to decode.
+    fn offset(&self) -> u64 {
+        self.base + self.start as u64
+    }
+
+    /// Read bytes not yet decoded.
+    fn available(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads more input into the window (making room first); false at the end of the input.
+    fn more(&mut self) -> Result<bool, DecodeError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.start > 0 {
+            self.crc.update(&self.buf[self.hashed..self.start]);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.base += self.start as u64;
+            self.end -= self.start;
+            self.start = 0;
+            self.hashed = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.buf.len() >= self.cap {
+                return Err(DecodeError::TooLarge {
+                    at: to_usize(self.base),
+                    limit: self.cap,
+                });
+            }
+            let grown = self.buf.len().saturating_mul(2).clamp(64, self.cap);
+            self.buf.resize(grown, 0);
+        }
+        let before = self.end;
+        while self.end < self.buf.len() {
+            let room = self.buf.len() - self.end;
+            match self.r.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) if n <= room => self.end += n,
+                Ok(_) => return Err(DecodeError::Io("the reader overran its buffer".into())),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DecodeError::Io(e.to_string())),
+            }
+        }
+        if self.base + self.end as u64 > self.max_bytes {
+            return Err(DecodeError::Oversized(self.max_bytes));
+        }
+        Ok(self.end > before)
+    }
+
+    /// Reads until `n` bytes are available or the input ends.
+    fn want(&mut self, n: usize) -> Result<(), DecodeError> {
+        while self.available() < n && self.more()? {}
+        Ok(())
+    }
+
+    /// Decodes one item with `f` from the window, refilling it and starting the item over if
+    /// the item runs past what has been read so far.
+    fn item<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Reader<'_>) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
+        loop {
+            let mut r = Reader {
+                buf: &self.buf[..self.end],
+                pos: self.start,
+            };
+            match f(&mut r) {
+                Ok(v) => {
+                    self.start = r.pos;
+                    return Ok(v);
+                }
+                // Only these two can come from the window's end rather than the item itself.
+                Err(DecodeError::Truncated(_) | DecodeError::TooLong { .. }) if !self.eof => {
+                    self.more()?;
+                }
+                Err(e) => return Err(e.shifted(self.base)),
+            }
+        }
+    }
+
+    /// A count of items that take at least `min_size` bytes each, refused if the input (at most
+    /// `max_bytes`) cannot hold that many.
+    fn count(&mut self, min_size: u64) -> Result<usize, DecodeError> {
+        let at = self.offset();
+        let n = self.item(|r| r.varint())?;
+        let left = self
+            .max_bytes
+            .saturating_sub(self.offset())
+            .saturating_sub(TRAILER as u64);
+        if n.saturating_mul(min_size) > left {
+            return Err(DecodeError::TooLong {
+                len: n,
+                at: to_usize(at),
+                left: to_usize(left),
+            });
+        }
+        usize::try_from(n).map_err(|_| DecodeError::TooLong {
+            len: n,
+            at: to_usize(at),
+            left: to_usize(left),
+        })
+    }
+
+    /// Checks the trailing checksum against the bytes decoded so far, and that nothing follows.
+    fn finish(&mut self) -> Result<(), DecodeError> {
+        self.crc.update(&self.buf[self.hashed..self.start]);
+        self.hashed = self.start;
+        let stored = self.item(|r| {
+            let b = r.take(TRAILER)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        })?;
+        self.hashed = self.start;
+        let computed = std::mem::take(&mut self.crc).finalize();
+        if stored != computed {
+            return Err(DecodeError::Checksum { stored, computed });
+        }
+        if self.available() == 0 && !self.more()? {
+            return Ok(());
+        }
+        Err(DecodeError::Trailing(self.available()))
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl DecodeError {
+    /// The error with its input offsets moved on by `by` (from a window's to the input's).
+    fn shifted(self, by: u64) -> Self {
+        let by = to_usize(by);
+        let at = |at: usize| at.saturating_add(by);
+        match self {
+            DecodeError::Truncated(p) => DecodeError::Truncated(at(p)),
+            DecodeError::BadTag { what, tag, at: p } => DecodeError::BadTag {
+                what,
+                tag,
+                at: at(p),
+            },
+            DecodeError::VarintOverflow(p) => DecodeError::VarintOverflow(at(p)),
+            DecodeError::TooLong { len, at: p, left } => DecodeError::TooLong {
+                len,
+                at: at(p),
+                left,
+            },
+            DecodeError::BadUtf8(p) => DecodeError::BadUtf8(at(p)),
+            DecodeError::TooDeep(p) => DecodeError::TooDeep(at(p)),
+            DecodeError::BadRange(p) => DecodeError::BadRange(at(p)),
+            DecodeError::TooLarge { at: p, limit } => DecodeError::TooLarge { at: at(p), limit },
+            e @ (DecodeError::Trailing(_)
+            | DecodeError::BadMagic
+            | DecodeError::Checksum { .. }
+            | DecodeError::Inconsistent(_)
+            | DecodeError::Io(_)
+            | DecodeError::Oversized(_)) => e,
+        }
     }
 }
 
@@ -514,42 +786,77 @@ impl Space {
 
     /// A space from bytes made by [`Space::encode`]; anything else is refused with an error.
     pub fn decode(bytes: &[u8]) -> Result<Space, DecodeError> {
-        let header = SNAPSHOT_MAGIC.len() + 2;
-        if bytes.len() < header + 24 + 4 || &bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let version = u16::from_le_bytes([bytes[6], bytes[7]]);
-        if version != SNAPSHOT_VERSION {
-            return Err(DecodeError::BadMagic);
-        }
-        let (body, trailer) = bytes.split_at(bytes.len() - 4);
-        let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-        let computed = crc32fast::hash(body);
-        if stored != computed {
-            return Err(DecodeError::Checksum { stored, computed });
-        }
-        let mut r = Reader::new(body);
-        r.take(header)?;
-        let mut space = Space::new();
-        space.now = r.u64_le()?;
-        space.next_id = r.u64_le()?;
-        space.next_waiter = r.u64_le()?;
-        if space.next_id == 0 || space.next_waiter == 0 {
-            return Err(DecodeError::Inconsistent("id counters start at 1"));
-        }
-        let tuples = r.count(3)?;
-        space.reserve(tuples);
-        let mut id: TupleId = 0;
-        for _ in 0..tuples {
-            id = next_id(id, r.varint()?, space.next_id)?;
-            let expires_at = get_opt(&mut r)?;
-            let tuple = r.tuple(1)?;
-            space.restore_tuple(id, tuple, expires_at);
-        }
-        let waiters = r.count(5)?;
-        let mut id = 0;
-        for _ in 0..waiters {
-            id = next_id(id, r.varint()?, space.next_waiter)?;
+        // The bytes are in memory already: an item as long as they are may have a window.
+        let cap = MAX_RECORD_BYTES.max(bytes.len().saturating_add(1));
+        decode_stream(&mut &bytes[..], bytes.len() as u64, cap)
+    }
+
+    /// A space from the bytes [`SpaceView::encode_to`] wrote, read from `r` through a bounded
+    /// window (about a MiB, more only for a tuple or waiter longer than that, never more than
+    /// [`MAX_RECORD_BYTES`]), checking the checksum as it goes. `max_bytes` bounds the length of
+    /// the encoding (a file's size, say): longer input is refused, and no count claiming more
+    /// than that could hold is believed. `r` must end right after the encoding.
+    pub fn decode_from<R: std::io::Read + ?Sized>(
+        r: &mut R,
+        max_bytes: u64,
+    ) -> Result<Space, DecodeError> {
+        decode_stream(r, max_bytes, MAX_RECORD_BYTES)
+    }
+
+    /// A checksum of the space's whole state: equal on replicas that hold the same state.
+    pub fn digest(&self) -> u32 {
+        self.view().digest()
+    }
+}
+
+fn decode_stream<R: std::io::Read + ?Sized>(
+    r: &mut R,
+    max_bytes: u64,
+    cap: usize,
+) -> Result<Space, DecodeError> {
+    let first = to_usize(max_bytes.saturating_add(1)).clamp(64, DECODE_WINDOW);
+    let mut w = Window {
+        r,
+        buf: vec![0; first],
+        start: 0,
+        end: 0,
+        hashed: 0,
+        base: 0,
+        crc: crc32fast::Hasher::new(),
+        eof: false,
+        max_bytes,
+        cap: cap.max(first),
+    };
+    // The shortest snapshot: the header, two empty counts and the checksum.
+    w.want(HEADER + 2 + TRAILER)?;
+    let head = &w.buf[w.start..w.end];
+    if head.len() < HEADER + 2 + TRAILER
+        || &head[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC
+        || u16::from_le_bytes([head[6], head[7]]) != SNAPSHOT_VERSION
+    {
+        return Err(DecodeError::BadMagic);
+    }
+    let mut space = Space::new();
+    (space.now, space.next_id, space.next_waiter) = w.item(|r| {
+        r.take(SNAPSHOT_MAGIC.len() + 2)?;
+        Ok((r.u64_le()?, r.u64_le()?, r.u64_le()?))
+    })?;
+    if space.next_id == 0 || space.next_waiter == 0 {
+        return Err(DecodeError::Inconsistent("id counters start at 1"));
+    }
+    let tuples = w.count(3)?;
+    space.reserve(tuples.min(MAX_RESERVE));
+    let mut id: TupleId = 0;
+    for _ in 0..tuples {
+        let (delta, expires_at, tuple) = w.item(|r| Ok((r.varint()?, get_opt(r)?, r.tuple(1)?)))?;
+        id = next_id(id, delta, space.next_id)?;
+        space.restore_tuple(id, tuple, expires_at);
+    }
+    let waiters = w.count(5)?;
+    let mut id = 0;
+    for _ in 0..waiters {
+        let (delta, waiter) = w.item(|r| {
+            let delta = r.varint()?;
             let at = r.pos;
             let kind = match r.byte()? {
                 0 => WaitKind::Take,
@@ -557,26 +864,23 @@ impl Space {
                 t => return Err(bad("waiter kind", t, at)),
             };
             let after = r.varint()?;
-            let deadline = get_opt(&mut r)?;
+            let deadline = get_opt(r)?;
             let template = r.template(1)?;
-            space.restore_waiter(
-                id,
+            Ok((
+                delta,
                 Waiter {
                     kind,
                     template,
                     after,
                     deadline,
                 },
-            );
-        }
-        r.finish()?;
-        Ok(space)
+            ))
+        })?;
+        id = next_id(id, delta, space.next_waiter)?;
+        space.restore_waiter(id, waiter);
     }
-
-    /// A checksum of the space's whole state: equal on replicas that hold the same state.
-    pub fn digest(&self) -> u32 {
-        self.view().digest()
-    }
+    w.finish()?;
+    Ok(space)
 }
 
 fn next_id(prev: u64, delta: u64, limit: u64) -> Result<u64, DecodeError> {
@@ -697,5 +1001,232 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(Space::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use std::io::{self, Read, Write};
+
+    use super::*;
+    use crate::tuple;
+
+    /// A space with tuples (some with TTLs, one nested), take and read waiters, and a moved
+    /// clock.
+    fn populated() -> Space {
+        let mut space = Space::new();
+        space.advance(1_000);
+        for i in 0..300i64 {
+            let ttl = (i % 3 == 0).then_some(10_000 + i as u64);
+            space.out(tuple!["n", i, format!("text {i}"), vec![i as u8; 5]], ttl);
+        }
+        space.out(tuple!["nested", tuple!["a", 1.5, tuple![]], true], Some(5));
+        // Gaps in the ids.
+        for _ in 0..10 {
+            space.inp(&Template::new(vec![Field::Any; 4]));
+        }
+        let int = Template::new(vec![Field::Formal(Kind::Int)]);
+        space.in_or_wait(int.clone(), Some(500));
+        space.rd_or_wait(
+            Template::new(vec![Field::Literal("x".into()), Field::Prefix("p".into())]),
+            7,
+            None,
+        );
+        space.in_or_wait(int, None);
+        space
+    }
+
+    /// A reader that hands out at most `n` bytes a call.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        n: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.n.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    /// A writer that takes at most 7 bytes a call.
+    struct Sevens(Vec<u8>);
+
+    impl Write for Sevens {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(7);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn same(a: &Space, b: &Space) {
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.waiter_count(), b.waiter_count());
+        assert_eq!(a.now(), b.now());
+        assert_eq!(a.next_id(), b.next_id());
+        for (id, t) in a.iter() {
+            assert_eq!(b.read_id(id), Some(t));
+            assert_eq!(b.expiry(id), a.expiry(id));
+        }
+        assert_eq!(a.encode(), b.encode());
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn streaming_round_trip_matches_encode_and_decode() {
+        let space = populated();
+        assert!(space.waiter_count() == 3 && space.len() > 200);
+        let bytes = space.encode();
+        let mut streamed = Vec::new();
+        space.view().encode_to(&mut streamed).unwrap();
+        assert_eq!(streamed, bytes);
+        let decoded = Space::decode(&bytes).unwrap();
+        same(&space, &decoded);
+        let from = Space::decode_from(&mut &bytes[..], bytes.len() as u64).unwrap();
+        same(&space, &from);
+        // A bound above the length is only a bound.
+        let from = Space::decode_from(&mut &bytes[..], u64::MAX).unwrap();
+        same(&space, &from);
+        // The digest is the encoding's checksum.
+        let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
+        assert_eq!(space.digest(), crc);
+        assert_eq!(crc, crc32fast::hash(&bytes[..bytes.len() - 4]));
+        // The empty space too.
+        let empty = Space::new().encode();
+        same(
+            &Space::new(),
+            &Space::decode_from(&mut &empty[..], empty.len() as u64).unwrap(),
+        );
+    }
+
+    #[test]
+    fn decode_from_a_reader_of_one_byte_at_a_time() {
+        let space = populated();
+        let bytes = space.encode();
+        let mut r = Trickle {
+            bytes: &bytes,
+            n: 1,
+        };
+        let decoded = Space::decode_from(&mut r, bytes.len() as u64).unwrap();
+        same(&space, &decoded);
+    }
+
+    #[test]
+    fn encode_to_a_writer_of_seven_bytes_at_a_time() {
+        let space = populated();
+        let mut w = Sevens(Vec::new());
+        space.view().encode_to(&mut w).unwrap();
+        assert_eq!(w.0, space.encode());
+    }
+
+    #[test]
+    fn items_across_and_beyond_the_window_decode() {
+        // Many windows' worth, a tuple longer than the first window (it grows), and small
+        // reads that end mid-item.
+        let mut space = Space::new();
+        let big = vec![7u8; 3 * DECODE_WINDOW + 11];
+        for i in 0..2_000i64 {
+            space.out(tuple!["k", i, "v".repeat(700)], None);
+            if i == 1_000 {
+                space.out(tuple!["big", big.clone()], Some(9));
+            }
+        }
+        let bytes = space.encode();
+        assert!(bytes.len() > 4 * DECODE_WINDOW);
+        let mut streamed = Vec::new();
+        space.view().encode_to(&mut streamed).unwrap();
+        assert_eq!(streamed, bytes);
+        let mut r = Trickle {
+            bytes: &bytes,
+            n: 4093,
+        };
+        same(
+            &space,
+            &Space::decode_from(&mut r, bytes.len() as u64).unwrap(),
+        );
+        same(&space, &Space::decode(&bytes).unwrap());
+        // Past the window's cap it is refused, not read on.
+        let mut r = &bytes[..];
+        assert!(matches!(
+            decode_stream(&mut r, bytes.len() as u64, 2 * DECODE_WINDOW),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = populated().encode();
+        for cut in 0..bytes.len() {
+            let short = &bytes[..cut];
+            assert!(Space::decode(short).is_err(), "cut at {cut}");
+            assert!(
+                Space::decode_from(&mut &short[..], bytes.len() as u64).is_err(),
+                "cut at {cut}, streamed"
+            );
+            let mut r = Trickle { bytes: short, n: 3 };
+            assert!(
+                Space::decode_from(&mut r, cut as u64).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = populated().encode();
+        let n = bytes.len() as u64;
+        bytes.extend_from_slice(b"junk");
+        assert_eq!(Space::decode(&bytes).err(), Some(DecodeError::Trailing(4)));
+        let mut r = Trickle {
+            bytes: &bytes,
+            n: 1,
+        };
+        assert!(matches!(
+            Space::decode_from(&mut r, u64::MAX),
+            Err(DecodeError::Trailing(_))
+        ));
+        // With the bound at the snapshot's own length, the extra bytes overrun it.
+        assert_eq!(
+            Space::decode_from(&mut &bytes[..], n).err(),
+            Some(DecodeError::Oversized(n))
+        );
+    }
+
+    #[test]
+    fn more_than_max_bytes_a_forged_count_or_a_failing_reader_is_an_error() {
+        let bytes = populated().encode();
+        let n = bytes.len() as u64;
+        assert_eq!(
+            Space::decode_from(&mut &bytes[..], n - 1).err(),
+            Some(DecodeError::Oversized(n - 1))
+        );
+        // A tuple count the input cannot hold is refused before anything is reserved.
+        let mut forged = bytes[..HEADER].to_vec();
+        put_varint(&mut forged, 1 << 40);
+        forged.extend_from_slice(&[0; 64]);
+        assert!(matches!(
+            Space::decode_from(&mut &forged[..], forged.len() as u64),
+            Err(DecodeError::TooLong { len, at, .. }) if len == 1 << 40 && at == HEADER
+        ));
+        // Even when the caller's bound is no bound (the reservation is capped).
+        let mut r = &forged[..];
+        assert!(Space::decode_from(&mut r, u64::MAX).is_err());
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk on fire"))
+            }
+        }
+        assert!(matches!(
+            Space::decode_from(&mut Broken, n),
+            Err(DecodeError::Io(e)) if e.contains("disk on fire")
+        ));
     }
 }

@@ -1,10 +1,35 @@
 //! The production snapshot directory: a directory on the file system.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::{FileReader, SnapshotDir};
+use super::{FileReader, FileWriter, SnapshotDir};
+
+/// The write buffer of a file being created.
+const WRITE_BUFFER: usize = 1 << 20;
+
+struct FsWriter(BufWriter<File>);
+
+impl Write for FsWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl FileWriter for FsWriter {
+    fn finish(self: Box<Self>, sync: bool) -> io::Result<()> {
+        let file = self.0.into_inner().map_err(|e| e.into_error())?;
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+}
 
 /// A directory on the file system.
 #[derive(Debug)]
@@ -64,6 +89,18 @@ impl SnapshotDir for FsDir {
             file.sync_all()?;
         }
         Ok(())
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn FileWriter>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.dir.join(name))?;
+        Ok(Box::new(FsWriter(BufWriter::with_capacity(
+            WRITE_BUFFER,
+            file,
+        ))))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {

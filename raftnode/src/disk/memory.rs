@@ -31,7 +31,7 @@ use raft::eraftpb::Entry;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{EngineError, FileReader, LogEngine, LogOp, SnapshotDir};
+use super::{EngineError, FileReader, FileWriter, LogEngine, LogOp, SnapshotDir};
 
 /// One node's disk: its log and its snapshot directory, which lose power together.
 #[derive(Clone)]
@@ -402,7 +402,33 @@ impl Files {
     }
 }
 
+/// A file being written on a [`MemDisk`]: its bytes reach the disk when it is finished (a
+/// crash before that leaves no file, as a torn file the store refuses would).
+struct MemWriter {
+    dir: MemDir,
+    name: String,
+    bytes: Vec<u8>,
+}
+
+impl io::Write for MemWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FileWriter for MemWriter {
+    fn finish(self: Box<Self>, sync: bool) -> io::Result<()> {
+        self.dir.write(&self.name, &[&self.bytes], sync)
+    }
+}
+
 /// The snapshot directory on a [`MemDisk`].
+#[derive(Clone)]
 struct MemDir {
     disk: MemDisk,
 }
@@ -478,6 +504,15 @@ impl SnapshotDir for MemDir {
             files.change(NameOp::Link(name.to_string(), id));
             Ok(())
         })
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn FileWriter>> {
+        self.read(|_| Ok(()))?;
+        Ok(Box::new(MemWriter {
+            dir: self.clone(),
+            name: name.to_string(),
+            bytes: Vec::new(),
+        }))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {

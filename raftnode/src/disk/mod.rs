@@ -13,7 +13,7 @@
 //! not synced is lost (or, for the log, a prefix of it survives), and a crash can be armed to
 //! strike in the middle of the node's I/O.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use raft::eraftpb::Entry;
@@ -85,6 +85,13 @@ pub trait LogEngine: Send {
 /// A file being read, and its length.
 pub type FileReader = (Box<dyn Read + Send>, u64);
 
+/// A file being written (see [`SnapshotDir::create`]).
+pub trait FileWriter: Write + Send {
+    /// Flushes what is buffered and, if `sync`, makes the contents durable (the name only once
+    /// the directory is synced). Dropping a writer without finishing it may lose what was written.
+    fn finish(self: Box<Self>, sync: bool) -> io::Result<()>;
+}
+
 /// The directory snapshot files live in. Names are plain file names (no separators).
 pub trait SnapshotDir: Send + Sync {
     /// The directory, for messages.
@@ -96,6 +103,8 @@ pub trait SnapshotDir: Send + Sync {
     /// Creates (or truncates) a file and writes `parts`; its contents are durable when this
     /// returns if `sync` (its name only once the directory is synced).
     fn write(&self, name: &str, parts: &[&[u8]], sync: bool) -> io::Result<()>;
+    /// Creates (or truncates) a file to be written piece by piece, through a bounded buffer.
+    fn create(&self, name: &str) -> io::Result<Box<dyn FileWriter>>;
     /// Renames a file (replacing `to`).
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Removes a file.

@@ -125,7 +125,7 @@ pub async fn run_node(
 ) -> anyhow::Result<Exit> {
     let logger = logger.new(slog::o!("node" => launch.id));
     let (disk, auth) = open_disk(&launch, &logger)?;
-    let (wires, inbox) = Wires::new(auth, disk.cluster);
+    let (wires, inbox) = Wires::new(auth, disk.cluster, Arc::clone(&disk.snapshots));
     let node_done = start_node_thread(&launch, disk, inbox, &wires, &logger)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let endpoints = spawn_endpoints(&launch, &wires, stop_rx, &logger);
@@ -148,7 +148,7 @@ pub async fn run_node(
 /// What the node recovered from its disk, and the cluster it belongs to.
 struct Disk {
     recovered: Recovered,
-    snapshots: SnapshotStore,
+    snapshots: Arc<SnapshotStore>,
     cluster: crate::keys::ClusterId,
 }
 
@@ -169,7 +169,7 @@ fn open_disk(launch: &NodeLaunch, logger: &Logger) -> anyhow::Result<(Disk, Arc<
     let auth = PeerAuth::new(KeyRing::new(keys), launch.id, recovered.incarnation);
     let disk = Disk {
         recovered,
-        snapshots,
+        snapshots: Arc::new(snapshots),
         cluster,
     };
     Ok((disk, auth))
@@ -183,6 +183,8 @@ struct Wires {
     removed_peers: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
     auth: Arc<PeerAuth>,
     cluster: crate::keys::ClusterId,
+    /// The snapshot files: sent to lagging peers, received from the leader.
+    snapshots: Arc<SnapshotStore>,
 }
 
 impl Wires {
@@ -190,6 +192,7 @@ impl Wires {
     fn new(
         auth: Arc<PeerAuth>,
         cluster: crate::keys::ClusterId,
+        snapshots: Arc<SnapshotStore>,
     ) -> (Wires, std::sync::mpsc::Receiver<NodeMsg>) {
         let (inbox_tx, inbox) = std::sync::mpsc::channel();
         let wires = Wires {
@@ -198,6 +201,7 @@ impl Wires {
             removed_peers: Arc::default(),
             auth,
             cluster,
+            snapshots,
         };
         (wires, inbox)
     }
@@ -224,12 +228,16 @@ fn start_node_thread(
     let reports: Arc<dyn Fn(Report) + Send + Sync> = Arc::new(move |r| {
         let _ = reports_tx.send(NodeMsg::Report(r));
     });
-    let transport = Transport::new(
+    let mut transport = Transport::new(
         Arc::clone(&wires.auth),
         tokio::runtime::Handle::current(),
         reports,
         crate::MAX_PEER_FRAME,
         logger.clone(),
+    );
+    transport.send_snapshots_from(
+        Arc::clone(&snapshots),
+        launch.settings.snapshot_send_mib_per_s << 20,
     );
     let node = Node::new(NodeSetup {
         id: launch.id,
@@ -238,7 +246,7 @@ fn start_node_thread(
         addresses: launch.peers.clone(),
         storage: recovered.storage,
         machine: recovered.machine,
-        snapshots: Arc::new(snapshots),
+        snapshots,
         kept_snapshots: recovered.kept_snapshots,
         env: crate::env::Env {
             clock: Arc::new(crate::env::SystemClock),
@@ -313,8 +321,22 @@ fn spawn_endpoints(
     let peer = tokio::spawn({
         let (url, auth) = (launch.me.raft.clone(), Arc::clone(&wires.auth));
         let refuser = Arc::new(Refuser::new(Arc::clone(&wires.refusals)));
+        let receiver = crate::snapshot_stream::Receiver::new(
+            Arc::clone(&wires.snapshots),
+            wires.cluster,
+            logger.new(slog::o!("part" => "snapshot receiver")),
+        );
         let (logger, stop) = (logger.clone(), stopped(stop.clone()));
-        async move { transport::serve(&url, peer_guard, auth, deliver, refuser, logger, stop).await }
+        async move {
+            let endpoint = transport::Endpoint {
+                guard: peer_guard,
+                auth,
+                deliver,
+                refuser,
+                receiver: Some(receiver),
+            };
+            transport::serve(&url, endpoint, logger, stop).await
+        }
     });
     let clients = tokio::spawn({
         let (url, handle) = (

@@ -12,7 +12,7 @@ use slog::{error, info};
 use super::{Node, NodeError, NodeMsg};
 use crate::env::Work;
 use crate::machine::Machine;
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{Descriptor, SnapshotStore};
 
 /// The snapshot files this node keeps, and the one being written.
 pub(super) struct Snapshots {
@@ -22,7 +22,8 @@ pub(super) struct Snapshots {
     kept: Vec<u64>,
     /// A snapshot is being written.
     writing: bool,
-    /// A snapshot's state decoded by the peer endpoint, for the snapshot raft is restoring.
+    /// A snapshot's state decoded by the peer endpoint's receiver, for the snapshot raft is
+    /// restoring.
     received: Option<Box<Machine>>,
 }
 
@@ -53,26 +54,38 @@ impl Snapshots {
 }
 
 impl Node {
-    /// Installs a snapshot from the leader: its file is written (and synced) first, then the log
-    /// is replaced, then the machine.
+    /// Installs a snapshot from the leader: its file (received in chunks, synced and checked
+    /// before raft saw the message) is put in place first, then the log is replaced, then the
+    /// machine.
     pub(super) fn apply_snapshot(&mut self, snap: Snapshot) -> Result<(), NodeError> {
         let meta = snap.get_metadata().clone();
-        // The peer endpoint decoded and checked the state before raft saw the snapshot; a
+        let bad = |detail: String| NodeError::BadSnapshot {
+            index: meta.index,
+            detail,
+        };
+        let desc = Descriptor::of(&snap).map_err(bad)?;
+        // The transport's receiver decoded and checked the state before raft saw the message; a
         // snapshot raft restored that was not checked there cannot be trusted.
         let machine = match self.snapshots.received.take() {
             Some(m) if m.applied_index() == meta.index && m.applied_term() == meta.term => *m,
-            _ => Machine::decode(snap.get_data()).map_err(|e| NodeError::BadSnapshot {
-                index: meta.index,
-                detail: e,
-            })?,
+            _ => return Err(bad("a snapshot whose state was not received".into())),
         };
         let started = Instant::now();
-        let path = self.snapshots.store.save(
-            meta.index,
-            meta.term,
-            meta.get_conf_state(),
-            snap.get_data(),
-        )?;
+        let path = match self.snapshots.store.install_received(&desc) {
+            Ok(path) => path,
+            Err(e) => {
+                // The part file is gone (another transfer started meanwhile): write the state
+                // we hold instead.
+                info!(self.logger, "writing the received state afresh"; "why" => %e);
+                let view = machine.view();
+                let store = &self.snapshots.store;
+                store
+                    .save_with(meta.index, meta.term, meta.get_conf_state(), |w| {
+                        view.encode_to(w)
+                    })?
+                    .path
+            }
+        };
         self.raw.mut_store().apply_snapshot(&snap)?;
         self.machine = machine;
         self.machine.mark_applied(meta.index, meta.term);
@@ -83,7 +96,7 @@ impl Node {
         self.adopt_members();
         self.sync_members();
         info!(self.logger, "installed a snapshot from the leader";
-            "index" => meta.index, "term" => meta.term, "bytes" => snap.get_data().len(),
+            "index" => meta.index, "term" => meta.term, "bytes" => desc.size,
             "tuples" => self.machine.space().len(), "file" => %path.display(),
             "ms" => started.elapsed().as_millis() as u64);
         Ok(())
@@ -119,25 +132,21 @@ impl Node {
         let job = Box::new(move || {
             let started = Instant::now();
             let (index, term) = (view.applied_index(), view.applied_term());
-            let data = view.encode();
-            info!(logger, "snapshot encoded"; "index" => index, "bytes" => data.len(),
-                "encode_ms" => started.elapsed().as_millis() as u64);
-            let mut snapshot = Snapshot::default();
-            snapshot.set_data(data.into());
-            let meta = snapshot.mut_metadata();
-            meta.index = index;
-            meta.term = term;
-            meta.set_conf_state(conf_state);
-            let meta = snapshot.get_metadata();
-            let error = store
-                .save(
-                    meta.index,
-                    meta.term,
-                    meta.get_conf_state(),
-                    snapshot.get_data(),
-                )
-                .err()
-                .map(|e| e.to_string());
+            // Encoded straight into the file through a bounded buffer, whatever the state's
+            // size.
+            let saved = store.save_with(index, term, &conf_state, |w| view.encode_to(w));
+            let (snapshot, error) = match saved {
+                Ok(meta) => {
+                    info!(logger, "snapshot encoded and written"; "index" => index,
+                        "bytes" => meta.size, "ms" => started.elapsed().as_millis() as u64);
+                    (meta.to_raft_snapshot(), None)
+                }
+                Err(e) => {
+                    let mut snapshot = Snapshot::default();
+                    snapshot.mut_metadata().index = index;
+                    (snapshot, Some(e.to_string()))
+                }
+            };
             let _ = tx.send(NodeMsg::SnapshotSaved {
                 snapshot: Box::new(snapshot),
                 error,

@@ -33,9 +33,20 @@ pub struct PendingSnapshot {
 }
 
 impl PendingSnapshot {
-    /// Decodes and checks the snapshot's state for `cluster` ([`raft_check::check_snapshot`]).
-    pub fn check(&self, cluster: crate::keys::ClusterId) -> Result<Machine, String> {
-        raft_check::check_snapshot(&self.msg, cluster)
+    /// The state for this snapshot message: `receiver` must have received, checked and decoded
+    /// the file its descriptor names ([`raft_check::check_snapshot`],
+    /// [`Receiver::take`](crate::snapshot_stream::Receiver::take)).
+    pub fn check(
+        &self,
+        receiver: &mut crate::snapshot_stream::Receiver,
+    ) -> Result<Box<Machine>, String> {
+        raft_check::check_snapshot(&self.msg)?;
+        receiver.take(&self.msg)
+    }
+
+    /// The snapshot message.
+    pub fn msg(&self) -> &Message {
+        &self.msg
     }
 }
 
@@ -76,8 +87,8 @@ impl Inbound {
 
     /// Decodes the messages of an authentic batch and keeps those that pass
     /// [`raft_check::check_envelope`] (each refusal counted and logged). A snapshot message is
-    /// returned apart: its state must still pass [`raft_check::check_snapshot`] (slow: the
-    /// caller decides where to run it) before [`admit_snapshot`](Self::admit_snapshot).
+    /// returned apart: its file must have been received and checked
+    /// ([`PendingSnapshot::check`]) before [`admit_snapshot`](Self::admit_snapshot).
     pub fn screen(
         &self,
         header: &Header,
@@ -128,23 +139,18 @@ impl Inbound {
         (delivery, snapshot)
     }
 
-    /// The cluster a snapshot's state must belong to (for [`PendingSnapshot::check`]).
-    pub fn cluster(&self) -> crate::keys::ClusterId {
-        self.auth.keys().cluster
-    }
-
     /// Puts the snapshot message whose state `checked` says is sound back in its place in
     /// `delivery`, or refuses it.
     pub fn admit_snapshot(
         delivery: &mut Delivery,
         pending: PendingSnapshot,
-        checked: Result<Machine, String>,
+        checked: Result<Box<Machine>, String>,
         refuser: &Refuser,
         logger: &Logger,
     ) {
         match checked {
             Ok(machine) => {
-                delivery.snapshot = Some(Box::new(machine));
+                delivery.snapshot = Some(machine);
                 let at = pending.at.min(delivery.msgs.len());
                 delivery.msgs.insert(at, pending.msg);
             }
@@ -159,10 +165,17 @@ impl Inbound {
 
     /// The sealed acknowledgement of the batch `header` names: how many of its messages were
     /// handed to raft, and whether its sender has been removed from the cluster.
-    pub fn ack(&self, header: &Header, accepted: usize, sender_removed: bool) -> Vec<u8> {
+    pub fn ack(
+        &self,
+        header: &Header,
+        accepted: usize,
+        sender_removed: bool,
+        chunk: Option<crate::proto::ChunkAck>,
+    ) -> Vec<u8> {
         let ack = RaftAck {
             accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
             sender_removed,
+            chunk,
         }
         .encode_to_vec();
         self.auth.seal_ack(header, &ack)

@@ -40,8 +40,18 @@
 //! receiver, a replayed number) is refused before the payload is decoded, counted, logged with
 //! its source, and its connection closed, with no answer. In an authentic batch, each message must
 //! pass [`raft_check::check_envelope`] (its `from` is the sender, its `to` this node, its type one
-//! peers send); a snapshot's state is decoded and checked on a blocking thread
-//! ([`raft_check::check_snapshot`]). The node then checks the rest against raft's state.
+//! peers send); a snapshot message passes only if the file it names was received in chunks and
+//! checked beforehand ([`crate::snapshot_stream`]). The node then checks the rest against raft's
+//! state.
+//!
+//! # Snapshots
+//!
+//! A snapshot message carries a descriptor of the leader's snapshot file, not the state. The
+//! sending task streams the file first: each request carries at most one chunk
+//! ([`crate::snapshot_stream::CHUNK`] bytes) beside the raft messages queued at that moment,
+//! paced at `raft.snapshot_send_mib_per_s`, and the acknowledgement says which offset the
+//! receiver wants next, so a lost request or connection resumes where it stopped. The snapshot
+//! message goes out once the receiver says the file is durable and checked.
 //!
 //! # Files
 //!
@@ -65,7 +75,7 @@ mod tests;
 
 pub use inbound::{Inbound, PendingSnapshot, Refused};
 pub use send::Transport;
-pub use serve::{Server, guard_config, serve};
+pub use serve::{Endpoint, Server, guard_config, serve};
 
 /// Connections the raft endpoint keeps (a handful of peers; the rest are strays or attackers,
 /// the idlest of which make room).
@@ -101,7 +111,7 @@ pub struct Delivery {
     /// The messages, each checked by [`raft_check::check_envelope`].
     pub msgs: Vec<Message>,
     /// The decoded state of a `MsgSnapshot` among them (checked by
-    /// [`raft_check::check_snapshot`]), so the node need not decode it again.
+    /// the snapshot receiver when its file arrived), so the node need not decode it again.
     pub snapshot: Option<Box<Machine>>,
 }
 

@@ -15,7 +15,9 @@ use zeromq::{ReqSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessag
 
 use super::{Report, ReportSink, TransportError};
 use crate::peer_auth::{self, Header, PeerAuth};
-use crate::proto::{RaftAck, RaftBatch};
+use crate::proto::{ChunkAck, RaftAck, RaftBatch, SnapshotChunk};
+use crate::snapshot::SnapshotStore;
+use crate::snapshot_stream::{Step, Transfer};
 
 /// How long zmq.rs may spend connecting (TCP and ZMTP handshake). A frozen peer completes the
 /// TCP handshake through the kernel but never the ZMTP one; the default of 30 s would stall the
@@ -34,8 +36,21 @@ const TIMEOUT_PER_MIB: Duration = Duration::from_secs(1);
 /// First pause after a failure; doubled on each consecutive failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// A `RaftAck` is a few bytes after its authenticated header; anything larger is not one.
-const MAX_ACK_FRAME: usize = peer_auth::HEADER_LEN + 64;
+/// A `RaftAck` is a few bytes after its authenticated header (and a chunk answer's reason);
+/// anything larger is not one.
+const MAX_ACK_FRAME: usize = peer_auth::HEADER_LEN + 64 + crate::snapshot_stream::MAX_DETAIL;
+/// How often a sender asks a receiver that is checking a snapshot file whether it is done.
+const CHECK_POLL: Duration = Duration::from_millis(20);
+/// Room a snapshot chunk takes in a request beyond its bytes.
+const CHUNK_OVERHEAD: usize = 128;
+
+/// Where snapshot files are sent from, and how fast.
+#[derive(Clone)]
+struct SnapshotSource {
+    store: Arc<SnapshotStore>,
+    /// Bytes per second.
+    rate: u64,
+}
 
 struct PeerHandle {
     url: String,
@@ -59,6 +74,7 @@ pub struct Transport {
     max_frame: usize,
     logger: Logger,
     peers: HashMap<u64, PeerHandle>,
+    snapshots: Option<SnapshotSource>,
 }
 
 impl Transport {
@@ -80,7 +96,18 @@ impl Transport {
             max_frame,
             logger,
             peers: HashMap::new(),
+            snapshots: None,
         }
+    }
+
+    /// Sends snapshot files from `store` to peers that need one, at most `rate` bytes per second
+    /// per peer (see the [module docs](super)); without it, snapshot messages are dropped and
+    /// reported failed. Applies to peers added from now on.
+    pub fn send_snapshots_from(&mut self, store: Arc<SnapshotStore>, rate: u64) {
+        self.snapshots = Some(SnapshotSource {
+            store,
+            rate: rate.max(1),
+        });
     }
 
     /// Names this node's own raft endpoint in every batch it sends from now on (peers added
@@ -115,6 +142,9 @@ impl Transport {
             reports: Arc::clone(&self.reports),
             logger: self.logger.new(o!("peer" => id, "url" => raft_url.clone())),
             rx,
+            snapshots: self.snapshots.clone(),
+            sending: None,
+            ready: None,
         };
         let task = self.runtime.spawn(task.run());
         self.peers.insert(
@@ -236,22 +266,28 @@ struct PeerTask {
     reports: ReportSink,
     logger: Logger,
     rx: mpsc::UnboundedReceiver<Message>,
+    snapshots: Option<SnapshotSource>,
+    /// The snapshot file being streamed to the peer.
+    sending: Option<Sending>,
+    /// A snapshot message whose file the peer holds: it goes first in the next request.
+    ready: Option<Outgoing>,
+}
+
+/// A snapshot file being streamed, and when its next chunk may go.
+struct Sending {
+    transfer: Transfer,
+    due: tokio::time::Instant,
+    started: std::time::Instant,
 }
 
 /// Encoded raft messages bound for one request.
+#[derive(Default)]
 struct Batch {
     messages: Vec<Vec<u8>>,
     snapshots: usize,
 }
 
 impl Batch {
-    fn of(first: Outgoing) -> Self {
-        Batch {
-            snapshots: usize::from(first.snapshot),
-            messages: vec![first.bytes],
-        }
-    }
-
     fn push(&mut self, next: Outgoing) {
         self.snapshots += usize::from(next.snapshot);
         self.messages.push(next.bytes);
@@ -267,16 +303,36 @@ impl PeerTask {
         // Logged at warning level only on the transition, so a long outage does not flood.
         let mut reachable = true;
         loop {
-            let first = match carry.take() {
-                Some(first) => first,
-                None => match self.rx.recv().await {
-                    Some(msg) => match self.encode(msg) {
-                        Some(first) => first,
-                        None => continue,
+            let first = match self.ready.take().or_else(|| carry.take()) {
+                Some(first) => Some(first),
+                None => match self.sending.as_ref().map(|s| s.due) {
+                    // A snapshot is being streamed: a request goes when a message is queued or
+                    // when the next chunk is due, whichever is first.
+                    Some(due) => tokio::select! {
+                        biased;
+                        msg = self.rx.recv() => match msg {
+                            Some(msg) => self.encode(msg),
+                            None => return,
+                        },
+                        () = tokio::time::sleep_until(due) => None,
                     },
-                    None => return,
+                    None => match self.rx.recv().await {
+                        Some(msg) => match self.encode(msg) {
+                            Some(first) => Some(first),
+                            None => continue,
+                        },
+                        None => return,
+                    },
                 },
             };
+            let chunk_due = self
+                .sending
+                .as_ref()
+                .is_some_and(|s| s.due <= tokio::time::Instant::now());
+            if first.is_none() && !chunk_due {
+                continue;
+            }
+            let first_is_snapshot = first.as_ref().is_some_and(|f| f.snapshot);
 
             // Taken out so that any failure below drops it: zmq.rs never recovers a REQ that
             // failed or timed out mid-request.
@@ -285,7 +341,10 @@ impl PeerTask {
                 None => match connect(&self.url).await {
                     Ok(fresh) => fresh,
                     Err(err) => {
-                        self.failed(usize::from(first.snapshot), &err, &mut reachable);
+                        self.failed(usize::from(first_is_snapshot), &err, &mut reachable);
+                        if chunk_due {
+                            self.chunk_lost();
+                        }
                         if !self.back_off(&mut backoff).await {
                             return;
                         }
@@ -294,13 +353,23 @@ impl PeerTask {
                 },
             };
             // Filled after connecting, so what waited during the connect goes out now.
+            let chunk = if chunk_due { self.next_chunk() } else { None };
+            let reserve = chunk.as_ref().map_or(0, |c| c.data.len() + CHUNK_OVERHEAD);
             let batch;
-            (batch, carry) = self.fill(first);
+            (batch, carry) = self.fill(first, reserve);
+            if batch.messages.is_empty() && chunk.is_none() {
+                socket = Some(live);
+                continue;
+            }
             let sent = batch.messages.len();
             let snapshots = batch.snapshots;
+            let had_chunk = chunk.is_some();
+            let sent_at = tokio::time::Instant::now();
+            let chunk_len = chunk.as_ref().map_or(0, |c| c.data.len());
             let payload = RaftBatch {
                 messages: batch.messages,
                 from_url: self.self_url.clone(),
+                chunk,
             }
             .encode_to_vec();
             let (frame, header) = self.auth.seal_batch(self.peer, &payload);
@@ -309,6 +378,7 @@ impl PeerTask {
                 Ok(RaftAck {
                     accepted,
                     sender_removed,
+                    chunk: answer,
                 }) => {
                     if sender_removed {
                         (self.reports)(Report::RemovedBy(self.peer));
@@ -327,10 +397,16 @@ impl PeerTask {
                             "sent" => sent, "accepted" => accepted);
                     }
                     self.report_snapshots(snapshots, whole);
+                    if had_chunk {
+                        self.chunk_answered(answer.as_ref(), sent_at, chunk_len);
+                    }
                 }
                 Err(err) => {
                     drop(live);
                     self.failed(snapshots, &err, &mut reachable);
+                    if had_chunk {
+                        self.chunk_lost();
+                    }
                     if !self.back_off(&mut backoff).await {
                         return;
                     }
@@ -339,9 +415,136 @@ impl PeerTask {
         }
     }
 
-    /// Encodes a message, or drops and reports it if it can never fit in a frame.
-    fn encode(&self, msg: Message) -> Option<Outgoing> {
+    /// Starts streaming the file of a snapshot message to the peer (replacing, and reporting
+    /// failed, a transfer of an older one).
+    fn start_transfer(&mut self, msg: Message) {
+        let Some(source) = &self.snapshots else {
+            warn!(
+                self.logger,
+                "no snapshot files to send; dropping a snapshot message"
+            );
+            self.report_snapshots(1, false);
+            return;
+        };
+        let transfer = match Transfer::new(msg) {
+            Ok(transfer) => transfer,
+            Err(why) => {
+                error!(self.logger, "cannot send a snapshot: {why}");
+                self.report_snapshots(1, false);
+                return;
+            }
+        };
+        let desc = transfer.descriptor();
+        if let Some(old) = self.sending.take() {
+            if old.transfer.descriptor() == desc {
+                // raft asked again for the same file: go on where the transfer is (one report
+                // goes back when it ends).
+                self.sending = Some(old);
+                return;
+            }
+            self.report_snapshots(1, false);
+        }
+        info!(self.logger, "sending a snapshot"; "index" => desc.index, "term" => desc.term,
+            "bytes" => desc.size, "mib_per_s" => source.rate >> 20);
+        self.sending = Some(Sending {
+            transfer,
+            due: tokio::time::Instant::now(),
+            started: std::time::Instant::now(),
+        });
+    }
+
+    /// The chunk to send now, or `None` (and the transfer given up) if the file cannot be read.
+    fn next_chunk(&mut self) -> Option<SnapshotChunk> {
+        let (Some(sending), Some(source)) = (self.sending.as_mut(), self.snapshots.as_ref()) else {
+            return None;
+        };
+        // Room for the chunk beside a message or two in the frame.
+        let max_len = self
+            .max_frame
+            .saturating_sub(header_len(&self.self_url) + CHUNK_OVERHEAD + 4096);
+        match sending.transfer.chunk(&source.store, max_len) {
+            Ok(chunk) => Some(chunk),
+            Err(why) => {
+                error!(self.logger, "cannot send a snapshot: {why}";
+                    "index" => sending.transfer.descriptor().index);
+                self.sending = None;
+                self.report_snapshots(1, false);
+                None
+            }
+        }
+    }
+
+    /// What the peer answered to a chunk.
+    fn chunk_answered(
+        &mut self,
+        answer: Option<&ChunkAck>,
+        sent_at: tokio::time::Instant,
+        chunk_len: usize,
+    ) {
+        let (Some(sending), Some(source)) = (self.sending.as_mut(), self.snapshots.as_ref()) else {
+            return;
+        };
+        match sending.transfer.answer(answer) {
+            Step::Send => {
+                let pace = Duration::from_secs_f64(chunk_len as f64 / source.rate as f64);
+                sending.due = sent_at + pace;
+            }
+            Step::Wait => sending.due = tokio::time::Instant::now() + CHECK_POLL,
+            Step::Ready(msg) => {
+                let desc = sending.transfer.descriptor();
+                let secs = sending.started.elapsed().as_secs_f64();
+                info!(self.logger, "snapshot file delivered; sending the snapshot message";
+                    "index" => desc.index, "bytes" => desc.size,
+                    "sent_bytes" => sending.transfer.sent(), "ms" => (secs * 1e3) as u64,
+                    "mib_per_s" => format!("{:.0}", desc.size as f64 / secs.max(1e-6) / 1048576.0));
+                self.sending = None;
+                match protobuf::Message::write_to_bytes(&msg) {
+                    Ok(bytes) => {
+                        self.ready = Some(Outgoing {
+                            bytes,
+                            snapshot: true,
+                        })
+                    }
+                    Err(err) => {
+                        error!(self.logger, "cannot encode a snapshot message"; "error" => %err);
+                        self.report_snapshots(1, false);
+                    }
+                }
+            }
+            Step::Failed(why) => {
+                warn!(self.logger, "snapshot transfer failed: {why}";
+                    "index" => sending.transfer.descriptor().index);
+                self.sending = None;
+                self.report_snapshots(1, false);
+            }
+        }
+    }
+
+    /// A request with a chunk was lost: the transfer resumes where the peer is, or is given up
+    /// after too many losses in a row.
+    fn chunk_lost(&mut self) {
+        let Some(sending) = self.sending.as_mut() else {
+            return;
+        };
+        if sending.transfer.lost() {
+            warn!(self.logger, "giving up a snapshot transfer after repeated failures";
+                "index" => sending.transfer.descriptor().index,
+                "sent_bytes" => sending.transfer.sent());
+            self.sending = None;
+            self.report_snapshots(1, false);
+        } else {
+            sending.due = tokio::time::Instant::now() + MIN_BACKOFF;
+        }
+    }
+
+    /// Encodes a message, or drops and reports it if it can never fit in a frame. A snapshot
+    /// message starts streaming its file instead (it is sent once the file is there).
+    fn encode(&mut self, msg: Message) -> Option<Outgoing> {
         let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+        if snapshot {
+            self.start_transfer(msg);
+            return None;
+        }
         let bytes = match protobuf::Message::write_to_bytes(&msg) {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -374,11 +577,15 @@ impl PeerTask {
         }
     }
 
-    /// Adds what is queued to `first` while it fits in a frame; returns the batch and the first
-    /// message that did not fit.
-    fn fill(&mut self, first: Outgoing) -> (Batch, Option<Outgoing>) {
-        let mut size = header_len(&self.self_url) + field_len(first.bytes.len());
-        let mut batch = Batch::of(first);
+    /// Adds what is queued to `first` while it fits in a frame (with `reserve` bytes left for a
+    /// snapshot chunk); returns the batch and the first message that did not fit.
+    fn fill(&mut self, first: Option<Outgoing>, reserve: usize) -> (Batch, Option<Outgoing>) {
+        let mut size = header_len(&self.self_url) + reserve;
+        let mut batch = Batch::default();
+        if let Some(first) = first {
+            size += field_len(first.bytes.len());
+            batch.push(first);
+        }
         while let Ok(msg) = self.rx.try_recv() {
             let Some(next) = self.encode(msg) else {
                 continue;

@@ -3,7 +3,7 @@
 //! [`Inbound`](super::Inbound).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use slog::{Logger, debug, info, o};
@@ -11,7 +11,23 @@ use slog::{Logger, debug, info, o};
 use super::{Deliver, Inbound, MAX_PEER_CONNECTIONS, TransportError};
 use crate::guard::{self, GuardConfig, Limits, Router, RouterHandle};
 use crate::peer_auth::PeerAuth;
+use crate::proto::{ChunkAck, SnapshotChunk, chunk_ack};
 use crate::refusals::Refuser;
+use crate::snapshot_stream::Receiver;
+
+/// Everything the raft endpoint needs besides its address.
+pub struct Endpoint {
+    /// What the guard in front of it lets through ([`guard_config`]).
+    pub guard: GuardConfig,
+    /// This node's peer keys.
+    pub auth: Arc<PeerAuth>,
+    /// Where checked batches go.
+    pub deliver: Deliver,
+    /// Counts and logs refusals.
+    pub refuser: Arc<Refuser>,
+    /// Receives snapshot files (`None`: chunks are refused, and so are snapshot messages).
+    pub receiver: Option<Receiver>,
+}
 
 /// The receiving side of the peer transport: a guarded ROUTER ([`crate::guard`]).
 pub struct Server {
@@ -20,6 +36,7 @@ pub struct Server {
     inbound: Inbound,
     deliver: Deliver,
     refuser: Arc<Refuser>,
+    receiver: Option<Arc<Mutex<Receiver>>>,
     logger: Logger,
 }
 
@@ -50,12 +67,16 @@ impl Server {
     /// Authenticated batches go to `deliver`; everything else is refused, counted and logged.
     pub async fn bind(
         bind_url: &str,
-        config: GuardConfig,
-        auth: Arc<PeerAuth>,
-        deliver: Deliver,
-        refuser: Arc<Refuser>,
+        endpoint: Endpoint,
         logger: Logger,
     ) -> Result<Server, TransportError> {
+        let Endpoint {
+            guard: config,
+            auth,
+            deliver,
+            refuser,
+            receiver,
+        } = endpoint;
         let router = Router::bind(bind_url, config, Arc::clone(&refuser), logger.clone())
             .await
             .map_err(|e| TransportError::Bind {
@@ -69,6 +90,7 @@ impl Server {
             inbound: Inbound::new(auth),
             deliver,
             refuser,
+            receiver: receiver.map(|r| Arc::new(Mutex::new(r))),
             logger,
         })
     }
@@ -136,48 +158,81 @@ impl Server {
                 return None;
             }
         };
+        let mut batch = batch;
+        let chunk = batch
+            .chunk
+            .take()
+            .map(|chunk| self.offer(header.from, chunk));
+        let chunk = match chunk {
+            Some(answer) => Some(answer.await),
+            None => None,
+        };
         let (mut delivery, snapshot) =
             self.inbound
                 .screen(&header, batch, &self.refuser, &self.logger);
         if let Some(pending) = snapshot {
-            // Decoding a large state takes a while: on a blocking thread.
-            let cluster = self.inbound.cluster();
-            let checked =
-                tokio::task::spawn_blocking(move || (pending.check(cluster), pending)).await;
-            match checked {
-                Ok((checked, pending)) => Inbound::admit_snapshot(
-                    &mut delivery,
-                    pending,
-                    checked,
-                    &self.refuser,
-                    &self.logger,
-                ),
-                Err(e) => self.refuser.refuse(
-                    &self.logger,
-                    "raft.bad_snapshot",
-                    &format!("node {}", header.from),
-                    &format!("the snapshot check failed: {e}"),
-                ),
-            }
+            // The file arrived (and was checked and decoded) beforehand, in chunks.
+            let checked = match &self.receiver {
+                Some(receiver) => pending.check(&mut lock(receiver)),
+                None => Err("this node receives no snapshots".to_string()),
+            };
+            Inbound::admit_snapshot(&mut delivery, pending, checked, &self.refuser, &self.logger);
         }
         let accepted = delivery.msgs.len();
         let removed = accepted > 0 && (self.deliver)(delivery);
-        Some((identity, self.inbound.ack(&header, accepted, removed)))
+        Some((
+            identity,
+            self.inbound.ack(&header, accepted, removed, chunk),
+        ))
     }
+
+    /// Hands a snapshot chunk to the receiver (on a blocking thread: it writes to disk), and
+    /// starts the check of a file whose last byte arrived.
+    async fn offer(&self, from: u64, chunk: SnapshotChunk) -> ChunkAck {
+        let Some(receiver) = self.receiver.clone() else {
+            return ChunkAck {
+                state: chunk_ack::State::Failed as i32,
+                next: 0,
+                detail: "this node receives no snapshots".into(),
+            };
+        };
+        let offered = tokio::task::spawn_blocking({
+            let receiver = Arc::clone(&receiver);
+            move || lock(&receiver).offer(from, &chunk)
+        })
+        .await;
+        match offered {
+            Ok((answer, job)) => {
+                if let Some(job) = job {
+                    tokio::task::spawn_blocking(move || {
+                        let (desc, result) = job.run();
+                        lock(&receiver).checked(desc, result);
+                    });
+                }
+                answer
+            }
+            Err(e) => ChunkAck {
+                state: chunk_ack::State::Failed as i32,
+                next: 0,
+                detail: format!("the chunk could not be written: {e}"),
+            },
+        }
+    }
+}
+
+fn lock(receiver: &Mutex<Receiver>) -> std::sync::MutexGuard<'_, Receiver> {
+    receiver.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Binds a guarded ROUTER on `bind_url` and hands every authenticated, checked batch of raft
 /// messages to `deliver` until `shutdown` completes. Fails only if the endpoint cannot be bound.
 pub async fn serve(
     bind_url: &str,
-    config: GuardConfig,
-    auth: Arc<PeerAuth>,
-    deliver: Deliver,
-    refuser: Arc<Refuser>,
+    endpoint: Endpoint,
     logger: Logger,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TransportError> {
-    let server = Server::bind(bind_url, config, auth, deliver, refuser, logger).await?;
+    let server = Server::bind(bind_url, endpoint, logger).await?;
     server.run(shutdown).await;
     Ok(())
 }

@@ -15,6 +15,7 @@ use crate::keys::{KeyRing, Keys};
 use crate::peer_auth::{self, Header, PeerAuth};
 use crate::proto::{RaftAck, RaftBatch};
 use crate::refusals::{Refusals, Refuser};
+use crate::snapshot::SnapshotStore;
 
 const MAX: usize = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(30);
@@ -42,6 +43,9 @@ fn transport(sink: ReportSink, max_frame: usize) -> Transport {
 }
 
 fn logger() -> Logger {
+    if std::env::var_os("TEST_LOG").is_some() {
+        return crate::logging::stderr_logger(slog::Level::Debug);
+    }
     crate::logging::discard()
 }
 
@@ -55,16 +59,26 @@ fn msg(to: u64, index: u64) -> Message {
     m
 }
 
-/// A snapshot whose state decodes (the receiver checks it).
-fn valid_snapshot_msg(to: u64) -> Message {
-    let mut m = snapshot_msg(to, 0);
+/// Node 1's snapshot files, holding a snapshot at index 42 term 3 of a machine with `tuples`
+/// tuples of about 100 bytes, and the snapshot message naming it.
+fn leader_snapshot(to: u64, tuples: usize) -> (tempfile::TempDir, Arc<SnapshotStore>, Message) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SnapshotStore::open(dir.path(), logger()).expect("store"));
     let mut machine = Machine::new();
+    machine.fill_for_tests(tuples);
     machine.mark_applied(42, 3);
-    m.mut_snapshot().set_data(machine.encode().into());
-    m.mut_snapshot().mut_metadata().term = 3;
-    m
+    let conf = raft::eraftpb::ConfState::from((vec![1, 2], vec![]));
+    let view = machine.view();
+    let meta = store
+        .save_with(42, 3, &conf, |w| view.encode_to(w))
+        .expect("save");
+    let mut m = msg(to, 0);
+    m.set_msg_type(MessageType::MsgSnapshot);
+    m.set_snapshot(meta.to_raft_snapshot());
+    (dir, store, m)
 }
 
+/// A snapshot message whose data is no descriptor (it cannot be sent).
 fn snapshot_msg(to: u64, data: usize) -> Message {
     let mut m = msg(to, 0);
     m.set_msg_type(MessageType::MsgSnapshot);
@@ -112,21 +126,30 @@ async fn start_counting_server(
     let (deliver, delivered) = deliverer();
     let refusals = Arc::new(Refusals::new());
     let refuser = Arc::new(Refuser::new(Arc::clone(&refusals)));
-    let server = Server::bind(
-        "tcp://127.0.0.1:0",
-        guard_config(max_frame),
-        auth(2),
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SnapshotStore::open(dir.path(), logger()).expect("store"));
+    let receiver = crate::snapshot_stream::Receiver::new(store, keys().cluster, logger());
+    let endpoint = Endpoint {
+        guard: guard_config(max_frame),
+        auth: auth(2),
         deliver,
         refuser,
-        logger(),
-    )
-    .await
-    .expect("bind");
+        receiver: Some(receiver),
+    };
+    let server = Server::bind("tcp://127.0.0.1:0", endpoint, logger())
+        .await
+        .expect("bind");
     let url = server.endpoint().to_owned();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(async move {
+        // The receiver's files live as long as the server.
+        let _dir = dir;
+        server
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
     (url, delivered, stop, refusals)
 }
 
@@ -169,6 +192,7 @@ fn sealed(sealer: &PeerAuth, messages: Vec<Message>) -> (Bytes, Header) {
             .map(|m| protobuf::Message::write_to_bytes(m).unwrap())
             .collect(),
         from_url: String::new(),
+        chunk: None,
     }
     .encode_to_vec();
     let (frame, header) = sealer.seal_batch(2, &payload);
@@ -195,6 +219,7 @@ fn batch_size_accounting_matches_prost() {
         let batch = RaftBatch {
             messages: messages.clone(),
             from_url: from_url.to_string(),
+            chunk: None,
         };
         assert_eq!(batch.encoded_len() + peer_auth::HEADER_LEN, want);
     }
@@ -207,7 +232,8 @@ async fn delivers_in_order_and_batched() {
         let (sink, mut reports) = reports();
         let mut transport = transport(sink, MAX);
         transport.add_peer(2, url.clone());
-        assert_eq!(transport.peers(), vec![(2, url)]);
+        assert_eq!(transport.peers(), vec![(2, url.clone())]);
+        let url_again = url;
 
         transport.send((1..=500).map(|i| msg(2, i)).collect());
         let batches = collect(&mut delivered, 500).await;
@@ -223,10 +249,27 @@ async fn delivers_in_order_and_batched() {
             batches.len()
         );
 
-        // A snapshot that arrives is reported as such.
-        transport.send(vec![valid_snapshot_msg(2)]);
-        let batch = collect(&mut delivered, 1).await;
-        assert_eq!(batch[0].1[0].get_snapshot().get_metadata().index, 42);
+        // A snapshot: its file (several chunks) is streamed first, then the message arrives,
+        // and is reported as such.
+        let (_dir, store, snapshot) = leader_snapshot(2, 40_000);
+        let size = crate::snapshot::Descriptor::of(snapshot.get_snapshot())
+            .unwrap()
+            .size;
+        assert!(
+            size > 3 * crate::snapshot_stream::CHUNK as u64,
+            "{size} bytes"
+        );
+        transport.send_snapshots_from(store, 1 << 30);
+        transport.remove_peer(2);
+        transport.add_peer(2, url_again);
+        transport.send(vec![snapshot, msg(2, 501)]);
+        let batches = collect(&mut delivered, 2).await;
+        let got: Vec<MessageType> = batches
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|m| m.get_msg_type()))
+            .collect();
+        // The append does not wait for the snapshot's file.
+        assert_eq!(got, [MessageType::MsgAppend, MessageType::MsgSnapshot]);
         let report = tokio::time::timeout(Duration::from_secs(5), reports.recv())
             .await
             .expect("report");
@@ -278,6 +321,7 @@ async fn batches_respect_max_frame_and_oversize_is_dropped() {
                         .map(|m| protobuf::Message::write_to_bytes(m).unwrap())
                         .collect(),
                     from_url: String::new(),
+                    chunk: None,
                 }
                 .encoded_len();
             assert!(size <= max_frame);
@@ -326,17 +370,16 @@ async fn peer_started_late_gets_messages() {
         let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let refuser = Arc::new(Refuser::default());
-            serve(
-                &server_url,
-                guard_config(MAX),
-                auth(2),
+            let endpoint = Endpoint {
+                guard: guard_config(MAX),
+                auth: auth(2),
                 deliver,
                 refuser,
-                logger(),
-                async move {
-                    let _ = stopped.await;
-                },
-            )
+                receiver: None,
+            };
+            serve(&server_url, endpoint, logger(), async move {
+                let _ = stopped.await;
+            })
             .await
             .expect("serve");
         });
@@ -538,11 +581,9 @@ async fn silent_listener_times_out_the_connect() {
         let mut transport = transport(sink, MAX);
         transport.add_peer(2, url);
         let started = Instant::now();
-        transport.send(vec![snapshot_msg(2, 10)]);
+        transport.send(vec![msg(2, 10)]);
         let first = reports.recv().await;
-        let second = reports.recv().await;
         assert_eq!(first, Some(Report::Unreachable(2)));
-        assert_eq!(second, Some(Report::Snapshot { to: 2, ok: false }));
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "took {:?}",
@@ -578,17 +619,16 @@ async fn bind_error_names_the_endpoint() {
     let (url, _delivered, _stop) = start_server(MAX).await;
     let (deliver, _rx) = deliverer();
     let refuser = Arc::new(Refuser::default());
-    let err = serve(
-        &url,
-        guard_config(MAX),
-        auth(2),
+    let endpoint = Endpoint {
+        guard: guard_config(MAX),
+        auth: auth(2),
         deliver,
         refuser,
-        logger(),
-        std::future::pending(),
-    )
-    .await
-    .expect_err("address in use");
+        receiver: None,
+    };
+    let err = serve(&url, endpoint, logger(), std::future::pending())
+        .await
+        .expect_err("address in use");
     assert!(matches!(err, TransportError::Bind { .. }));
     assert!(err.to_string().contains(&url), "{err}");
 }

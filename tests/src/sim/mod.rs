@@ -312,7 +312,16 @@ fn is_registry(t: &tuplespace::Tuple) -> bool {
 fn what_differs(a: &[u8], b: &[u8]) -> String {
     use prost::Message as _;
     use raftnode::proto::MachineState;
-    let (Ok(a), Ok(b)) = (MachineState::decode(a), MachineState::decode(b)) else {
+    // The machine's stream: magic, the state's length, the state (space apart), the space.
+    let split = |bytes: &[u8]| -> Option<MachineState> {
+        let rest = bytes.strip_prefix(raftnode::machine::MACHINE_MAGIC)?;
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let state = rest.get(4..4 + len)?;
+        let mut state = MachineState::decode(state).ok()?;
+        state.space = rest.get(4 + len..)?.to_vec();
+        Some(state)
+    };
+    let (Some(a), Some(b)) = (split(a), split(b)) else {
         return "a state does not decode".into();
     };
     let mut parts = Vec::new();

@@ -19,6 +19,7 @@ use raftnode::proto;
 use raftnode::recovery::{Recovered, recover};
 use raftnode::refusals::{Refusals, Refuser};
 use raftnode::snapshot::SnapshotStore;
+use raftnode::snapshot_stream::Receiver;
 use raftnode::storage::RaftStorage;
 use raftnode::transport::{Inbound, Report};
 use rand::rngs::StdRng;
@@ -138,6 +139,10 @@ pub struct Live {
     pub auth: Arc<PeerAuth>,
     /// Opens what it receives.
     pub inbound: Inbound,
+    /// Its snapshot files (what it sends to a lagging peer).
+    pub snapshots: Arc<SnapshotStore>,
+    /// Receives snapshot files from a leader.
+    pub receiver: Receiver,
     /// What its parts refused.
     pub refusals: Arc<Refusals>,
     /// Counts and logs refusals at its peer endpoint.
@@ -229,6 +234,8 @@ impl SimNode {
         } = recover(storage, &snapshots, &self.founders, founding, &logger)
             .map_err(|e| format!("recovering: {e:#}"))?;
         let auth = PeerAuth::new(KeyRing::new(shared.keys.clone()), self.id, incarnation);
+        let snapshots = Arc::new(snapshots);
+        let receiver = Receiver::new(Arc::clone(&snapshots), cluster, logger.clone());
         let refusals = Arc::new(Refusals::new());
         let (inbox_tx, inbox) = channel();
         let outbox = Arc::new(Mutex::new(Vec::new()));
@@ -243,7 +250,7 @@ impl SimNode {
             addresses,
             storage,
             machine,
-            snapshots: Arc::new(snapshots),
+            snapshots: Arc::clone(&snapshots),
             kept_snapshots,
             env: Env {
                 clock: self.clock.clone(),
@@ -271,6 +278,8 @@ impl SimNode {
             node,
             inbox: inbox_tx,
             inbound: Inbound::new(auth.clone()),
+            snapshots,
+            receiver,
             auth,
             refuser: Refuser::new(refusals.clone()),
             refusals,

@@ -703,6 +703,7 @@ impl World {
                 .map(|m| protobuf::Message::write_to_bytes(m).unwrap_or_default())
                 .collect(),
             from_url: raft_url(from),
+            chunk: None,
         };
         let (frame, _) = live.auth.seal_batch(to, &batch.encode_to_vec());
         self.stats.frames += 1;
@@ -803,6 +804,13 @@ impl World {
         snapshots: usize,
     ) {
         let logger = self.shared.logger.clone();
+        // The sender's snapshot files, should the batch hold a snapshot message (its disk
+        // outlives a crash).
+        let from_store = self
+            .nodes
+            .get(&from)
+            .and_then(|n| n.live.as_ref())
+            .map(|l| Arc::clone(&l.snapshots));
         let Some(live) = self.live_mut(to) else {
             // Nobody listens: the sender's connect fails.
             self.queue.after(
@@ -840,7 +848,17 @@ impl World {
         };
         let (mut delivery, pending) = live.inbound.screen(&header, batch, &live.refuser, &logger);
         if let Some(pending) = pending {
-            let checked = pending.check(live.inbound.cluster());
+            // The real transport streams the file in chunks before the message goes out; here
+            // the same sender and receiver code move it at once.
+            let moved = match &from_store {
+                Some(store) => raftnode::snapshot_stream::transfer_now(
+                    pending.msg(),
+                    store,
+                    &mut live.receiver,
+                ),
+                None => Err("the sender is down".to_string()),
+            };
+            let checked = moved.and_then(|()| pending.check(&mut live.receiver));
             raftnode::transport::Inbound::admit_snapshot(
                 &mut delivery,
                 pending,
@@ -915,7 +933,7 @@ impl World {
                 let (mut delivery, pending) =
                     live.inbound.screen(&header, batch, &live.refuser, &logger);
                 if let Some(pending) = pending {
-                    let checked = pending.check(live.inbound.cluster());
+                    let checked = pending.check(&mut live.receiver);
                     raftnode::transport::Inbound::admit_snapshot(
                         &mut delivery,
                         pending,
@@ -1643,6 +1661,7 @@ fn oneshot_pair() -> (
 /// Seals `msgs` as a batch from `auth`'s node to `to`.
 fn seal(auth: &raftnode::peer_auth::PeerAuth, to: u64, msgs: Vec<Message>) -> Vec<u8> {
     let batch = proto::RaftBatch {
+        chunk: None,
         messages: msgs
             .iter()
             .map(|m| protobuf::Message::write_to_bytes(m).unwrap_or_default())
