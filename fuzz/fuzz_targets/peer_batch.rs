@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         if msg.get_msg_type() == MessageType::MsgSnapshot
-            && check_snapshot(&msg, ClusterId(7)).is_err()
+            && check_snapshot(&msg).is_err()
         {
             continue;
         }

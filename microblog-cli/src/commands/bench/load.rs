@@ -76,6 +76,8 @@ pub struct Plan {
     /// Who the clients sign as: client `i` as `signers[i % len]` (empty: unsigned, for a
     /// cluster whose policy allows anonymous writes). For the mix, `signers[i]` is `users[i]`.
     pub signers: Arc<Vec<raftnode::identity::Identity>>,
+    /// Counts every measured success as it happens (for a timeline of the load), if set.
+    pub progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The names of the latency classes of a work: one, or the mix's three.
@@ -411,6 +413,9 @@ async fn run_client(
                 if measuring {
                     kinds[kind].record(took);
                     shared.ops.fetch_add(1, Ordering::Relaxed);
+                    if let Some(progress) = &plan.progress {
+                        progress.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else {
                     shared.warm_ops.fetch_add(1, Ordering::Relaxed);
                 }

@@ -92,6 +92,17 @@ impl LocalCluster {
         self.kit.endpoints()
     }
 
+    /// Node `id`'s configuration (its endpoints and data dir).
+    pub fn node(&self, id: u64) -> Option<NodeConfig> {
+        let mut node = self.kit.node(id)?.clone();
+        if node.data_dir.is_relative()
+            && let Some(base) = self.kit.config_path().parent()
+        {
+            node.data_dir = base.join(&node.data_dir);
+        }
+        Some(node)
+    }
+
     /// The process id of a running node.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.kit.pid(id)

@@ -24,6 +24,7 @@ mod flood;
 mod histogram;
 mod load;
 mod local;
+mod scale;
 mod stall;
 
 use std::sync::Arc;
@@ -271,6 +272,7 @@ async fn preload(
         payload: load::payload_for(prefix, size),
         text: String::new(),
         signers: signers.clone(),
+        progress: None,
     });
     let what = match stop {
         Stop::Ops(n) => format!("{n} tuples"),
@@ -374,6 +376,7 @@ async fn throughput_on(
         payload: load::payload_for(prefix, size),
         text: "m".repeat(size),
         signers,
+        progress: None,
     });
     let tuple_bytes = match load.op {
         BenchOp::Mix => size,
@@ -590,6 +593,7 @@ async fn preload_posts(
         payload: String::new(),
         text: "p".repeat(load.size as usize),
         signers: signers.clone(),
+        progress: None,
     });
     eprintln!("bench: preloading {n} posts");
     let posted = load::drive(

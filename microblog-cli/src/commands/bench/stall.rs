@@ -67,6 +67,7 @@ async fn measure(
         payload: load::payload_for(prefix, 64),
         text: String::new(),
         signers: Arc::new(vec![admin.clone()]),
+        progress: None,
     });
     eprintln!("bench stall: loading {} tuples", args.tuples);
     let loaded = load::drive(
