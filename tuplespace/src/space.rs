@@ -271,12 +271,7 @@ impl Space {
     }
 
     fn remove(&mut self, id: TupleId) -> Option<Tuple> {
-        let expires_at = if self.expiries.is_empty() {
-            None
-        } else {
-            self.tuples.expiry(id)
-        };
-        let tuple = self.tuples.remove(&id)?;
+        let (tuple, expires_at) = self.tuples.remove(&id)?;
         self.bytes -= crate::codec::tuple_len(&tuple) as u64;
         self.index.remove(id, &tuple, &self.tuples);
         if let Some(at) = expires_at {
@@ -743,6 +738,16 @@ mod tests {
         assert!(s.take_id(id).is_some());
         assert_eq!(s.next_deadline(), None);
         assert_eq!(s.advance(10).tuples, Vec::<TupleId>::new());
+    }
+
+    #[test]
+    fn the_latest_expiry_time_is_kept_exactly() {
+        let mut s = Space::new();
+        let id = s.out(tuple!["t"], Some(Millis::MAX)).id;
+        assert_eq!(s.expiry(id), Some(Millis::MAX));
+        assert_eq!(s.next_deadline(), Some(Millis::MAX));
+        assert!(s.take_id(id).is_some());
+        assert_eq!(s.next_deadline(), None, "its expiry left with it");
     }
 
     #[test]
