@@ -604,8 +604,9 @@ and one write).")]
         #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration::parse)]
         request_timeout: Duration,
     },
-    /// Load N tuples into a 3-node cluster, then time a new empty node from `add` (learner) until
-    /// it has caught up, and check its tuple count.
+    /// Load N tuples into a 3-node cluster (acknowledged writes per second, the longest gap with
+    /// none), then time a new empty node from `add` (learner) until it has caught up, check its
+    /// tuple count, and time a follower's restart; with resident memory and disk per node.
     #[command(after_help = "\
 Example:
   microblog bench catchup --tuples 1000000

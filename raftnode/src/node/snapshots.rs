@@ -14,6 +14,9 @@ use crate::env::Work;
 use crate::machine::Machine;
 use crate::snapshot::{Descriptor, SnapshotStore};
 
+/// The most entries between two snapshots that the state's size alone may ask for.
+const MAX_AUTO_INTERVAL: u64 = 1_000_000;
+
 /// The snapshot files this node keeps, and the one being written.
 pub(super) struct Snapshots {
     /// Snapshot files.
@@ -110,11 +113,13 @@ impl Node {
         let wanted = self.raw.store().take_snapshot_wanted() && applied > last;
         // Encoding costs time in proportion to the state, so a large state is snapshotted less
         // often: after at least a quarter as many entries as it holds tuples. The encode cost per
-        // applied entry stays bounded (about four tuples' worth), and so does the log.
+        // applied entry stays bounded (about four tuples' worth), and so does the log. But never
+        // more than MAX_AUTO_INTERVAL entries apart (unless the cluster file asks for more): the
+        // log tail a restart replays, and a new node receives after the snapshot, stays bounded.
         let interval = self
             .settings
             .snapshot_entries
-            .max(self.machine.space().len() as u64 / 4);
+            .max((self.machine.space().len() as u64 / 4).min(MAX_AUTO_INTERVAL));
         if self.snapshots.writing || (applied < last + interval && !wanted) {
             return;
         }
