@@ -17,6 +17,19 @@ use crate::snapshot::{Descriptor, SnapshotStore};
 /// The most entries between two snapshots that the state's size alone may ask for.
 const MAX_AUTO_INTERVAL: u64 = 1_000_000;
 
+/// Whether a snapshot is due at `applied` after the one at `last`, every `interval` entries. The
+/// nodes keep out of step: node `id` snapshots when `applied` crosses a multiple of `interval`
+/// shifted by a quarter interval per id (mod 4), and at least half an interval after its previous
+/// snapshot. Replicas apply the same entries at nearly the same moment, so without the shift they
+/// would all encode and write their whole state at once, and a leader and a follower slowed
+/// together slow every commit.
+fn snapshot_due(id: u64, last: u64, applied: u64, interval: u64) -> bool {
+    let interval = interval.max(1);
+    let phase = (id % 4) * (interval / 4);
+    let crossed = (applied + phase) / interval > (last + phase) / interval;
+    (crossed && applied >= last + interval / 2) || applied >= last + interval * 3 / 2
+}
+
 /// The snapshot files this node keeps, and the one being written.
 pub(super) struct Snapshots {
     /// Snapshot files.
@@ -120,7 +133,7 @@ impl Node {
             .settings
             .snapshot_entries
             .max((self.machine.space().len() as u64 / 4).min(MAX_AUTO_INTERVAL));
-        if self.snapshots.writing || (applied < last + interval && !wanted) {
+        if self.snapshots.writing || (!wanted && !snapshot_due(self.id, last, applied, interval)) {
             return;
         }
         self.snapshots.writing = true;
@@ -201,5 +214,39 @@ impl Node {
                 "engine_bytes" => self.raw.store().engine_used_bytes()),
             Err(e) => error!(self.logger, "log compaction failed"; "up_to" => up_to, "err" => %e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due;
+
+    #[test]
+    fn snapshots_come_every_interval_and_out_of_step() {
+        let interval = 1000;
+        let mut taken: Vec<Vec<u64>> = Vec::new();
+        for id in 1..=3 {
+            let mut last = 0;
+            let mut at = Vec::new();
+            for applied in 1..=10_000 {
+                if snapshot_due(id, last, applied, interval) {
+                    at.push(applied);
+                    last = applied;
+                }
+            }
+            // Once in step, exactly every interval.
+            for w in at.windows(2).skip(1) {
+                assert_eq!(w[1] - w[0], interval, "node {id}: {at:?}");
+            }
+            assert!(at.len() >= 9, "node {id}: {at:?}");
+            taken.push(at);
+        }
+        // The three nodes never snapshot at the same index.
+        for a in &taken[0] {
+            assert!(!taken[1].contains(a) && !taken[2].contains(a), "{taken:?}");
+        }
+        // Never more than 1.5 intervals apart, never less than half of one.
+        assert!(snapshot_due(1, 0, 1500, interval));
+        assert!(!snapshot_due(1, 900, 1300, interval));
     }
 }
