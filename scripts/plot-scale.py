@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The growth plot of the scale figures: reads `microblog --json bench catchup` lines (the newest
 line per tuple count wins) and draws, against tuples loaded, the new node's catch-up time, a
-restarted follower's time to ready, resident memory per tuple, and the snapshot and data dir
-sizes. Usage: plot-scale.py RESULTS.jsonl OUT.png"""
+restarted follower's time to ready, resident memory per tuple, the snapshot and data dir sizes,
+and the load's mean and slowest second. Usage: plot-scale.py RESULTS.jsonl OUT.png"""
 import json
 import sys
 
@@ -27,7 +27,7 @@ def main(results, png):
     n = sorted(runs)
     m = [x / 1e6 for x in n]
     r = [runs[k] for k in n]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.8))
 
     ax[0].plot(m, [x["applied_secs"] for x in r], "o-", label="new node: add to applied all")
     ax[0].plot(m, [x["restart_ready_secs"] for x in r], "s-", label="follower restart: to ready")
@@ -52,6 +52,14 @@ def main(results, png):
     ax[2].set_title("disk (MiB)")
     ax[2].set_xlabel("million tuples")
     ax[2].legend(fontsize=8)
+
+    ax[3].plot(m, [x["load_second_mean"] for x in r], "o-", label="mean second")
+    ax[3].plot(m, [x["load_second_min"] for x in r], "s-", label="slowest second")
+    ax[3].plot(m, [x["load_second_mean"] / 2 for x in r], ":", color="grey", label="half the mean")
+    ax[3].set_title("load: acknowledged writes per second")
+    ax[3].set_xlabel("million tuples")
+    ax[3].set_ylim(bottom=0)
+    ax[3].legend(fontsize=8)
 
     fig.suptitle("bench catchup at " + ", ".join(f"{k:,}" for k in n) + " tuples (64-byte shape, 3 nodes, 2 cores)",
                  fontsize=10)
