@@ -22,8 +22,11 @@
 //!    receiver hands raft the state it decoded. A file not completely received and checked is
 //!    never installed; the node renames the part file into place when raft installs it.
 //!
-//! One snapshot is received at a time: a chunk of another descriptor starts over (the newer
-//! leader wins). The receiver holds at most one decoded state waiting for its message.
+//! One snapshot is received at a time. A chunk of another descriptor waits while the current
+//! file's sender is alive (it asks at least once per chunk); once [`YIELD_AFTER`] chunks of
+//! other files came with no word from it, the current file is abandoned and the other starts.
+//! So a deposed leader still streaming and the new leader cannot take the receiver from each
+//! other in turn. The receiver holds at most one decoded state waiting for its message.
 //!
 //! Both halves are plain state machines without I/O of their own beyond the snapshot directory,
 //! so the peer transport and the simulator drive the same code ([`transfer_now`]).
@@ -106,8 +109,16 @@ pub struct Receiver {
     store: Arc<SnapshotStore>,
     cluster: ClusterId,
     state: State,
+    /// Chunks of other files offered since the current one was last asked about.
+    foreign: u32,
     logger: Logger,
 }
+
+/// Chunks of another file after which a reception that nobody asks about any more (its sender
+/// died, or was deposed and gave up) yields to it. A live sender asks at least once per chunk
+/// it sends, so two senders cannot take the receiver from each other in turn: the one holding
+/// it finishes first.
+pub const YIELD_AFTER: u32 = 4;
 
 /// The work after the last byte: sync the file, read it back and decode it. Slow for a large
 /// state: run it on a blocking thread, then hand the result to [`Receiver::checked`].
@@ -174,13 +185,15 @@ impl Receiver {
             store,
             cluster,
             state: State::Idle,
+            foreign: 0,
             logger,
         }
     }
 
     /// Takes one chunk from `from`: writes it if it is the next one of the file being received
-    /// (starting a new file for another descriptor), and answers where the receiver is. The
-    /// last chunk returns the [`CheckJob`] to run.
+    /// (starting a new file for another descriptor once the current one is abandoned: see
+    /// [`YIELD_AFTER`]), and answers where the receiver is. The last chunk returns the
+    /// [`CheckJob`] to run.
     pub fn offer(&mut self, from: u64, chunk: &SnapshotChunk) -> (ChunkAck, Option<CheckJob>) {
         use chunk_ack::State as S;
         let desc = descriptor_of(chunk);
@@ -188,8 +201,17 @@ impl Receiver {
         if let Err(why) = check_chunk(chunk) {
             return (ack(S::Failed, 0, why), None);
         }
-        let same = self.describe() == Some(desc);
-        if !same {
+        let current = self.describe();
+        if current == Some(desc) {
+            self.foreign = 0;
+        } else {
+            let held = !matches!(self.state, State::Idle | State::Failed { .. });
+            if held && self.foreign < YIELD_AFTER {
+                // Another file is being received and its sender is alive: wait.
+                self.foreign += 1;
+                return (ack(S::Receiving, 0, String::new()), None);
+            }
+            self.foreign = 0;
             self.start(from, desc);
         }
         match &mut self.state {
@@ -597,7 +619,7 @@ mod tests {
                 to.checked(d, result);
             }
             // Every third request's answer is lost (the chunk itself arrived).
-            if round % 3 == 0 {
+            if round.is_multiple_of(3) {
                 lost += chunk.data.len() as u64;
                 assert!(!transfer.lost());
                 continue;
@@ -704,6 +726,72 @@ mod tests {
         let mut forged = msg.clone();
         forged.mut_snapshot().set_data(vec![1, 2, 3].into());
         assert!(to.take(&forged).is_err());
+    }
+
+    /// Two senders at once (a deposed leader still streaming, and the new one): the file being
+    /// received keeps the receiver while its sender keeps asking; a file nobody asks about any
+    /// more yields after YIELD_AFTER chunks of the other.
+    #[test]
+    fn a_live_transfer_keeps_the_receiver_and_a_dead_one_yields() {
+        use chunk_ack::State as S;
+        let tmp = tempfile::tempdir().unwrap();
+        let (a_store, _, a_msg) = leader(&tmp.path().join("a"), 20_000);
+        // Another leader's snapshot at the same index: another file.
+        let (b_store, _, b_msg) = leader(&tmp.path().join("b"), 20_500);
+        assert_ne!(
+            Descriptor::of(b_msg.get_snapshot()).unwrap(),
+            Descriptor::of(a_msg.get_snapshot()).unwrap()
+        );
+        let mut to = receiver(&tmp.path().join("c"));
+        let mut a = Transfer::new(a_msg.clone()).unwrap();
+        let mut b = Transfer::new(b_msg).unwrap();
+        let mut step = |t: &mut Transfer, store: &SnapshotStore, to: &mut Receiver| {
+            let chunk = t.chunk(store, CHUNK / 4).unwrap();
+            let (answer, job) = to.offer(1, &chunk);
+            if let Some(job) = job {
+                let (d, r) = job.run();
+                to.checked(d, r);
+            }
+            (t.answer(Some(&answer)), answer)
+        };
+        // A starts; B and A take turns: A keeps the receiver and finishes.
+        step(&mut a, &a_store, &mut to);
+        let mut a_done = false;
+        for _ in 0..200 {
+            let (_, answer) = step(&mut b, &b_store, &mut to);
+            assert_eq!((answer.state, answer.next), (S::Receiving as i32, 0));
+            if let (Step::Ready(_), _) = step(&mut a, &a_store, &mut to) {
+                a_done = true;
+                break;
+            }
+        }
+        assert!(a_done, "the live transfer finished");
+        assert!(to.take(&a_msg).is_ok());
+        // B now gets the receiver at once (it is idle).
+        let (_, answer) = step(&mut b, &b_store, &mut to);
+        assert_eq!(answer.state, S::Receiving as i32);
+        // A new transfer from A that then dies mid-way: B takes over after YIELD_AFTER chunks.
+        let mut a = Transfer::new(a_msg).unwrap();
+        let mut c = receiver(&tmp.path().join("d"));
+        step(&mut a, &a_store, &mut c);
+        step(&mut a, &a_store, &mut c);
+        let mut b = Transfer::new(b.msg.clone()).unwrap();
+        let mut waited = 0;
+        loop {
+            let (_, answer) = step(&mut b, &b_store, &mut c);
+            if answer.next > 0 {
+                break;
+            }
+            waited += 1;
+            assert!(
+                waited <= YIELD_AFTER as usize + 2,
+                "B never got the receiver"
+            );
+        }
+        assert!(
+            waited >= YIELD_AFTER as usize,
+            "B took over too soon: {waited}"
+        );
     }
 
     /// A file that arrives whole but is not what its descriptor says is refused after the check,
