@@ -745,7 +745,7 @@ mod tests {
         let mut to = receiver(&tmp.path().join("c"));
         let mut a = Transfer::new(a_msg.clone()).unwrap();
         let mut b = Transfer::new(b_msg).unwrap();
-        let mut step = |t: &mut Transfer, store: &SnapshotStore, to: &mut Receiver| {
+        let step = |t: &mut Transfer, store: &SnapshotStore, to: &mut Receiver| {
             let chunk = t.chunk(store, CHUNK / 4).unwrap();
             let (answer, job) = to.offer(1, &chunk);
             if let Some(job) = job {
