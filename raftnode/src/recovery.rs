@@ -99,8 +99,12 @@ fn restore(
     }
     let index = meta.index;
     let snapshot = meta.to_raft_snapshot();
-    if index > last {
-        // Written when it arrived from the leader, but the node died before installing it.
+    // Written when it arrived from the leader, but the node died before installing it: beyond
+    // the log, or over a log that disagrees with it there (a tail of an old term, which was
+    // never committed: every entry after it is on that branch too). A snapshot past the stored
+    // commit but agreeing with the log is kept by `set_snapshot`, which raises the commit.
+    let disagrees = || storage.term(index).ok() != Some(meta.term);
+    if index > last || (index + 1 >= first && disagrees()) {
         storage.apply_snapshot(&snapshot)?;
     } else if index + 1 < first {
         bail!(

@@ -106,8 +106,11 @@ pub const LEGACY_VERSION: u32 = 1;
 /// The most state bytes in one frame of a version 2 file.
 pub const MAX_FRAME: usize = 1 << 20;
 
-/// A snapshot being received is written to `<name>.<crc:08x>.part` (removed on open).
+/// A snapshot being received is written to `<name>.<crc:08x>.<reception>.part`, and renamed
+/// `<name>.<crc:08x>.ok` once checked (both removed on open).
 const PART_SUFFIX: &str = ".part";
+/// A received snapshot file that passed its check, waiting to be installed.
+const OK_SUFFIX: &str = ".ok";
 
 /// How many valid snapshots [`SnapshotStore`] keeps by default.
 pub const DEFAULT_KEEP: usize = 2;
@@ -338,7 +341,10 @@ impl SnapshotStore {
             .map_err(io_err("cannot read snapshot dir", dir.path()))?;
         for (name, _) in files {
             let path = dir.path().join(&name);
-            if name.ends_with(TMP_SUFFIX) || name.ends_with(PART_SUFFIX) {
+            if name.ends_with(TMP_SUFFIX)
+                || name.ends_with(PART_SUFFIX)
+                || name.ends_with(OK_SUFFIX)
+            {
                 dir.remove(&name)
                     .map_err(io_err("cannot remove temp snapshot", &path))?;
                 warn!(logger, "removed a temp snapshot file left by an interrupted save";
@@ -485,45 +491,61 @@ impl SnapshotStore {
         Ok((reader, len))
     }
 
-    /// Starts receiving the file `desc` describes: creates its part file (removing any other
-    /// part file first: one snapshot is received at a time). The caller writes the file's bytes
-    /// in order and finishes the writer (synced) before [`check_received`](Self::check_received).
-    pub fn receive(&self, desc: &Descriptor) -> Result<Box<dyn FileWriter>, SnapshotError> {
+    /// Starts reception number `reception` of the file `desc` describes: creates its part file
+    /// (removing every other part or checked file first: one snapshot is received at a time).
+    /// The caller writes the file's bytes in order and finishes the writer (synced) before
+    /// [`check_received`](Self::check_received).
+    pub fn receive(
+        &self,
+        desc: &Descriptor,
+        reception: u64,
+    ) -> Result<Box<dyn FileWriter>, SnapshotError> {
         self.discard_parts();
-        let name = part_name(desc);
+        let name = part_name(desc, reception);
         self.dir.create(&name).map_err(io_err(
             "cannot create a received snapshot",
             &self.dir.path().join(&name),
         ))
     }
 
-    /// Removes every part file (a snapshot that will not be installed).
+    /// Removes every part file and every checked file not installed (a snapshot that will not
+    /// be installed).
     pub fn discard_parts(&self) {
         if let Ok(files) = self.dir.list() {
             for (name, _) in files {
-                if name.ends_with(PART_SUFFIX) {
+                if name.ends_with(PART_SUFFIX) || name.ends_with(OK_SUFFIX) {
                     let _ = self.dir.remove(&name);
                 }
             }
         }
     }
 
-    /// Reads and checks a received file completely, handing its state to `decode` (see
-    /// [`load_newest_with`](Self::load_newest_with)); it must be exactly the file `desc` describes.
-    /// A bad file is removed.
+    /// Reads and checks the file of reception `reception` completely, handing its state to
+    /// `decode` (see [`load_newest_with`](Self::load_newest_with)); it must be exactly the file
+    /// `desc` describes, in the current format. A file that passes is renamed to its checked
+    /// name (what [`install_received`](Self::install_received) puts in place: only a checked
+    /// file can be installed, whatever reception starts meanwhile); a bad one is removed.
     pub fn check_received<T>(
         &self,
         desc: &Descriptor,
+        reception: u64,
         decode: impl FnOnce(&mut dyn Read, u64) -> Result<T, String>,
     ) -> Result<(SnapshotMeta, T), SnapshotError> {
-        let name = part_name(desc);
+        let name = part_name(desc, reception);
         let path = self.dir.path().join(&name);
         let checked = (|| {
             let (reader, len) = self
                 .dir
                 .open(&name)
                 .map_err(io_err("cannot open a received snapshot", &path))?;
-            let (meta, value) = read_file(reader, len, &path, (desc.index, desc.term), decode)?;
+            let (meta, value) = read_file(
+                reader,
+                len,
+                &path,
+                (desc.index, desc.term),
+                Formats::CurrentOnly,
+                decode,
+            )?;
             if meta.descriptor() != *desc {
                 return Err(SnapshotError::Corrupt {
                     path: path.clone(),
@@ -534,6 +556,10 @@ impl SnapshotStore {
                     ),
                 });
             }
+            let ok = ok_name(desc);
+            self.dir
+                .rename(&name, &ok)
+                .map_err(io_err("cannot keep a checked snapshot", &path))?;
             Ok((meta, value))
         })();
         if checked.is_err() {
@@ -542,15 +568,16 @@ impl SnapshotStore {
         checked
     }
 
-    /// Puts a received (and checked) file in place as the newest snapshot, durably, and prunes
-    /// older ones. Refused if a newer snapshot is on disk.
+    /// Puts a received and checked file in place as the newest snapshot, durably, and prunes
+    /// older ones. Refused if a newer snapshot is on disk, or if no checked file of `desc` is
+    /// there (another reception discarded it).
     pub fn install_received(&self, desc: &Descriptor) -> Result<PathBuf, SnapshotError> {
         let mut verified = self.lock();
         self.check_not_stale(desc.index, desc.term)?;
-        let part = part_name(desc);
+        let ok = ok_name(desc);
         let name = file_name(desc.index, desc.term);
         let path = self.dir.path().join(&name);
-        self.dir.rename(&part, &name).map_err(io_err(
+        self.dir.rename(&ok, &name).map_err(io_err(
             "cannot rename a received snapshot into place",
             &path,
         ))?;
@@ -675,7 +702,7 @@ impl SnapshotStore {
             .metadata()
             .map_err(io_err("cannot stat snapshot", path))?
             .len();
-        let (meta, data) = read_file(Box::new(file), len, path, names, read_all)?;
+        let (meta, data) = read_file(Box::new(file), len, path, names, Formats::Any, read_all)?;
         let loaded = LoadedSnapshot {
             index: meta.index,
             term: meta.term,
@@ -756,7 +783,14 @@ impl SnapshotStore {
             .dir
             .open(&name)
             .map_err(io_err("cannot open snapshot", &info.path))?;
-        read_file(reader, len, &info.path, (info.index, info.term), decode)
+        read_file(
+            reader,
+            len,
+            &info.path,
+            (info.index, info.term),
+            Formats::Any,
+            decode,
+        )
     }
 
     fn sync_dir(&self) -> Result<(), SnapshotError> {
@@ -834,13 +868,32 @@ fn prefix(index: u64, term: u64, conf_state: &ConfState) -> Result<Vec<u8>, Stri
     Ok(prefix)
 }
 
-/// The part file a snapshot is received into.
-fn part_name(desc: &Descriptor) -> String {
+/// The part file of reception number `reception` of a snapshot.
+fn part_name(desc: &Descriptor, reception: u64) -> String {
     format!(
-        "{}.{:08x}{PART_SUFFIX}",
+        "{}.{:08x}.{reception}{PART_SUFFIX}",
         file_name(desc.index, desc.term),
         desc.crc
     )
+}
+
+/// The name of a received snapshot file that passed its check.
+fn ok_name(desc: &Descriptor) -> String {
+    format!(
+        "{}.{:08x}{OK_SUFFIX}",
+        file_name(desc.index, desc.term),
+        desc.crc
+    )
+}
+
+/// Which file formats a read accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Formats {
+    /// Both: a node's own files, written by this or an older build.
+    Any,
+    /// Only the current, framed one: a file from a peer (a version 1 file would be read whole
+    /// into memory).
+    CurrentOnly,
 }
 
 /// Reads a state whole (for small states and tests).
@@ -1077,6 +1130,7 @@ fn read_file<T>(
     len: u64,
     path: &Path,
     (name_index, name_term): (u64, u64),
+    formats: Formats,
     decode: impl FnOnce(&mut dyn Read, u64) -> Result<T, String>,
 ) -> Result<(SnapshotMeta, T), SnapshotError> {
     let mut file = SnapshotReader { file, path };
@@ -1105,6 +1159,11 @@ fn read_file<T>(
         path: path.to_path_buf(),
     };
     if header.version == LEGACY_VERSION {
+        if formats == Formats::CurrentOnly {
+            return Err(file.corrupt(format!(
+                "a version {LEGACY_VERSION} file, where only version {FORMAT_VERSION} is taken"
+            )));
+        }
         let mut data_len_bytes = [0u8; 8];
         file.exact(&mut data_len_bytes, "data length")?;
         let data_len = u64::from_le_bytes(data_len_bytes);
@@ -1897,6 +1956,37 @@ mod tests {
         assert_eq!(saved.size, fs::metadata(&saved.path).unwrap().len());
     }
 
+    /// A version 1 file from a peer is refused (it would be read whole into memory).
+    #[test]
+    fn snapshot_received_version_1_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = open(tmp.path());
+        let cs = conf(&[1, 2]).write_to_bytes().unwrap();
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&LEGACY_VERSION.to_le_bytes());
+        file.extend_from_slice(&70u64.to_le_bytes());
+        file.extend_from_slice(&3u64.to_le_bytes());
+        file.extend_from_slice(&(cs.len() as u32).to_le_bytes());
+        file.extend_from_slice(&cs);
+        file.extend_from_slice(&4u64.to_le_bytes());
+        file.extend_from_slice(b"data");
+        let crc = crc32fast::hash(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        let desc = Descriptor {
+            index: 70,
+            term: 3,
+            size: file.len() as u64,
+            crc,
+        };
+        let mut out = store.receive(&desc, 1).unwrap();
+        out.write_all(&file).unwrap();
+        out.finish(true).unwrap();
+        let err = store.check_received(&desc, 1, read_all).unwrap_err();
+        assert!(err.to_string().contains("only version 2"), "{err}");
+        assert!(store.install_received(&desc).is_err());
+    }
+
     /// A version 1 file (the state in one piece) written by an older build still loads.
     #[test]
     fn snapshot_version_1_files_still_load() {
@@ -1972,14 +2062,15 @@ mod tests {
 
         let (follower, _) = open(&tmp.path().join("follower"));
         follower.save(10, 1, &conf(&[1, 2]), b"old").unwrap();
-        let mut out = follower.receive(&desc).unwrap();
+        let mut out = follower.receive(&desc, 1).unwrap();
         for piece in bytes.chunks(100_000) {
             out.write_all(piece).unwrap();
         }
         out.finish(true).unwrap();
-        // Not a snapshot until installed.
+        // Not a snapshot until installed, and not installable until checked.
         assert_eq!(follower.list().unwrap().len(), 1);
-        let (meta, data) = follower.check_received(&desc, read_all).unwrap();
+        assert!(follower.install_received(&desc).is_err());
+        let (meta, data) = follower.check_received(&desc, 1, read_all).unwrap();
         assert_eq!((meta.index, meta.crc), (50, desc.crc));
         assert_eq!(data, state);
         follower.install_received(&desc).unwrap();
@@ -1996,15 +2087,15 @@ mod tests {
             crc: desc.crc,
             ..other_saved.descriptor()
         };
-        let mut out = follower.receive(&lie).unwrap();
+        let mut out = follower.receive(&lie, 2).unwrap();
         out.write_all(&fs::read(&other_saved.path).unwrap())
             .unwrap();
         out.finish(true).unwrap();
-        let err = follower.check_received(&lie, read_all).unwrap_err();
+        let err = follower.check_received(&lie, 2, read_all).unwrap_err();
         assert!(err.to_string().contains("the leader described"), "{err}");
         assert!(follower.install_received(&lie).is_err());
         // A restart removes a part file left behind.
-        let _ = follower.receive(&desc).unwrap();
+        let _ = follower.receive(&desc, 4).unwrap();
         let (follower, _) = open(&tmp.path().join("follower"));
         assert!(
             !names(follower.dir()).iter().any(|n| n.ends_with(".part")),

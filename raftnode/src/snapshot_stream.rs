@@ -93,6 +93,7 @@ enum State {
     },
     Checking {
         desc: Descriptor,
+        reception: u64,
     },
     Ready {
         desc: Descriptor,
@@ -111,14 +112,20 @@ pub struct Receiver {
     state: State,
     /// Chunks of other files offered since the current one was last asked about.
     foreign: u32,
+    /// Receptions started (names each one's part file).
+    receptions: u64,
     logger: Logger,
 }
 
 /// Chunks of another file after which a reception that nobody asks about any more (its sender
 /// died, or was deposed and gave up) yields to it. A live sender asks at least once per chunk
-/// it sends, so two senders cannot take the receiver from each other in turn: the one holding
-/// it finishes first.
-pub const YIELD_AFTER: u32 = 4;
+/// it sends, so two senders at similar paces cannot take the receiver from each other in turn:
+/// the one holding it finishes first. A file being checked never yields (the check always
+/// ends, and then the sender asks again).
+pub const YIELD_AFTER: u32 = 32;
+
+/// Answers "checking" after which a sender gives up (with its 20 ms polls, about 10 minutes).
+pub const MAX_WAITS: u32 = 30_000;
 
 /// The work after the last byte: sync the file, read it back and decode it. Slow for a large
 /// state: run it on a blocking thread, then hand the result to [`Receiver::checked`].
@@ -126,31 +133,47 @@ pub struct CheckJob {
     store: Arc<SnapshotStore>,
     cluster: ClusterId,
     desc: Descriptor,
+    reception: u64,
     out: Box<dyn FileWriter>,
 }
 
+/// What a [`CheckJob`] found.
+pub struct CheckDone {
+    desc: Descriptor,
+    reception: u64,
+    result: Result<Machine, String>,
+}
+
 impl CheckJob {
-    /// Syncs, reads back, checks and decodes the received file; removes it if it is bad.
-    pub fn run(self) -> (Descriptor, Result<Machine, String>) {
+    /// Syncs, reads back, checks and decodes the received file; removes it if it is bad. A
+    /// panic while decoding is caught and counts as a refusal, so the receiver never stays
+    /// "checking" for ever.
+    pub fn run(self) -> CheckDone {
+        let (desc, reception) = (self.desc, self.reception);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check()))
+            .unwrap_or_else(|_| Err("checking the received snapshot panicked".to_string()));
+        CheckDone {
+            desc,
+            reception,
+            result,
+        }
+    }
+
+    fn check(self) -> Result<Machine, String> {
         let desc = self.desc;
         if let Err(e) = self.out.finish(true) {
             self.store.discard_parts();
-            return (
-                desc,
-                Err(format!("cannot write the received snapshot: {e}")),
-            );
+            return Err(format!("cannot write the received snapshot: {e}"));
         }
         let cluster = self.cluster;
-        let checked = self
-            .store
-            .check_received(&desc, |r, max| {
+        self.store
+            .check_received(&desc, self.reception, |r, max| {
                 let machine = Machine::decode_from(r, max)?;
                 check_machine(&machine, &desc, cluster)?;
                 Ok(machine)
             })
             .map(|(_, machine)| machine)
-            .map_err(|e| e.to_string());
-        (desc, checked)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -186,6 +209,7 @@ impl Receiver {
             cluster,
             state: State::Idle,
             foreign: 0,
+            receptions: 0,
             logger,
         }
     }
@@ -206,7 +230,8 @@ impl Receiver {
             self.foreign = 0;
         } else {
             let held = !matches!(self.state, State::Idle | State::Failed { .. });
-            if held && self.foreign < YIELD_AFTER {
+            let checking = matches!(self.state, State::Checking { .. });
+            if held && (checking || self.foreign < YIELD_AFTER) {
                 // Another file is being received and its sender is alive: wait.
                 self.foreign += 1;
                 return (ack(S::Receiving, 0, String::new()), None);
@@ -235,8 +260,9 @@ impl Receiver {
                 if *next < desc.size {
                     return (ack(S::Receiving, *next, String::new()), None);
                 }
+                let reception = self.receptions;
                 let State::Receiving { out, .. } =
-                    std::mem::replace(&mut self.state, State::Checking { desc })
+                    std::mem::replace(&mut self.state, State::Checking { desc, reception })
                 else {
                     return (ack(S::Failed, 0, "lost the file".into()), None);
                 };
@@ -246,6 +272,7 @@ impl Receiver {
                     store: Arc::clone(&self.store),
                     cluster: self.cluster,
                     desc,
+                    reception,
                     out,
                 };
                 (ack(S::Checking, desc.size, String::new()), Some(job))
@@ -273,7 +300,8 @@ impl Receiver {
                 "from" => from, "index" => desc.index, "term" => desc.term, "bytes" => desc.size),
         }
         self.state = State::Idle;
-        match self.store.receive(&desc) {
+        self.receptions += 1;
+        match self.store.receive(&desc, self.receptions) {
             Ok(out) => self.state = State::Receiving { desc, out, next: 0 },
             Err(e) => self.fail(desc, e.to_string()),
         }
@@ -290,15 +318,21 @@ impl Receiver {
         match &self.state {
             State::Idle => None,
             State::Receiving { desc, .. }
-            | State::Checking { desc }
+            | State::Checking { desc, .. }
             | State::Ready { desc, .. }
             | State::Failed { desc, .. } => Some(*desc),
         }
     }
 
-    /// The result of a [`CheckJob`] (ignored if another snapshot has started meanwhile).
-    pub fn checked(&mut self, desc: Descriptor, result: Result<Machine, String>) {
-        if !matches!(self.state, State::Checking { desc: d } if d == desc) {
+    /// The result of a [`CheckJob`] (ignored if another reception has started meanwhile).
+    pub fn checked(&mut self, done: CheckDone) {
+        let CheckDone {
+            desc,
+            reception,
+            result,
+        } = done;
+        if !matches!(self.state, State::Checking { desc: d, reception: r } if d == desc && r == reception)
+        {
             return;
         }
         match result {
@@ -389,6 +423,8 @@ pub struct Transfer {
     /// The furthest the receiver has been (progress resets the failure count).
     furthest: u64,
     failures: u32,
+    /// "Checking" answers so far.
+    waits: u32,
     /// File bytes sent (for the log).
     sent: u64,
 }
@@ -407,6 +443,7 @@ impl Transfer {
             next: None,
             furthest: 0,
             failures: 0,
+            waits: 0,
             sent: 0,
         })
     }
@@ -491,8 +528,12 @@ impl Transfer {
                 "the peer asked for offset {} of a {}-byte file",
                 ack.next, self.desc.size
             )),
+            Ok(S::Checking) if self.waits >= MAX_WAITS => {
+                Step::Failed("the peer has been checking the snapshot for too long".into())
+            }
             Ok(S::Checking) => {
                 self.failures = 0;
+                self.waits += 1;
                 self.next = Some(self.desc.size);
                 Step::Wait
             }
@@ -528,8 +569,7 @@ pub fn transfer_now(
         let chunk = transfer.chunk(from_store, CHUNK)?;
         let (answer, job) = receiver.offer(msg.from, &chunk);
         if let Some(job) = job {
-            let (desc, result) = job.run();
-            receiver.checked(desc, result);
+            receiver.checked(job.run());
         }
         match transfer.answer(Some(&answer)) {
             Step::Send | Step::Wait => {}
@@ -615,8 +655,7 @@ mod tests {
             let chunk = transfer.chunk(&from, CHUNK / 3).unwrap();
             let (answer, job) = to.offer(1, &chunk);
             if let Some(job) = job {
-                let (d, result) = job.run();
-                to.checked(d, result);
+                to.checked(job.run());
             }
             // Every third request's answer is lost (the chunk itself arrived).
             if round.is_multiple_of(3) {
@@ -749,8 +788,7 @@ mod tests {
             let chunk = t.chunk(store, CHUNK / 4).unwrap();
             let (answer, job) = to.offer(1, &chunk);
             if let Some(job) = job {
-                let (d, r) = job.run();
-                to.checked(d, r);
+                to.checked(job.run());
             }
             (t.answer(Some(&answer)), answer)
         };

@@ -366,6 +366,7 @@ impl PeerTask {
             let had_chunk = chunk.is_some();
             let sent_at = tokio::time::Instant::now();
             let chunk_len = chunk.as_ref().map_or(0, |c| c.data.len());
+            let chunk_of = chunk.as_ref().map(|c| (c.index, c.term, c.size, c.crc));
             let payload = RaftBatch {
                 messages: batch.messages,
                 from_url: self.self_url.clone(),
@@ -397,7 +398,13 @@ impl PeerTask {
                             "sent" => sent, "accepted" => accepted);
                     }
                     self.report_snapshots(snapshots, whole);
-                    if had_chunk {
+                    // The answer is for the transfer the chunk came from (filling the request may
+                    // have started another).
+                    let same = self.sending.as_ref().map(|s| {
+                        let d = s.transfer.descriptor();
+                        (d.index, d.term, d.size, d.crc)
+                    }) == chunk_of;
+                    if had_chunk && same {
                         self.chunk_answered(answer.as_ref(), sent_at, chunk_len);
                     }
                 }

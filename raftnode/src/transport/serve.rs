@@ -205,8 +205,8 @@ impl Server {
             Ok((answer, job)) => {
                 if let Some(job) = job {
                     tokio::task::spawn_blocking(move || {
-                        let (desc, result) = job.run();
-                        lock(&receiver).checked(desc, result);
+                        let done = job.run();
+                        lock(&receiver).checked(done);
                     });
                 }
                 answer
