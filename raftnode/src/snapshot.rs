@@ -1956,23 +1956,30 @@ mod tests {
         assert_eq!(saved.size, fs::metadata(&saved.path).unwrap().len());
     }
 
+    /// A version 1 file: prefix, data length, the data in one piece, CRC-32 of all before it.
+    fn v1_file(index: u64, term: u64, cs: &ConfState, data: &[u8]) -> Vec<u8> {
+        let cs = cs.write_to_bytes().unwrap();
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&LEGACY_VERSION.to_le_bytes());
+        file.extend_from_slice(&index.to_le_bytes());
+        file.extend_from_slice(&term.to_le_bytes());
+        file.extend_from_slice(&(cs.len() as u32).to_le_bytes());
+        file.extend_from_slice(&cs);
+        file.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        file.extend_from_slice(data);
+        let crc = crc32fast::hash(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        file
+    }
+
     /// A version 1 file from a peer is refused (it would be read whole into memory).
     #[test]
     fn snapshot_received_version_1_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = open(tmp.path());
-        let cs = conf(&[1, 2]).write_to_bytes().unwrap();
-        let mut file = Vec::new();
-        file.extend_from_slice(MAGIC);
-        file.extend_from_slice(&LEGACY_VERSION.to_le_bytes());
-        file.extend_from_slice(&70u64.to_le_bytes());
-        file.extend_from_slice(&3u64.to_le_bytes());
-        file.extend_from_slice(&(cs.len() as u32).to_le_bytes());
-        file.extend_from_slice(&cs);
-        file.extend_from_slice(&4u64.to_le_bytes());
-        file.extend_from_slice(b"data");
-        let crc = crc32fast::hash(&file);
-        file.extend_from_slice(&crc.to_le_bytes());
+        let file = v1_file(70, 3, &conf(&[1, 2]), b"data");
+        let crc = u32::from_le_bytes(file[file.len() - 4..].try_into().unwrap());
         let desc = Descriptor {
             index: 70,
             term: 3,
@@ -1992,19 +1999,8 @@ mod tests {
     fn snapshot_version_1_files_still_load() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = open(tmp.path());
-        let cs = conf(&[1, 2]).write_to_bytes().unwrap();
         let data = b"an old state";
-        let mut file = Vec::new();
-        file.extend_from_slice(MAGIC);
-        file.extend_from_slice(&LEGACY_VERSION.to_le_bytes());
-        file.extend_from_slice(&5u64.to_le_bytes());
-        file.extend_from_slice(&2u64.to_le_bytes());
-        file.extend_from_slice(&(cs.len() as u32).to_le_bytes());
-        file.extend_from_slice(&cs);
-        file.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        file.extend_from_slice(data);
-        let crc = crc32fast::hash(&file);
-        file.extend_from_slice(&crc.to_le_bytes());
+        let file = v1_file(5, 2, &conf(&[1, 2]), data);
         fs::write(store.dir().join(file_name(5, 2)), &file).unwrap();
         let loaded = store.load_newest().unwrap().unwrap();
         assert_eq!((loaded.index, loaded.term), (5, 2));
